@@ -1,0 +1,46 @@
+# The README's two commands: `make run` (the main job: dvc repro of the default profile)
+# and `make test` (the whole test suite). Both create .venv and install on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export DVC_NO_ANALYTICS := 1
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup run test test-fast lint format clean
+
+$(STAMP): pyproject.toml constraints.txt Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch and torchvision pinned in the same command, so nothing later swaps torch
+	$(PY) -m pip install -q -c constraints.txt torch==2.14.1 torchvision==0.29.1 -e '.[dev]'
+	# hpsv2 and image-reward pin versions that break the rest (timm==0.6.13, protobuf<4,
+	# pytest==7.2.0): install them without their declared deps, then their real runtime needs
+	$(PY) -m pip install -q --no-deps -c constraints.txt hpsv2 image-reward
+	$(PY) -m pip install -q -c constraints.txt clip-anytorch fairscale clint webdataset braceexpand \
+	    'setuptools<81' einops accelerate datasets
+	@touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install everything
+
+run: setup  ## the main job: dvc repro of the profile in params.yaml (embedded by default)
+	$(VENV)/bin/dvc repro
+
+test: setup  ## the whole test suite
+	$(PY) -m pytest
+
+test-fast: setup  ## the suite without the end-to-end smoke runs
+	$(PY) -m pytest -m "not slow"
+
+lint: setup
+	$(VENV)/bin/ruff check senseflow eval dashboard tests benchmarks
+	$(VENV)/bin/ruff format --check senseflow eval dashboard tests benchmarks
+
+format: setup
+	$(VENV)/bin/ruff format senseflow eval dashboard tests benchmarks
+	$(VENV)/bin/ruff check --fix senseflow eval dashboard tests benchmarks
+
+clean:
+	rm -rf build results

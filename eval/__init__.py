@@ -1,0 +1,1 @@
+"""The evaluation package of the SenseFlow suite (metrics, protocols, reports, gate)."""

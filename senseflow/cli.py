@@ -1,0 +1,292 @@
+"""The ``senseflow`` command line: parse, build the config, call the library. Nothing else.
+
+Every command that reads a profile takes ``--profile NAME|PATH`` (default ``embedded``)
+and ``--set KEY.PATH=VALUE`` overrides. Errors are one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(
+    help=(
+        "SenseFlow suite: few-step text-to-image distillation laboratory.\n\n"
+        "Start with `senseflow config show` to see the default (embedded) profile, "
+        "`senseflow world sample --n 8 --out /tmp/w` to look at the embedded world, "
+        "and `make run` (dvc repro) for the whole pipeline."
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Inspect profiles (experiments/<profile>.yaml).", no_args_is_help=True)
+world_app = typer.Typer(
+    help="The embedded world: build it, look at it, train its probe, measure adherence.", no_args_is_help=True
+)
+app.add_typer(config_app, name="config")
+app.add_typer(world_app, name="world")
+
+Profile = Annotated[str, typer.Option("--profile", "-p", help="Profile name in experiments/ or a YAML path.")]
+Sets = Annotated[
+    list[str] | None,
+    typer.Option("--set", "-s", help="Override a key, e.g. --set teacher.train.lr=5e-4 (repeatable)."),
+]
+Out = Annotated[Path, typer.Option("--out", "-o", help="Output directory (created if missing).")]
+WorldDir = Annotated[Path, typer.Option("--world", help="World folder written by `senseflow world build`.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+
+
+def _cfg(profile: str, sets: list[str] | None):
+    from senseflow.config import load_profile
+
+    return load_profile(profile, sets or [])
+
+
+def _embedded(cfg):
+    if cfg.family != "embedded":
+        raise typer.BadParameter(f"profile {cfg.name!r} is not an embedded-world profile")
+    return cfg
+
+
+def _threads(cfg) -> None:
+    if cfg.runtime.threads:
+        import torch
+
+        torch.set_num_threads(cfg.runtime.threads)
+
+
+# ----------------------------------------------------------------------------- config
+@config_app.command("show")
+def config_show(profile: Profile = "embedded", set_: Sets = None) -> None:
+    """Print the resolved profile (defaults filled in, overrides applied) as YAML."""
+    from senseflow.config import dump_profile
+
+    typer.echo(dump_profile(_cfg(profile, set_)), nl=False)
+
+
+@config_app.command("list")
+def config_list() -> None:
+    """List the profiles defined in experiments/."""
+    from senseflow.config import find_profiles_dir, known_profiles, load_profile
+
+    folder = find_profiles_dir()
+    for name in known_profiles(folder):
+        typer.echo(f"{name:14s} {load_profile(name).description}")
+
+
+# ----------------------------------------------------------------------------- world
+@world_app.command("build")
+def world_build(out: Out, profile: Profile = "embedded", set_: Sets = None) -> None:
+    """Write the tokenizer, the frozen text encoder and the fixed prompt splits (dvc stage `world`)."""
+    from senseflow.world.build import build_world
+
+    cfg = _embedded(_cfg(profile, set_))
+    w = cfg.world
+    summary = build_world(
+        out,
+        digit_counts=dict(w.scenes.digit_counts),
+        prompts_per_split=w.prompts.model_dump(),
+        text_hidden_size=w.text.hidden_size,
+        text_num_layers=w.text.num_layers,
+        text_num_heads=w.text.num_heads,
+        text_max_length=w.text.max_length,
+        text_seed=w.text.seed,
+        seed=w.seed,
+    )
+    typer.echo(f"world written to {out}: prompts {summary}")
+
+
+@world_app.command("sample")
+def world_sample(
+    out: Out,
+    seed: Annotated[int, typer.Option(help="Seed; the same seed writes byte-identical files.")] = 0,
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of scenes.")] = 16,
+    split: Annotated[str | None, typer.Option(help="Restrict captions to train, val or test.")] = None,
+    profile: Profile = "embedded",
+    set_: Sets = None,
+) -> None:
+    """Write N real scenes as PNGs plus captions.jsonl (id, file, caption, scene)."""
+    from senseflow.world.sampling import write_real_scenes
+
+    cfg = _embedded(_cfg(profile, set_))
+    write_real_scenes(
+        out,
+        n=n,
+        seed=seed,
+        resolution=cfg.world.scenes.resolution,
+        digit_counts=dict(cfg.world.scenes.digit_counts),
+        split=split,
+    )
+    typer.echo(f"{n} scenes written to {out}")
+
+
+@world_app.command("train-probe")
+def world_train_probe(
+    out: Out, profile: Profile = "embedded", set_: Sets = None, quiet: Quiet = False
+) -> None:
+    """Train the attribute probe on real scenes; write probe.safetensors and probe_report.json."""
+    from senseflow.world.probes import train_probe
+
+    cfg = _embedded(_cfg(profile, set_))
+    _threads(cfg)
+    p = cfg.probe
+    report = train_probe(
+        out,
+        resolution=cfg.world.scenes.resolution,
+        digit_counts=dict(cfg.world.scenes.digit_counts),
+        steps=p.steps,
+        batch_size=p.batch_size,
+        lr=p.lr,
+        width=p.width,
+        feature_dim=p.feature_dim,
+        noise=p.noise,
+        eval_scenes=p.eval_scenes,
+        seed=p.seed,
+        progress=not quiet,
+    )
+    typer.echo(json.dumps(report, indent=2))
+
+
+@world_app.command("curve")
+def world_curve(
+    model: Annotated[Path, typer.Option(help="Exported model folder (recipe.json + transformer/).")],
+    world: WorldDir,
+    probe: Annotated[Path, typer.Option(help="probe.safetensors")],
+    out: Annotated[Path, typer.Option(help="JSON report path.")],
+    profile: Profile = "embedded",
+    set_: Sets = None,
+) -> None:
+    """Adherence against the number of Euler steps on the test prompts (the curve distillation fixes)."""
+    from senseflow.io import atomic_write_text
+    from senseflow.teacher import load_teacher
+    from senseflow.world.adherence import adherence_curve
+    from senseflow.world.probes import load_probe
+    from senseflow.world.prompts import load_prompt_file
+
+    cfg = _embedded(_cfg(profile, set_))
+    _threads(cfg)
+    s = cfg.teacher.sample
+    backbone, recipe = load_teacher(model, world)
+    records = load_prompt_file(world / "prompts" / "test.jsonl")[: s.n_prompts]
+    rows = adherence_curve(
+        backbone,
+        records,
+        load_probe(probe),
+        shape=(recipe["channels"], recipe["resolution"], recipe["resolution"]),
+        steps_list=s.step_curve,
+        cfg=s.cfg,
+        seed=s.seed,
+        batch_size=s.batch_size,
+    )
+    atomic_write_text(out, json.dumps({"model": str(model), "rows": rows}, indent=2) + "\n")
+    for r in rows:
+        typer.echo(
+            f"steps {r['steps']:3d}  NFE {r['nfe']:3d}  all-correct {r['all']:.3f}  digit {r['digit']:.3f}  "
+            f"colour {r['colour']:.3f}  position {r['position']:.3f}  background {r['background']:.3f}"
+        )
+
+
+# ----------------------------------------------------------------------------- teacher
+@app.command("train-teacher")
+def train_teacher_cmd(
+    out: Out,
+    world: WorldDir = Path("build/world"),
+    profile: Profile = "embedded",
+    set_: Sets = None,
+    quiet: Quiet = False,
+) -> None:
+    """Train the embedded teacher by rectified flow (rerun the same command to resume)."""
+    from senseflow.config import dump_profile
+    from senseflow.io import atomic_write_text, ensure_writable_dir
+    from senseflow.teacher import train_teacher
+
+    cfg = _embedded(_cfg(profile, set_))
+    _threads(cfg)
+    ensure_writable_dir(out)
+    atomic_write_text(out / "config.yaml", dump_profile(cfg))
+    m, t = cfg.teacher.model, cfg.teacher.train
+    folder = train_teacher(
+        out,
+        world_dir=world,
+        resolution=cfg.world.scenes.resolution,
+        digit_counts=dict(cfg.world.scenes.digit_counts),
+        **m.model_dump(),
+        **t.model_dump(exclude={"checkpoint_every", "log_every"}),
+        checkpoint_every=t.checkpoint_every,
+        log_every=t.log_every,
+        sample_steps=cfg.teacher.sample.steps,
+        sample_cfg=cfg.teacher.sample.cfg,
+        progress=not quiet,
+    )
+    typer.echo(f"teacher exported to {folder}")
+
+
+@app.command("sample")
+def sample_cmd(
+    model: Annotated[Path, typer.Option(help="Exported model folder (recipe.json + transformer/).")],
+    prompts: Annotated[Path, typer.Option(help="Prompt file: .txt (one per line) or .jsonl.")],
+    out: Out,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Euler steps [default: profile, else recipe].")
+    ] = None,
+    cfg: Annotated[
+        float | None, typer.Option(min=1.0, help="CFG scale [default: profile, else recipe].")
+    ] = None,
+    world: WorldDir = Path("build/world"),
+    seed: Annotated[
+        int | None, typer.Option(help="Base seed; a prompt's seed derives from it and its id.")
+    ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Only the first N prompts [default: profile].")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
+    profile: Annotated[
+        str | None, typer.Option("--profile", "-p", help="Take defaults from this profile's teacher.sample.")
+    ] = None,
+    set_: Sets = None,
+    quiet: Quiet = False,
+) -> None:
+    """Sample a model with the Euler flow ODE and CFG; PNGs + manifest.jsonl (resumable).
+
+    Explicit flags win over the profile's `teacher.sample` section, which wins over the
+    model's own recipe.json.
+    """
+    from senseflow.samples import sample_to_folder
+    from senseflow.teacher import load_teacher
+    from senseflow.world.prompts import load_prompt_file
+
+    plan = _cfg(profile, set_).teacher.sample if profile else None
+    records = load_prompt_file(prompts)
+    limit = limit or (plan.n_prompts if plan else None)
+    records = records[:limit]
+    backbone, recipe = load_teacher(model, world)
+    backbone.text.check([r.prompt for r in records])
+    steps = steps or (plan.steps if plan else int(recipe["steps"]))
+    scale = cfg if cfg is not None else (plan.cfg if plan else float(recipe["cfg"]))
+    done = sample_to_folder(
+        backbone,
+        records,
+        out,
+        shape=(recipe["channels"], recipe["resolution"], recipe["resolution"]),
+        steps=steps,
+        cfg=scale,
+        seed=seed if seed is not None else (plan.seed if plan else 0),
+        batch_size=batch_size or (plan.batch_size if plan else 64),
+        progress=not quiet,
+    )
+    typer.echo(f"{len(done)} images in {out} ({steps} steps, CFG {scale}, NFE {done[0]['nfe']} per image)")
+
+
+def main() -> None:
+    """Console entry point: run the app, turning bad input into one clear line (exit code 2)."""
+    from senseflow.errors import run_app
+
+    run_app(app)
+
+
+if __name__ == "__main__":
+    main()

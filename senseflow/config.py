@@ -1,0 +1,389 @@
+"""Typed configuration: one YAML recipe per profile under ``experiments/``, validated by pydantic.
+
+A profile file is complete (no inheritance), so every knob a run used is visible in one
+place and DVC can track exactly the keys each stage reads. Errors name the file, the key
+path and what was expected::
+
+    experiments/embedded.yaml: teacher.train.lr: expected a number, got 'fast'
+
+Overrides (``--set teacher.train.lr=3e-4`` on the CLI, ``-S`` with ``dvc exp run``) are
+applied to the raw YAML before validation, so they are checked exactly like the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from senseflow.errors import UserError
+
+PROFILES_DIR = "experiments"
+
+
+class ConfigError(UserError, ValueError):
+    """A profile is missing, unreadable or invalid; the message is one line naming the fix."""
+
+
+class Strict(BaseModel):
+    """Base of every config section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+# ----------------------------------------------------------------------------- world
+class SceneConfig(Strict):
+    """How scenes of the embedded world are drawn."""
+
+    resolution: PositiveInt = 16
+    digit_counts: dict[Literal[1, 2], Annotated[float, Field(ge=0)]] = {1: 0.5, 2: 0.5}
+
+    @field_validator("resolution")
+    @classmethod
+    def _even(cls, v: int) -> int:
+        if v % 2 or v < 8:
+            raise ValueError("must be even and at least 8")
+        return v
+
+    @field_validator("digit_counts", mode="before")
+    @classmethod
+    def _int_keys(cls, v: Any) -> Any:
+        # YAML/JSON round trips turn the keys into strings ("1"); accept them back
+        if isinstance(v, dict):
+            return {int(k) if isinstance(k, str) and k.strip().isdigit() else k: x for k, x in v.items()}
+        return v
+
+    @field_validator("digit_counts")
+    @classmethod
+    def _some_mass(cls, v: dict) -> dict:
+        if not v or sum(v.values()) <= 0:
+            raise ValueError("needs a positive probability for 1 and/or 2 digits")
+        return v
+
+
+class TextEncoderConfig(Strict):
+    """The frozen tiny CLIP text encoder and its word-level tokenizer."""
+
+    hidden_size: PositiveInt = 64
+    num_layers: PositiveInt = 2
+    num_heads: PositiveInt = 2
+    max_length: PositiveInt = 24
+    seed: int = 0
+
+
+class PromptSplitsConfig(Strict):
+    """Sizes of the fixed prompt lists written by the world stage."""
+
+    train: PositiveInt = 2000
+    val: PositiveInt = 256
+    test: PositiveInt = 512
+
+
+class WorldConfig(Strict):
+    """The embedded text-to-image world."""
+
+    scenes: SceneConfig = SceneConfig()
+    text: TextEncoderConfig = TextEncoderConfig()
+    prompts: PromptSplitsConfig = PromptSplitsConfig()
+    seed: int = 0
+
+
+class ProbeConfig(Strict):
+    """Attribute probe: judge of adherence and FID feature space."""
+
+    steps: PositiveInt = 2500
+    batch_size: PositiveInt = 128
+    lr: Annotated[float, Field(gt=0)] = 2e-3
+    width: PositiveInt = 32
+    feature_dim: PositiveInt = 256
+    noise: Annotated[float, Field(ge=0)] = 0.15
+    eval_scenes: PositiveInt = 2000
+    seed: int = 0
+
+
+# ----------------------------------------------------------------------------- teacher
+class TinyTransformerConfig(Strict):
+    """Shape of the embedded teacher (an ``SD3Transformer2DModel`` of tiny config)."""
+
+    patch_size: PositiveInt = 2
+    num_layers: PositiveInt = 4
+    num_attention_heads: PositiveInt = 4
+    attention_head_dim: PositiveInt = 32
+    qk_norm: Literal["rms_norm", "layer_norm"] | None = "rms_norm"
+
+
+class TeacherTrainConfig(Strict):
+    """Rectified-flow training of the embedded teacher (see ``senseflow.teacher.train_teacher``)."""
+
+    steps: PositiveInt = 2000
+    batch_size: PositiveInt = 64
+    lr: Annotated[float, Field(gt=0)] = 1e-3
+    warmup_steps: Annotated[int, Field(ge=0)] = 200
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    grad_clip: Annotated[float, Field(gt=0)] = 1.0
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.999
+    caption_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    density: Literal["logit_normal", "mode", "uniform"] = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: Annotated[float, Field(gt=0)] = 1.0
+    shift: Annotated[float, Field(gt=0)] = 1.0
+    seed: int = 0
+    checkpoint_every: PositiveInt = 250
+    log_every: PositiveInt = 25
+
+
+class SampleConfig(Strict):
+    """Sampling recipe: Euler flow steps and CFG scale, plus the evaluation prompt budget."""
+
+    steps: PositiveInt = 32
+    cfg: Annotated[float, Field(ge=1.0)] = 4.0
+    n_prompts: PositiveInt = 512
+    batch_size: PositiveInt = 256
+    seed: int = 0
+    step_curve: list[PositiveInt] = [1, 2, 4, 8, 16, 32]
+
+
+class PretrainedConfig(Strict):
+    """A real teacher resolved offline from a local folder or the HF cache (never downloaded)."""
+
+    model_id: str
+    revision: str = "main"
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    resolution: PositiveInt = 1024
+    max_sequence_length: PositiveInt = 256
+    shift: Annotated[float, Field(gt=0)] | None = None  # None: the scheduler config's own
+    licence: str
+
+
+class TeacherConfig(Strict):
+    """Either trained here (embedded world) or a pretrained checkpoint (real profiles)."""
+
+    source: Literal["train", "pretrained"]
+    model: TinyTransformerConfig | None = None
+    train: TeacherTrainConfig | None = None
+    pretrained: PretrainedConfig | None = None
+    sample: SampleConfig = SampleConfig()
+
+    @model_validator(mode="after")
+    def _sections_match_source(self) -> TeacherConfig:
+        if self.source == "train" and (self.model is None or self.train is None):
+            raise ValueError("source 'train' needs the 'model' and 'train' sections")
+        if self.source == "pretrained" and self.pretrained is None:
+            raise ValueError("source 'pretrained' needs the 'pretrained' section")
+        return self
+
+
+# ----------------------------------------------------------------------------- distillation
+class IDAConfig(Strict):
+    """Implicit Distribution Alignment (method.md section 2): ``phi <- lam phi + (1 - lam) theta``."""
+
+    enabled: bool = True
+    lam: Annotated[float, Field(ge=0, le=1)] = 0.97
+
+
+class ISGConfig(Strict):
+    """Intra-Segment Guidance (method.md section 3)."""
+
+    enabled: bool = True
+    weight: Annotated[float, Field(ge=0)] = 1.0
+    margin: Annotated[float, Field(ge=0)] = 0.05  # in sigma units (50 DDPM index units = 0.05)
+    distance: Literal["l2", "charbonnier"] = "l2"  # paper: l2; released code: charbonnier
+
+
+class GANConfig(Strict):
+    """VFM discriminator (method.md section 4)."""
+
+    enabled: bool = True
+    weight: Annotated[float, Field(ge=0)] = 1.0
+    backbone: str = "dinov2_vitl14"
+    blocks: list[Annotated[int, Field(ge=0)]] = [2, 5, 8, 10, 14, 19, 23]
+    text_projection_dim: PositiveInt = 64
+    weight_curve: Literal["one_minus_sigma_sq", "constant", "sigma", "one_minus_sigma"] = "one_minus_sigma_sq"
+    diffaug: list[Literal["color", "translation", "cutout"]] = ["color", "translation", "cutout"]
+    lr: Annotated[float, Field(gt=0)] = 1e-6
+
+
+class DistillConfig(Strict):
+    """SenseFlow distillation hyper-parameters (method.md sections 1-6)."""
+
+    steps_student: PositiveInt = 4
+    anchors: list[Annotated[float, Field(ge=0)]]
+    anchor_units: Literal["sigma", "ddpm_index"] = "sigma"
+    iterations: PositiveInt
+    global_batch: PositiveInt = 8
+    generator_lr: Annotated[float, Field(gt=0)] = 1e-6
+    fake_lr: Annotated[float, Field(gt=0)] = 1e-6
+    lr_warmup: Annotated[int, Field(ge=0)] = 0
+    lr_after_warmup: Annotated[float, Field(gt=0)] | None = None
+    optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    grad_clip: Annotated[float, Field(gt=0)] = 1.0
+    ttur: PositiveInt = 5  # generator steps once every `ttur` iterations
+    dmd_t_range: tuple[Probability, Probability] = (0.02, 0.98)
+    teacher_cfg: tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]] = (3.0, 10.0)
+    guidance_embed: bool = False  # FLUX: teacher guidance comes in through an embedding
+    backward_simulation_prob: Probability = 0.5
+    ida: IDAConfig = IDAConfig()
+    isg: ISGConfig = ISGConfig()
+    gan: GANConfig = GANConfig()
+
+    @model_validator(mode="after")
+    def _anchors_match_steps(self) -> DistillConfig:
+        if len(self.anchors) != self.steps_student:
+            raise ValueError(f"{len(self.anchors)} anchors for {self.steps_student} student steps")
+        if list(self.anchors) != sorted(self.anchors, reverse=True):
+            raise ValueError("anchors must be strictly decreasing (noisiest first)")
+        if self.teacher_cfg[0] > self.teacher_cfg[1]:
+            raise ValueError("teacher_cfg is a (low, high) range")
+        return self
+
+
+class RuntimeConfig(Strict):
+    """Where and how processes run."""
+
+    nproc_per_node: PositiveInt = 1
+    device: Literal["cpu", "cuda", "auto"] = "auto"
+    threads: Annotated[int, Field(ge=0)] = 0  # torch intra-op threads, 0 = library default
+
+
+class ProfileConfig(Strict):
+    """A whole profile: the recipe of one row of the product (embedded, smoke, sdxl, ...)."""
+
+    name: str
+    description: str
+    family: Literal["embedded", "sdxl", "sd3", "flux"]
+    world: WorldConfig | None = None
+    probe: ProbeConfig | None = None
+    teacher: TeacherConfig
+    distill: DistillConfig
+    runtime: RuntimeConfig = RuntimeConfig()
+
+    @model_validator(mode="after")
+    def _embedded_needs_world(self) -> ProfileConfig:
+        if self.family == "embedded":
+            if self.world is None or self.probe is None:
+                raise ValueError("the embedded family needs the 'world' and 'probe' sections")
+            if self.teacher.source != "train":
+                raise ValueError("the embedded teacher is trained here: teacher.source must be 'train'")
+        elif self.teacher.source != "pretrained":
+            raise ValueError(f"family {self.family!r} distils a pretrained teacher")
+        return self
+
+
+# ----------------------------------------------------------------------------- loading
+def find_profiles_dir(start: Path | None = None) -> Path:
+    """``experiments/`` of the current directory or of the checkout this package lives in."""
+    for root in (start or Path.cwd(), Path(__file__).resolve().parent.parent):
+        if (root / PROFILES_DIR).is_dir():
+            return root / PROFILES_DIR
+    raise ConfigError(
+        f"no {PROFILES_DIR}/ folder in {Path.cwd()}: run from the repository root or pass a profile path"
+    )
+
+
+def known_profiles(profiles_dir: Path) -> list[str]:
+    """Profile names defined in ``profiles_dir`` (each ``NAME.yaml``)."""
+    return sorted(p.stem for p in profiles_dir.glob("*.yaml"))
+
+
+def resolve_profile_path(profile: str) -> Path:
+    """A profile name (``embedded``) or a path to a YAML file -> the file."""
+    if profile.endswith((".yaml", ".yml")) or "/" in profile:
+        path = Path(profile)
+        if not path.is_file():
+            raise ConfigError(f"profile file {path} does not exist")
+        return path
+    folder = find_profiles_dir()
+    path = folder / f"{profile}.yaml"
+    if not path.is_file():
+        names = ", ".join(known_profiles(folder)) or "none"
+        raise ConfigError(f"unknown profile {profile!r}: no {path} (known profiles: {names})")
+    return path
+
+
+def apply_override(raw: dict, assignment: str, source: str = "--set") -> None:
+    """Apply ``a.b.c=value`` (value parsed as YAML) to the nested mapping ``raw`` in place."""
+    if "=" not in assignment:
+        raise ConfigError(f"{source} {assignment!r}: expected KEY.PATH=VALUE")
+    key, value = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part) if isinstance(node, dict) else None
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"{source} {key}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = yaml.safe_load(value)
+
+
+def _describe(error: dict) -> str:
+    loc = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    kind, msg, got = error["type"], error["msg"], error.get("input")
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown key (remove it or check its spelling)"
+    if kind == "missing":
+        return f"{loc}: required value is missing"
+    expected = {
+        "float_parsing": "a number",
+        "float_type": "a number",
+        "int_parsing": "an integer",
+        "int_type": "an integer",
+        "int_from_float": "an integer",
+        "bool_parsing": "true or false",
+        "bool_type": "true or false",
+        "string_type": "a string",
+        "list_type": "a list",
+        "dict_type": "a mapping",
+        "model_type": "a mapping",
+        "tuple_type": "a list of two values",
+    }.get(kind)
+    if expected:
+        return f"{loc}: expected {expected}, got {got!r}"
+    return f"{loc}: {msg}" + (f" (got {got!r})" if kind != "value_error" else "")
+
+
+def validate_profile(raw: Any, source: str) -> ProfileConfig:
+    """Validate a raw mapping; raise :class:`ConfigError` naming ``source`` and the key path."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return ProfileConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        more = len(exc.errors()) - 1
+        tail = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        raise ConfigError(f"{source}: {_describe(first)}{tail}") from None
+
+
+def load_profile(profile: str, overrides: list[str] | None = None) -> ProfileConfig:
+    """Load, override and validate a profile by name or path."""
+    path = resolve_profile_path(profile)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    if raw is None:
+        raise ConfigError(f"{path}: file is empty")
+    for assignment in overrides or []:
+        if not isinstance(raw, dict):
+            break
+        apply_override(raw, assignment)
+    return validate_profile(raw, str(path))
+
+
+def dump_profile(cfg: ProfileConfig) -> str:
+    """The resolved profile as YAML (what ``senseflow config show`` prints and runs save)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,79 @@
+"""Atomic file writes: a reader (or a killed run) never sees a half-written file.
+
+Every artefact is written to a temporary file in the destination folder, flushed, then
+renamed over the target (``os.replace`` is atomic on POSIX within one filesystem).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from senseflow.errors import UserError
+
+
+class OutputDirError(UserError, OSError):
+    """An output location cannot be created or written."""
+
+
+def ensure_writable_dir(path: str | Path) -> Path:
+    """Create ``path`` if needed and check we can write there; one clear error otherwise."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-", delete=True)
+        probe.close()
+    except OSError as exc:
+        raise OutputDirError(
+            f"cannot write to output directory {path} ({exc.strerror or exc}); "
+            "choose another --out or fix its permissions"
+        ) from exc
+    return path
+
+
+@contextmanager
+def _atomic_target(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> None:
+    """Call ``writer(tmp_path)`` then rename the temporary file to ``path``."""
+    with _atomic_target(Path(path)) as tmp:
+        writer(tmp)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    atomic_write(path, lambda p: p.write_text(text))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    atomic_write(path, lambda p: p.write_bytes(data))
+
+
+def atomic_torch_save(obj, path: str | Path) -> None:
+    """``torch.save`` to ``path`` atomically."""
+    atomic_write(path, lambda p: torch.save(obj, p))
+
+
+def atomic_save_safetensors(
+    tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
+    """``safetensors.torch.save_file`` to ``path`` atomically."""
+    tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))

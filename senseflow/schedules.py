@@ -1,0 +1,65 @@
+"""Noise schedules, sigma shifts and timestep densities (pure functions over tensors).
+
+Flow matching convention throughout (SD3 / FLUX, diffusers): ``x_t = (1 - sigma) x0 + sigma eps``
+with sigma in [0, 1], sigma = 1 pure noise. The model's "timestep" input is ``1000 * sigma``.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.training_utils import compute_density_for_timestep_sampling
+
+NUM_TRAIN_TIMESTEPS = 1000
+
+
+def shift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
+    """Resolution shift of SD3 (Esser et al. 2024, eq. 23): ``s' = k s / (1 + (k - 1) s)``."""
+    if shift <= 0:
+        raise ValueError(f"shift must be > 0, got {shift}")
+    return shift * sigma / (1 + (shift - 1) * sigma)
+
+
+def unshift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
+    """Inverse of :func:`shift_sigma`: ``s = s' / (k - (k - 1) s')``."""
+    if shift <= 0:
+        raise ValueError(f"shift must be > 0, got {shift}")
+    return sigma / (shift - (shift - 1) * sigma)
+
+
+def euler_sigmas(steps: int, shift: float = 1.0) -> torch.Tensor:
+    """``steps + 1`` decreasing sigmas from 1 to 0: uniform in unshifted time, then shifted.
+
+    This is the schedule of diffusers' ``FlowMatchEulerDiscreteScheduler`` (without its
+    ``1/1000`` floor), applied once: callers pass unshifted steps, never shifted sigmas.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return shift_sigma(torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64), shift).float()
+
+
+def sample_train_sigmas(
+    batch_size: int,
+    *,
+    density: str = "logit_normal",
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    mode_scale: float = 1.29,
+    shift: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Training sigmas from SD3's densities (diffusers ``compute_density_for_timestep_sampling``).
+
+    ``density`` is one of ``logit_normal`` (SD3 default, Esser et al. 2024 eq. 19),
+    ``mode`` or ``uniform``; the draw is then resolution-shifted by ``shift``.
+    """
+    # diffusers calls the uniform density "none"
+    scheme = "none" if density == "uniform" else density
+    u = compute_density_for_timestep_sampling(
+        weighting_scheme=scheme,
+        batch_size=batch_size,
+        logit_mean=logit_mean,
+        logit_std=logit_std,
+        mode_scale=mode_scale,
+        generator=generator,
+    )
+    return shift_sigma(u.clamp(0.0, 1.0), shift)

@@ -1,0 +1,67 @@
+"""The ``world`` stage: text encoder, tokenizer and fixed prompt splits written once to disk."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from senseflow.io import atomic_write_text, ensure_writable_dir
+from senseflow.world.scenes import caption, sample_scene
+from senseflow.world.text import WorldTextEncoder, build_text_encoder, build_tokenizer
+
+
+def prompt_records(split: str, n: int, *, digit_counts: dict[int, float], seed: int) -> list[dict]:
+    """``n`` distinct prompts of ``split`` with their scenes, in a fixed order.
+
+    Test and validation scenes draw held-out handwriting, so their real images (FID
+    references) are handwriting no model was trained on.
+    """
+    rng = np.random.default_rng([seed, {"train": 0, "val": 1, "test": 2}[split]])
+    instances = "train" if split == "train" else "heldout"
+    seen: set[str] = set()
+    out = []
+    while len(out) < n:
+        scene = sample_scene(rng, digit_counts=digit_counts, instances=instances, split=split)
+        text = caption(scene)
+        if text in seen:
+            continue
+        seen.add(text)
+        out.append({"id": f"{split}-{len(out):05d}", "prompt": text, "scene": scene.to_dict()})
+    return out
+
+
+def build_world(
+    out_dir: str | Path,
+    *,
+    digit_counts: dict[int, float],
+    prompts_per_split: dict[str, int],
+    text_hidden_size: int,
+    text_num_layers: int,
+    text_num_heads: int,
+    text_max_length: int,
+    text_seed: int,
+    seed: int,
+) -> dict:
+    """Write ``tokenizer/``, ``text_encoder/`` and ``prompts/{split}.jsonl`` under ``out_dir``."""
+    out_dir = ensure_writable_dir(out_dir)
+    encoder = WorldTextEncoder(
+        build_tokenizer(text_max_length),
+        build_text_encoder(
+            hidden_size=text_hidden_size,
+            num_layers=text_num_layers,
+            num_heads=text_num_heads,
+            max_length=text_max_length,
+            seed=text_seed,
+        ),
+    )
+    encoder.save(out_dir)
+    summary = {}
+    for split, n in prompts_per_split.items():
+        records = prompt_records(split, n, digit_counts=digit_counts, seed=seed)
+        encoder.check([r["prompt"] for r in records])
+        lines = "".join(json.dumps(r) + "\n" for r in records)
+        atomic_write_text(out_dir / "prompts" / f"{split}.jsonl", lines)
+        summary[split] = len(records)
+    return summary

@@ -1,0 +1,169 @@
+"""Text side of the embedded world: an offline word-level tokenizer and a frozen tiny CLIP text encoder.
+
+The tokenizer's vocabulary is exactly the caption grammar's words (plus the
+CLIP special tokens), built with the ``tokenizers`` library and wrapped as a
+``transformers`` fast tokenizer, so nothing is downloaded. The text encoder is
+a ``transformers.CLIPTextModel`` of tiny config, randomly initialised from a
+fixed seed and never trained: like the frozen encoders of real text-to-image
+models it only has to keep captions apart, the teacher learns to read it.
+Both are saved with ``save_pretrained`` so every later stage loads the same
+bytes instead of rebuilding them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import WhitespaceSplit
+from tokenizers.processors import TemplateProcessing
+from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
+
+from senseflow.errors import MissingArtefactError, UserError
+from senseflow.world.scenes import BACKGROUND_NAMES, COLOUR_NAMES, DIGIT_NAMES, POSITIONS
+
+BOS, EOS, PAD, UNK = "<|startoftext|>", "<|endoftext|>", "<|pad|>", "<|unk|>"
+GRAMMAR_WORDS = ("a", "at", "the", "and", "on", "background")
+
+
+def vocabulary() -> list[str]:
+    """Every token the tokenizer knows, specials first (ids are list positions)."""
+    words = set(GRAMMAR_WORDS) | set(DIGIT_NAMES) | set(COLOUR_NAMES) | set(BACKGROUND_NAMES)
+    words |= {w for p in POSITIONS for w in p.split()}
+    return [PAD, BOS, EOS, UNK, *sorted(words)]
+
+
+def build_tokenizer(max_length: int) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over the caption grammar, CLIP-style ``BOS ... EOS`` framing."""
+    vocab = {tok: i for i, tok in enumerate(vocabulary())}
+    core = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK))
+    core.pre_tokenizer = WhitespaceSplit()
+    core.post_processor = TemplateProcessing(
+        single=f"{BOS} $A {EOS}", special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token=BOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=UNK,
+        model_max_length=max_length,
+    )
+
+
+def build_text_encoder(
+    *, hidden_size: int, num_layers: int, num_heads: int, max_length: int, seed: int
+) -> CLIPTextModel:
+    """A frozen CLIP text transformer of tiny config, initialised from ``seed``."""
+    vocab = vocabulary()
+    config = CLIPTextConfig(
+        vocab_size=len(vocab),
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        max_position_embeddings=max_length,
+        projection_dim=hidden_size,
+        pad_token_id=vocab.index(PAD),
+        bos_token_id=vocab.index(BOS),
+        eos_token_id=vocab.index(EOS),
+    )
+    # Initialise under a private generator state so the weights depend on the seed alone.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = CLIPTextModel(config)
+    return model.eval().requires_grad_(False)
+
+
+@dataclass
+class PromptEmbeds:
+    """Per-token and pooled text embeddings, the conditioning of every backbone."""
+
+    hidden: torch.Tensor  # (B, L, D)
+    pooled: torch.Tensor  # (B, D)
+
+    def __len__(self) -> int:
+        return self.hidden.shape[0]
+
+    def index(self, idx) -> PromptEmbeds:
+        """Rows ``idx`` of both tensors."""
+        return PromptEmbeds(self.hidden[idx], self.pooled[idx])
+
+    def to(self, device) -> PromptEmbeds:
+        """Move both tensors to ``device``."""
+        return PromptEmbeds(self.hidden.to(device), self.pooled.to(device))
+
+    @staticmethod
+    def cat(items: list[PromptEmbeds]) -> PromptEmbeds:
+        """Concatenate along the batch dimension."""
+        return PromptEmbeds(torch.cat([e.hidden for e in items]), torch.cat([e.pooled for e in items]))
+
+
+class WorldTextEncoder:
+    """Tokenizer + frozen encoder with a per-caption cache (captions repeat a lot)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, model: CLIPTextModel):
+        self.tokenizer = tokenizer
+        self.model = model.eval().requires_grad_(False)
+        self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def hidden_size(self) -> int:
+        """Width of both the per-token and the pooled embedding."""
+        return self.model.config.hidden_size
+
+    @classmethod
+    def load(cls, folder: str | Path) -> WorldTextEncoder:
+        """Load what :meth:`save` wrote (``tokenizer/`` and ``text_encoder/``)."""
+        folder = Path(folder)
+        for sub in ("tokenizer", "text_encoder"):
+            if not (folder / sub).is_dir():
+                raise MissingArtefactError(
+                    f"{folder / sub} is missing: build the world first with "
+                    "`senseflow world build --out <dir>` (dvc stage `world`)"
+                )
+        tok = PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer")
+        model = CLIPTextModel.from_pretrained(folder / "text_encoder")
+        return cls(tok, model)
+
+    def save(self, folder: str | Path) -> None:
+        """Write ``tokenizer/`` and ``text_encoder/`` (safetensors) under ``folder``."""
+        folder = Path(folder)
+        self.tokenizer.save_pretrained(folder / "tokenizer")
+        self.model.save_pretrained(folder / "text_encoder")
+
+    def check(self, captions: list[str]) -> None:
+        """Raise ``ValueError`` naming the first caption that the grammar cannot encode."""
+        unk = self.tokenizer.unk_token_id
+        for text in captions:
+            ids = self.tokenizer(text)["input_ids"]
+            if unk in ids:
+                bad = [w for w in text.split() if self.tokenizer.convert_tokens_to_ids(w) == unk]
+                raise UserError(f"caption {text!r} has words outside the world's vocabulary: {bad}")
+            if len(ids) > self.tokenizer.model_max_length:
+                raise UserError(
+                    f"caption {text!r} is {len(ids)} tokens, longer than the encoder's "
+                    f"{self.tokenizer.model_max_length}"
+                )
+
+    @torch.no_grad()
+    def encode(self, captions: list[str]) -> PromptEmbeds:
+        """Embed captions; the empty caption is the unconditional prompt for CFG."""
+        missing = sorted({c for c in captions if c not in self._cache})
+        if missing:
+            batch = self.tokenizer(
+                missing,
+                padding="max_length",
+                max_length=self.tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            )
+            out = self.model(input_ids=batch["input_ids"], attention_mask=None)
+            for i, text in enumerate(missing):
+                self._cache[text] = (out.last_hidden_state[i], out.pooler_output[i])
+        hidden = torch.stack([self._cache[c][0] for c in captions])
+        pooled = torch.stack([self._cache[c][1] for c in captions])
+        return PromptEmbeds(hidden, pooled)

@@ -1,0 +1,112 @@
+import json
+
+import pytest
+import torch
+
+from senseflow.backbones.base import Backbone
+from senseflow.samplers import NFECounter, euler_flow, prompt_noise, prompt_seed, sample_prompts
+from senseflow.schedules import euler_sigmas
+from senseflow.teacher import CheckpointError, load_teacher, train_teacher
+
+TINY = dict(
+    resolution=16,
+    patch_size=4,
+    num_layers=1,
+    num_attention_heads=2,
+    attention_head_dim=8,
+    batch_size=4,
+    warmup_steps=1,
+    log_every=2,
+    sample_steps=2,
+    progress=False,
+)
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "teacher" / "transformer" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path, world_dir, monkeypatch):
+    import senseflow.teacher as teacher
+
+    train_teacher(tmp_path / "straight", world_dir=world_dir, steps=6, checkpoint_every=3, **TINY)
+
+    real_save = teacher.atomic_torch_save
+
+    def save_then_die(obj, path):
+        real_save(obj, path)
+        raise KeyboardInterrupt  # the process is killed right after its first checkpoint
+
+    monkeypatch.setattr(teacher, "atomic_torch_save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(tmp_path / "killed", world_dir=world_dir, steps=6, checkpoint_every=3, **TINY)
+    assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=False)["step"] == 3
+    assert not (tmp_path / "killed" / "teacher").exists()
+    monkeypatch.setattr(teacher, "atomic_torch_save", real_save)
+    # rerunning the same command continues from step 3 with the same data, noise and optimiser state
+    train_teacher(tmp_path / "killed", world_dir=world_dir, steps=6, checkpoint_every=3, **TINY)
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "killed")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, world_dir):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="delete it to restart"):
+        train_teacher(out, world_dir=world_dir, steps=2, checkpoint_every=1, **TINY)
+
+
+def test_export_loads_as_a_backbone_and_samples(tmp_path, world_dir):
+    folder = train_teacher(tmp_path, world_dir=world_dir, steps=2, checkpoint_every=2, **TINY)
+    recipe = json.loads((folder / "recipe.json").read_text())
+    assert recipe["prediction"] == "flow" and recipe["steps"] == 2
+    backbone, _ = load_teacher(folder, world_dir)
+    assert isinstance(backbone, Backbone)
+    prompts = ["at the top left a red 3 on a black background"] * 2
+    cond = backbone.text.encode(prompts)
+    x = torch.randn(2, 3, 16, 16)
+    s = torch.full((2,), 0.5)
+    # CFG at scale 1 is the conditional velocity; batched CFG equals two separate calls
+    torch.testing.assert_close(
+        backbone.guided_velocity(x, s, cond, backbone.text.encode(["", ""]), 1.0),
+        backbone.velocity(x, s, cond),
+    )
+    unc = backbone.text.encode(["", ""])
+    v_c, v_u = backbone.velocity(x, s, cond), backbone.velocity(x, s, unc)
+    torch.testing.assert_close(
+        backbone.guided_velocity(x, s, cond, unc, 3.0), v_u + 3 * (v_c - v_u), atol=1e-5, rtol=1e-4
+    )
+    # NFE: 2 per step with CFG, 1 without
+    images, nfe = sample_prompts(backbone, prompts, [1, 2], steps=3, cfg=4.0, shape=(3, 16, 16))
+    assert images.shape == (2, 3, 16, 16) and nfe == 6
+    _, nfe = sample_prompts(backbone, prompts, [1, 2], steps=3, cfg=1.0, shape=(3, 16, 16))
+    assert nfe == 3
+
+
+def test_sampling_is_batch_size_independent(tmp_path, world_dir):
+    folder = train_teacher(tmp_path, world_dir=world_dir, steps=1, checkpoint_every=1, **TINY)
+    backbone, _ = load_teacher(folder, world_dir)
+    prompts = [f"at the top left a red {d} on a black background" for d in range(5)]
+    seeds = [prompt_seed(0, f"p{i}") for i in range(5)]
+    a, _ = sample_prompts(backbone, prompts, seeds, steps=2, cfg=2.0, shape=(3, 16, 16), batch_size=5)
+    b, _ = sample_prompts(backbone, prompts, seeds, steps=2, cfg=2.0, shape=(3, 16, 16), batch_size=2)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_euler_flow_integrates_a_known_field():
+    # v = eps - x0 with a fixed x0 target: the ODE ends exactly at x0 whatever the steps
+    x0 = torch.randn(3, 2)
+    noise = torch.randn(3, 2)
+    counter = NFECounter(lambda x, s: (x - x0) / s)
+    out = euler_flow(counter, noise, euler_sigmas(5))
+    torch.testing.assert_close(out, x0, atol=1e-5, rtol=0)
+    assert counter.nfe == 5
+
+
+def test_prompt_seeds_are_stable():
+    assert prompt_seed(0, "test-00001") == prompt_seed(0, "test-00001")
+    assert prompt_seed(0, "test-00001") != prompt_seed(1, "test-00001")
+    torch.testing.assert_close(prompt_noise([7], (2, 2)), prompt_noise([7], (2, 2)))
