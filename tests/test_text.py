@@ -45,6 +45,15 @@ def test_encode_save_load_and_cache(tmp_path):
     torch.testing.assert_close(again.pooled, e.pooled.flip(0))
 
 
+def test_pooled_embedding_sees_the_whole_caption():
+    # the pooled vector is the EOS state, so every word changes it (a CLIP pooling trap)
+    enc = WorldTextEncoder(build_tokenizer(24), build_text_encoder(seed=0, **KW))
+    digits = enc.encode([f"at the top left a red {d} on a black background" for d in range(10)]).pooled
+    assert torch.cdist(digits, digits).fill_diagonal_(1.0).min() > 1e-3
+    vocab = vocabulary()
+    assert vocab.index("<|endoftext|>") == len(vocab) - 1 and enc.model.config.eos_token_id != 2
+
+
 def test_check_rejects_unknown_words_and_missing_folder(tmp_path):
     enc = WorldTextEncoder(build_tokenizer(24), build_text_encoder(seed=0, **KW))
     with pytest.raises(UserError, match="purple"):

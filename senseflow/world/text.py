@@ -30,10 +30,16 @@ GRAMMAR_WORDS = ("a", "at", "the", "and", "on", "background")
 
 
 def vocabulary() -> list[str]:
-    """Every token the tokenizer knows, specials first (ids are list positions)."""
+    """Every token the tokenizer knows (ids are list positions), specials last as in CLIP.
+
+    EOS must hold the highest id: ``CLIPTextModel`` pools the hidden state at
+    ``input_ids.argmax()`` when its ``eos_token_id`` is 2 (the legacy OpenAI vocabulary
+    convention). With EOS anywhere else the "pooled" embedding silently becomes the state
+    of whichever word has the largest id, which drops everything said after it.
+    """
     words = set(GRAMMAR_WORDS) | set(DIGIT_NAMES) | set(COLOUR_NAMES) | set(BACKGROUND_NAMES)
     words |= {w for p in POSITIONS for w in p.split()}
-    return [PAD, BOS, EOS, UNK, *sorted(words)]
+    return [*sorted(words), UNK, PAD, BOS, EOS]
 
 
 def build_tokenizer(max_length: int) -> PreTrainedTokenizerFast:
