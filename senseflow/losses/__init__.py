@@ -1,0 +1,20 @@
+"""SenseFlow's losses as pure functions over tensors (docs/architecture.md, "Losses")."""
+
+from senseflow.losses.dmd import dmd_gradient, dmd_loss
+from senseflow.losses.fake_score import (
+    PREDICTIONS,
+    epsilon_fake_score_loss,
+    fake_score_loss,
+    flow_fake_score_loss,
+    sample_fake_score_sigmas,
+)
+
+__all__ = [
+    "PREDICTIONS",
+    "dmd_gradient",
+    "dmd_loss",
+    "epsilon_fake_score_loss",
+    "fake_score_loss",
+    "flow_fake_score_loss",
+    "sample_fake_score_sigmas",
+]
