@@ -1,8 +1,15 @@
+import math
+from typing import get_args
+
 import pytest
 import torch
 from torch import nn
 
+from senseflow.backbones.conversions import eps_eps_from_x0
+from senseflow.config import ISGConfig
 from senseflow.losses import (
+    CHARBONNIER_C,
+    ISG_DISTANCES,
     IDAMismatchError,
     dmd_gradient,
     dmd_loss,
@@ -10,7 +17,11 @@ from senseflow.losses import (
     fake_score_loss,
     flow_fake_score_loss,
     ida_update,
+    isg_distance,
+    isg_loss,
+    isg_loss_ddim,
     sample_fake_score_sigmas,
+    sample_isg_mid,
 )
 
 
@@ -191,3 +202,138 @@ def test_ida_on_dtensor_shards():
         assert torch.equal(fake.weight.full_tensor(), before)
     finally:
         dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- ISG
+def test_isg_distance_names_match_config():
+    assert set(ISG_DISTANCES) == set(get_args(ISGConfig.model_fields["distance"].annotation))
+
+
+def test_charbonnier_hand_values():
+    c = CHARBONNIER_C
+    assert c == 1e-3
+    x = torch.tensor([0.0, 0.75e-3, 2.4e-3])
+    # sqrt(d^2 + c^2) - c: 0, sqrt(0.5625e-6 + 1e-6) - 1e-3 = 0.25e-3, sqrt(5.76e-6 + 1e-6) - 1e-3 = 1.6e-3
+    out = isg_distance(x, torch.zeros(3), "charbonnier")
+    assert out.item() == pytest.approx((0.0 + 0.25e-3 + 1.6e-3) / 3, rel=1e-4)
+    assert isg_distance(x, torch.zeros(3), "l2").item() == pytest.approx((0.75e-3**2 + 2.4e-3**2) / 3)
+    with pytest.raises(ValueError, match="l2, charbonnier"):
+        isg_distance(x, x, "l1")
+
+
+def _straight_field(c):
+    """The exact velocity field of a one-point data distribution at ``c``: v = (x - c) / s."""
+    return lambda x, s: (x - c) / s.view(-1, 1, 1, 1)
+
+
+def test_isg_is_zero_for_an_exact_straight_field(trio):
+    x_tau, c, _ = trio
+    field = _straight_field(c)
+    s_tau = torch.tensor([1.0, 0.9, 0.75])
+    s_prev = torch.tensor([0.9, 0.75, 0.0])
+    s_mid = sample_isg_mid(s_tau, s_prev, 0.02, torch.Generator().manual_seed(0))
+    loss = isg_loss(x_tau, s_tau, s_prev, s_mid, field, field)
+    assert loss.item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_isg_gradient_flows_only_through_the_direct_branch():
+    # teacher v = b x, generator v = a x (a scaled identity):
+    #   x_mid = (1 + (sm - st) b) x,   x_tar = (1 + (sp - sm) a) x_mid,   x_dir = (1 + (sp - st) a) x
+    # L = mean((x_dir - x_tar)^2); with x_tar detached, dL/da = mean(2 (x_dir - x_tar) (sp - st) x)
+    a = torch.tensor(0.7, requires_grad=True)
+    b, st, sm, sp = 1.3, 0.9, 0.6, 0.3
+    x = torch.tensor([[[[1.0, -2.0]]], [[[0.5, 3.0]]]])
+    loss = isg_loss(x, st, sp, sm, lambda y, s: b * y, lambda y, s: a * y)
+    loss.backward()
+    av = a.item()
+    x_tar = (1 + (sp - sm) * av) * (1 + (sm - st) * b) * x
+    x_dir = (1 + (sp - st) * av) * x
+    assert loss.item() == pytest.approx((x_dir - x_tar).square().mean().item(), rel=1e-5)
+    expected = (2 * (x_dir - x_tar) * (sp - st) * x).mean().item()
+    assert a.grad.item() == pytest.approx(expected, rel=1e-5)
+    # had the target kept its graph, the gradient would include -2 (x_dir - x_tar) dx_tar/da
+    leaked = expected - (2 * (x_dir - x_tar) * (sp - sm) * (1 + (sm - st) * b) * x).mean().item()
+    assert a.grad.item() != pytest.approx(leaked, rel=1e-3)
+
+
+def test_isg_rejects_mid_outside_segment(trio):
+    x, c, _ = trio
+    with pytest.raises(ValueError, match="sigma_prev <= sigma_mid <= sigma_tau"):
+        isg_loss(x, 0.9, 0.5, 0.95, _straight_field(c), _straight_field(c))
+
+
+def test_sample_isg_mid_bounds_and_errors():
+    s_tau = torch.full((256,), 0.9)
+    mid = sample_isg_mid(s_tau, 0.75, 0.05, torch.Generator().manual_seed(0))
+    assert mid.shape == (256,)
+    assert (mid >= 0.8 - 1e-6).all() and (mid <= 0.85 + 1e-6).all()
+    assert mid.std() > 0  # per-sample draws
+    with pytest.raises(ValueError, match="narrower than 2 \\* margin"):
+        sample_isg_mid(torch.tensor([0.9, 0.8]), torch.tensor([0.75, 0.75]), 0.05)
+    with pytest.raises(ValueError, match="narrower"):
+        sample_isg_mid(0.8, 0.75, 0.05)  # scalars too
+    with pytest.raises(ValueError, match="margin"):
+        sample_isg_mid(s_tau, 0.75, -0.1)
+
+
+# ----------------------------------------------------------------------------- ISG, DDIM
+@pytest.fixture
+def alphas_cumprod():
+    # SD / SDXL "scaled_linear" betas, 1000 steps
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0)
+
+
+def _exact_eps_field(c, alphas_cumprod):
+    """Exact eps field of a one-point data distribution at ``c``: DDIM follows it without error."""
+    return lambda x, t: eps_eps_from_x0(x, c, alphas_cumprod[t])
+
+
+def test_isg_ddim_zero_for_a_shared_exact_eps_field(trio, alphas_cumprod):
+    x0, eps, c = trio
+    t = torch.tensor([999, 749, 249])
+    x_t = (
+        torch.sqrt(alphas_cumprod[t]).float().view(-1, 1, 1, 1) * c
+        + torch.sqrt(1 - alphas_cumprod[t]).float().view(-1, 1, 1, 1) * eps
+    )
+    field = _exact_eps_field(c, alphas_cumprod)
+    t_prev, t_mid = torch.tensor([749, 499, -1]), torch.tensor([870, 600, 100])
+    loss = isg_loss_ddim(x_t, t, t_prev, t_mid, alphas_cumprod, field, field)
+    assert loss.item() == pytest.approx(0.0, abs=1e-8)
+
+
+def test_isg_ddim_goes_through_t_mid(trio, alphas_cumprod):
+    x_t, c1, c2 = trio
+    teacher, gen = _exact_eps_field(c1, alphas_cumprod), _exact_eps_field(c2, alphas_cumprod)
+    t, t_prev = torch.full((3,), 749), torch.full((3,), 499)
+    a = isg_loss_ddim(x_t, t, t_prev, torch.full((3,), 700), alphas_cumprod, teacher, gen)
+    b = isg_loss_ddim(x_t, t, t_prev, torch.full((3,), 550), alphas_cumprod, teacher, gen)
+    assert a.item() > 0 and b.item() > 0
+    assert not math.isclose(a.item(), b.item(), rel_tol=1e-3)
+
+
+def test_isg_ddim_last_segment_hand_values_and_direct_gradient(alphas_cumprod):
+    # x_t = sqrt(ab) c + sqrt(1 - ab) e, teacher exact, generator eps = k * e on this line.
+    # With r(t) = sqrt((1 - ab_t) / ab_t), a DDIM step to t_prev = -1 gives x0 = c + r (1 - k) e:
+    #   x_tar = c + r(t_mid) (1 - k) e (teacher lands on the line at t_mid),  x_dir = c + r(t) (1 - k) e
+    # L = mean((x_dir - x_tar)^2); target detached: dL/dk = mean(2 (x_dir - x_tar) (-r(t) e))
+    c, e = torch.full((1, 1, 1, 2), 0.5), torch.tensor([[[[1.0, -1.0]]]])
+    t, t_mid = 249, 100
+    r = {k: math.sqrt((1 - alphas_cumprod[k].item()) / alphas_cumprod[k].item()) for k in (t, t_mid)}
+    ab = alphas_cumprod[t].item()
+    x_t = math.sqrt(ab) * c + math.sqrt(1 - ab) * e
+    exact = _exact_eps_field(c, alphas_cumprod)
+    k = torch.tensor(1.0, requires_grad=True)
+    gen = lambda x, tt: k * exact(x, tt)
+    assert isg_loss_ddim(x_t, t, -1, t_mid, alphas_cumprod, exact, gen).item() == pytest.approx(0, abs=1e-10)
+    with torch.no_grad():
+        k.fill_(0.5)
+    loss = isg_loss_ddim(x_t, t, -1, t_mid, alphas_cumprod, exact, gen)
+    loss.backward()
+    diff = (r[t] - r[t_mid]) * 0.5 * e
+    assert loss.item() == pytest.approx(diff.square().mean().item(), rel=1e-4)
+    assert k.grad.item() == pytest.approx((2 * diff * -r[t] * e).mean().item(), rel=1e-4)
+    with pytest.raises(ValueError, match="t_prev < t_mid <= t"):
+        isg_loss_ddim(x_t, t, -1, -1, alphas_cumprod, exact, exact)
+    with pytest.raises(TypeError, match="integers"):
+        isg_loss_ddim(x_t, t, -1, 100.0, alphas_cumprod, exact, exact)
