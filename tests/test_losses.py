@@ -6,16 +6,20 @@ import torch
 from torch import nn
 
 from senseflow.backbones.conversions import eps_eps_from_x0
-from senseflow.config import ISGConfig
+from senseflow.config import GANConfig, ISGConfig
 from senseflow.losses import (
     CHARBONNIER_C,
+    GAN_WEIGHT_CURVES,
     ISG_DISTANCES,
     IDAMismatchError,
+    d_hinge_loss,
     dmd_gradient,
     dmd_loss,
     epsilon_fake_score_loss,
     fake_score_loss,
     flow_fake_score_loss,
+    g_hinge_loss,
+    gan_weight,
     ida_update,
     isg_distance,
     isg_loss,
@@ -337,3 +341,34 @@ def test_isg_ddim_last_segment_hand_values_and_direct_gradient(alphas_cumprod):
         isg_loss_ddim(x_t, t, -1, -1, alphas_cumprod, exact, exact)
     with pytest.raises(TypeError, match="integers"):
         isg_loss_ddim(x_t, t, -1, 100.0, alphas_cumprod, exact, exact)
+
+
+# ----------------------------------------------------------------------------- adversarial
+def test_hinge_losses_hand_values():
+    real = torch.tensor([2.0, 0.5, -1.0])  # relu(1 - r): 0, 0.5, 2 -> mean 2.5 / 3
+    fake = torch.tensor([[-2.0, 0.0], [1.0, -0.5]])  # relu(1 + f): 0, 1, 2, 0.5 -> mean 0.875
+    assert d_hinge_loss(real, fake).item() == pytest.approx(2.5 / 3 + 0.875)
+    assert g_hinge_loss(fake).item() == pytest.approx(-(-2.0 + 0.0 + 1.0 - 0.5) / 4)
+
+
+def test_g_hinge_per_sample_weights_broadcast_over_logit_maps():
+    fake = torch.tensor([[[1.0, 3.0]], [[-2.0, 4.0]]])  # (B=2, 1, 2) logit maps
+    w = torch.tensor([0.5, 2.0])
+    # -(0.5 * (1 + 3) + 2 * (-2 + 4)) / 4 = -(2 + 4) / 4
+    assert g_hinge_loss(fake, w).item() == pytest.approx(-1.5)
+    with pytest.raises(ValueError, match="3 entries for a batch of 2"):
+        g_hinge_loss(fake, torch.ones(3))
+
+
+def test_gan_weight_curves():
+    s = torch.tensor([0.0, 0.25, 1.0])
+    torch.testing.assert_close(gan_weight(s), torch.tensor([1.0, 0.5625, 0.0]))
+    torch.testing.assert_close(gan_weight(s, "one_minus_sigma"), torch.tensor([1.0, 0.75, 0.0]))
+    torch.testing.assert_close(gan_weight(s, "sigma"), s)
+    torch.testing.assert_close(gan_weight(s, "constant"), torch.ones(3))
+    with pytest.raises(ValueError, match="one_minus_sigma_sq, one_minus_sigma, sigma, constant"):
+        gan_weight(s, "cosine")
+
+
+def test_gan_curve_names_match_config():
+    assert set(GAN_WEIGHT_CURVES) == set(get_args(GANConfig.model_fields["weight_curve"].annotation))

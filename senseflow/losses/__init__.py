@@ -1,5 +1,6 @@
 """SenseFlow's losses as pure functions over tensors (docs/architecture.md, "Losses")."""
 
+from senseflow.losses.adversarial import GAN_WEIGHT_CURVES, d_hinge_loss, g_hinge_loss, gan_weight
 from senseflow.losses.dmd import dmd_gradient, dmd_loss
 from senseflow.losses.fake_score import (
     PREDICTIONS,
@@ -20,14 +21,18 @@ from senseflow.losses.isg import (
 
 __all__ = [
     "CHARBONNIER_C",
+    "GAN_WEIGHT_CURVES",
     "IDAMismatchError",
     "ISG_DISTANCES",
     "PREDICTIONS",
+    "d_hinge_loss",
     "dmd_gradient",
     "dmd_loss",
     "epsilon_fake_score_loss",
     "fake_score_loss",
     "flow_fake_score_loss",
+    "g_hinge_loss",
+    "gan_weight",
     "ida_update",
     "isg_distance",
     "isg_loss",

@@ -1,0 +1,59 @@
+"""Hinge GAN losses and the timestep-aware GAN weight (SenseFlow VFM discriminator; method.md section 4).
+
+The discriminator's heads emit logit maps; every logit counts as one hinge term (Lim & Ye
+2017; Miyato et al. 2018), averaged. The generator's adversarial term is weighted by a curve
+of the sigma of the anchor its sample came from, ``(1 - sigma)^2`` in the paper.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from senseflow.backbones.conversions import _bcast, _up
+
+GAN_WEIGHT_CURVES: tuple[str, ...] = ("one_minus_sigma_sq", "one_minus_sigma", "sigma", "constant")
+
+
+def d_hinge_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Discriminator hinge loss ``mean(relu(1 - D(real))) + mean(relu(1 + D(fake)))``.
+
+    Lim & Ye 2017 (geometric GAN) hinge form, as in SenseFlow's discriminator loss. Each
+    term is averaged over its own logits, so real and fake batches may differ in size.
+    """
+    return torch.relu(1 - _up(real_logits)).mean() + torch.relu(1 + _up(fake_logits)).mean()
+
+
+def g_hinge_loss(fake_logits: torch.Tensor, weight: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Generator hinge loss ``-mean(w * D(fake))`` (Lim & Ye 2017; SenseFlow generator GAN term).
+
+    ``weight`` is per sample, shape (B,) (or a scalar), broadcast over each sample's logit
+    map; typically :func:`gan_weight` of the anchor sigma. None means 1.
+    """
+    logits = _up(fake_logits)
+    if weight is None:
+        return -logits.mean()
+    w = _bcast(weight, logits)
+    if w.ndim and w.shape[0] != logits.shape[0]:
+        raise ValueError(f"weight has {w.shape[0]} entries for a batch of {logits.shape[0]}")
+    return -(w * logits).mean()
+
+
+def gan_weight(sigma: torch.Tensor | float, curve: str = "one_minus_sigma_sq") -> torch.Tensor:
+    """Timestep-aware GAN weight ``w(sigma)`` (SenseFlow, method.md section 4), float32 or better.
+
+    ``one_minus_sigma_sq``: ``(1 - sigma)^2``, the paper and the FLUX code: the x0 estimate
+    from a noisy anchor is necessarily coarse, so its adversarial signal is damped (0 at
+    sigma = 1). ``one_minus_sigma``: ``1 - sigma``; ``sigma``: ``sigma``; ``constant``: 1;
+    alternatives because the released SD3.5 / SDXL code does not use the paper's curve.
+    """
+    s = torch.as_tensor(sigma)
+    s = s.to(torch.promote_types(s.dtype, torch.float32))
+    if curve == "one_minus_sigma_sq":
+        return (1 - s).square()
+    if curve == "one_minus_sigma":
+        return 1 - s
+    if curve == "sigma":
+        return s.clone()
+    if curve == "constant":
+        return torch.ones_like(s)
+    raise ValueError(f"unknown GAN weight curve {curve!r}; expected one of {', '.join(GAN_WEIGHT_CURVES)}")
