@@ -1,6 +1,6 @@
 """Probe accuracy per attribute on held-out handwriting, and its training time (target: >= 95%, <= 3 min).
 
-    python benchmarks/probe_accuracy.py [--profile embedded] [--out DIR]
+python benchmarks/probe_accuracy.py [--profile embedded] [--out DIR]
 """
 
 from __future__ import annotations

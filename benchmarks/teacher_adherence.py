@@ -44,10 +44,11 @@ def main() -> None:
             backbone, records, probe, shape=shape, steps_list=args.steps, cfg=cfg, seed=args.seed
         ):
             rows.append(r)
+            head = f"{cfg:4.1f} {r['steps']:3d} {r['nfe']:3d}  {r['all']:.3f}  {r['digit']:.3f}"
+            head += f" {r['colour']:.3f}"
+            by_count = f"{r.get('all_1_digit', float('nan')):.3f} {r.get('all_2_digit', float('nan')):.3f}"
             print(
-                f"{cfg:4.1f} {r['steps']:3d} {r['nfe']:3d}  {r['all']:.3f}  {r['digit']:.3f} {r['colour']:.3f} "
-                f"{r['position']:.3f} {r['background']:.3f}  {r.get('all_1_digit', float('nan')):.3f} "
-                f"{r.get('all_2_digit', float('nan')):.3f}  {r['seconds_per_image']:.4f}",
+                f"{head} {r['position']:.3f} {r['background']:.3f}  {by_count}  {r['seconds_per_image']:.4f}",
                 flush=True,
             )
     if args.out:
