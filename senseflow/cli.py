@@ -95,6 +95,7 @@ def world_build(out: Out, profile: Profile = "embedded", set_: Sets = None) -> N
         text_num_heads=w.text.num_heads,
         text_max_length=w.text.max_length,
         text_seed=w.text.seed,
+        text_pooling=w.text.pooling,
         seed=w.seed,
     )
     typer.echo(f"world written to {out}: prompts {summary}")

@@ -74,6 +74,7 @@ class TextEncoderConfig(Strict):
     num_layers: PositiveInt = 2
     num_heads: PositiveInt = 2
     max_length: PositiveInt = 24
+    pooling: Literal["eos", "tokens"] = "tokens"  # global conditioning (see world/text.py)
     seed: int = 0
 
 

@@ -97,6 +97,7 @@ def train_teacher(
         num_attention_heads=num_attention_heads,
         attention_head_dim=attention_head_dim,
         text_dim=text.hidden_size,
+        pooled_dim=text.pooled_size,
         qk_norm=qk_norm,
         seed=seed,
     )

@@ -60,3 +60,20 @@ def test_check_rejects_unknown_words_and_missing_folder(tmp_path):
         enc.check(["at the top left a purple 3 on a black background"])
     with pytest.raises(FileNotFoundError, match="senseflow world build"):
         WorldTextEncoder.load(tmp_path / "nowhere")
+
+
+def test_token_pooling_keeps_every_word_and_survives_save(tmp_path):
+    enc = WorldTextEncoder(build_tokenizer(24), build_text_encoder(seed=0, **KW), pooling="tokens")
+    assert enc.pooled_size == 24 * 32
+    a, b = enc.encode(
+        ["at the top left a red 3 on a black background", "at the top left a red 7 on a black background"]
+    ).pooled
+    assert a.shape == (24 * 32,)
+    # the word that differs moves the pooled vector by its whole token state, not a diluted share
+    assert (a - b).norm() > 0.1 * a.norm() / 24**0.5
+    enc.save(tmp_path)
+    loaded = WorldTextEncoder.load(tmp_path)
+    assert loaded.pooling == "tokens"
+    torch.testing.assert_close(loaded.encode(["at the top left a red 3 on a black background"]).pooled[0], a)
+    with pytest.raises(UserError, match="pooling"):
+        WorldTextEncoder(enc.tokenizer, enc.model, pooling="mean")

@@ -92,6 +92,7 @@ def tiny_sd3_transformer(
     num_attention_heads: int,
     attention_head_dim: int,
     text_dim: int,
+    pooled_dim: int | None = None,
     qk_norm: str | None = "rms_norm",
     seed: int = 0,
 ) -> SD3Transformer2DModel:
@@ -111,7 +112,7 @@ def tiny_sd3_transformer(
             num_attention_heads=num_attention_heads,
             joint_attention_dim=text_dim,
             caption_projection_dim=inner,
-            pooled_projection_dim=text_dim,
+            pooled_projection_dim=pooled_dim or text_dim,
             pos_embed_max_size=resolution // patch_size,
             qk_norm=qk_norm,
         )

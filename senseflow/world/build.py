@@ -42,6 +42,7 @@ def build_world(
     text_num_heads: int,
     text_max_length: int,
     text_seed: int,
+    text_pooling: str = "tokens",
     seed: int,
 ) -> dict:
     """Write ``tokenizer/``, ``text_encoder/`` and ``prompts/{split}.jsonl`` under ``out_dir``."""
@@ -55,6 +56,7 @@ def build_world(
             max_length=text_max_length,
             seed=text_seed,
         ),
+        pooling=text_pooling,
     )
     encoder.save(out_dir)
     summary = {}

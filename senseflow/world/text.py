@@ -12,6 +12,7 @@ bytes instead of rebuilding them.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from tokenizers.processors import TemplateProcessing
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 from senseflow.errors import MissingArtefactError, UserError
+from senseflow.io import atomic_write_text
 from senseflow.world.scenes import BACKGROUND_NAMES, COLOUR_NAMES, DIGIT_NAMES, POSITIONS
 
 BOS, EOS, PAD, UNK = "<|startoftext|>", "<|endoftext|>", "<|pad|>", "<|unk|>"
@@ -108,18 +110,40 @@ class PromptEmbeds:
         return PromptEmbeds(torch.cat([e.hidden for e in items]), torch.cat([e.pooled for e in items]))
 
 
-class WorldTextEncoder:
-    """Tokenizer + frozen encoder with a per-caption cache (captions repeat a lot)."""
+POOLINGS = ("eos", "tokens")
+POOLING_FILE = "text_pooling.json"
 
-    def __init__(self, tokenizer: PreTrainedTokenizerFast, model: CLIPTextModel):
+
+class WorldTextEncoder:
+    """Tokenizer + frozen encoder with a per-caption cache (captions repeat a lot).
+
+    ``pooling`` decides the pooled (global) embedding that conditions the backbone's
+    adaptive norms: ``eos`` is CLIP's EOS state; ``tokens`` concatenates every token state.
+    A *trained* CLIP summarises the caption in its EOS state, a random frozen one does not:
+    there the EOS state changes by a few percent between captions that differ in one word,
+    and the teacher's global conditioning nearly ignores the digit. Concatenation keeps
+    every word's state (like DiT's class embedding, it names the content outright).
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast, model: CLIPTextModel, pooling: str = "eos"):
+        if pooling not in POOLINGS:
+            raise UserError(f"text pooling must be one of {POOLINGS}, got {pooling!r}")
         self.tokenizer = tokenizer
         self.model = model.eval().requires_grad_(False)
+        self.pooling = pooling
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def hidden_size(self) -> int:
-        """Width of both the per-token and the pooled embedding."""
+        """Width of the per-token embedding."""
         return self.model.config.hidden_size
+
+    @property
+    def pooled_size(self) -> int:
+        """Width of the pooled embedding."""
+        if self.pooling == "tokens":
+            return self.hidden_size * self.tokenizer.model_max_length
+        return self.hidden_size
 
     @classmethod
     def load(cls, folder: str | Path) -> WorldTextEncoder:
@@ -133,13 +157,16 @@ class WorldTextEncoder:
                 )
         tok = PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer")
         model = CLIPTextModel.from_pretrained(folder / "text_encoder")
-        return cls(tok, model)
+        pooling_file = folder / POOLING_FILE
+        pooling = json.loads(pooling_file.read_text())["pooling"] if pooling_file.is_file() else "eos"
+        return cls(tok, model, pooling)
 
     def save(self, folder: str | Path) -> None:
         """Write ``tokenizer/`` and ``text_encoder/`` (safetensors) under ``folder``."""
         folder = Path(folder)
         self.tokenizer.save_pretrained(folder / "tokenizer")
         self.model.save_pretrained(folder / "text_encoder")
+        atomic_write_text(folder / POOLING_FILE, json.dumps({"pooling": self.pooling}) + "\n")
 
     def check(self, captions: list[str]) -> None:
         """Raise ``ValueError`` naming the first caption that the grammar cannot encode."""
@@ -168,8 +195,9 @@ class WorldTextEncoder:
                 return_tensors="pt",
             )
             out = self.model(input_ids=batch["input_ids"], attention_mask=None)
+            pooled = out.last_hidden_state.flatten(1) if self.pooling == "tokens" else out.pooler_output
             for i, text in enumerate(missing):
-                self._cache[text] = (out.last_hidden_state[i], out.pooler_output[i])
+                self._cache[text] = (out.last_hidden_state[i], pooled[i])
         hidden = torch.stack([self._cache[c][0] for c in captions])
         pooled = torch.stack([self._cache[c][1] for c in captions])
         return PromptEmbeds(hidden, pooled)
