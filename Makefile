@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export DVC_NO_ANALYTICS := 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# dvc stages call the `senseflow` console scripts: put the venv first on PATH
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup run test test-fast lint format clean
 
