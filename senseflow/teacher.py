@@ -49,6 +49,23 @@ def load_checkpoint(path: Path) -> dict:
         ) from exc
 
 
+def _fingerprint(config: dict) -> dict:
+    """JSON-normal form of a run's settings (tuples become lists, keys strings) for comparison."""
+    return json.loads(json.dumps(config, sort_keys=True, default=str))
+
+
+def _check_same_run(path: Path, saved: dict | None, current: dict) -> None:
+    """Refuse to resume a checkpoint written under other settings (it would silently mix runs)."""
+    if saved is None or saved == current:
+        return
+    diffs = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(saved) | set(current))
+             if saved.get(k) != current.get(k)]  # fmt: skip
+    raise CheckpointError(
+        f"checkpoint {path} was written by a different configuration ({'; '.join(diffs)}); "
+        "delete it to train from scratch, or restore those values to resume"
+    )
+
+
 def train_teacher(
     out_dir: str | Path,
     *,
@@ -85,6 +102,14 @@ def train_teacher(
     Loss (Liu et al. 2023; Esser et al. 2024 eq. 3 with the logit-normal density):
     ``E_{x0, eps, s} || v_theta((1 - s) x0 + s eps, s, c) - (eps - x0) ||^2``.
     """
+    # everything that shapes the trained weights; a checkpoint resumes only under the same values
+    run_config = _fingerprint(
+        {
+            k: v
+            for k, v in locals().items()
+            if k not in ("out_dir", "world_dir", "progress", "checkpoint_every", "log_every")
+        }
+    )
     out_dir = ensure_writable_dir(out_dir)
     digit_counts = digit_counts or {1: 0.5, 2: 0.5}
     assert batch_size > 0 and steps > 0 and 0 <= caption_dropout < 1
@@ -110,6 +135,7 @@ def train_teacher(
     ckpt_path = out_dir / CHECKPOINT
     if ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
+        _check_same_run(ckpt_path, state.get("config"), run_config)
         try:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
@@ -177,6 +203,7 @@ def train_teacher(
                     "scheduler": sched.state_dict(),
                     "ema": ema.state_dict(),
                     "step": done,
+                    "config": run_config,
                 },
                 ckpt_path,
             )

@@ -51,6 +51,15 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, world_dir, monkeypatch
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_checkpoint_of_another_configuration_is_refused(tmp_path, world_dir):
+    run = tmp_path / "run"
+    train_teacher(run, world_dir=world_dir, steps=2, checkpoint_every=1, **TINY)
+    with pytest.raises(CheckpointError, match=r"steps: 2 -> 3.*delete it"):
+        train_teacher(run, world_dir=world_dir, steps=3, checkpoint_every=1, **TINY)
+    # only bookkeeping knobs changed: resumes (nothing left to do) and re-exports
+    train_teacher(run, world_dir=world_dir, steps=2, checkpoint_every=2, **{**TINY, "log_every": 1})
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, world_dir):
     out = tmp_path / "run"
     out.mkdir()
