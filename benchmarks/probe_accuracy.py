@@ -9,7 +9,7 @@ import argparse
 import tempfile
 
 from senseflow.config import load_profile
-from senseflow.world.probes import train_probe
+from senseflow.world.probes import train_probe_for_profile
 
 
 def main() -> None:
@@ -18,22 +18,9 @@ def main() -> None:
     ap.add_argument("--out", default=None, help="keep the probe here (default: a temporary folder)")
     args = ap.parse_args()
     cfg = load_profile(args.profile)
-    p = cfg.probe
     out = args.out or tempfile.mkdtemp(prefix="probe-bench-")
-    report = train_probe(
-        out,
-        resolution=cfg.world.scenes.resolution,
-        digit_counts=dict(cfg.world.scenes.digit_counts),
-        steps=p.steps,
-        batch_size=p.batch_size,
-        lr=p.lr,
-        width=p.width,
-        feature_dim=p.feature_dim,
-        noise=p.noise,
-        eval_scenes=p.eval_scenes,
-        seed=p.seed,
-        progress=False,
-    )
+    report = train_probe_for_profile(cfg, out, progress=False)
+    p = cfg.probe
     print(f"profile {cfg.name}: {p.steps} steps in {report['train_seconds']:.1f} s")
     for key in ("digit", "colour", "position", "background", "count", "all"):
         print(f"  {key:10s} {report[key]:.4f}")

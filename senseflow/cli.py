@@ -130,25 +130,11 @@ def world_train_probe(
     out: Out, profile: Profile = "embedded", set_: Sets = None, quiet: Quiet = False
 ) -> None:
     """Train the attribute probe on real scenes; write probe.safetensors and probe_report.json."""
-    from senseflow.world.probes import train_probe
+    from senseflow.world.probes import train_probe_for_profile
 
     cfg = _embedded(_cfg(profile, set_))
     _threads(cfg)
-    p = cfg.probe
-    report = train_probe(
-        out,
-        resolution=cfg.world.scenes.resolution,
-        digit_counts=dict(cfg.world.scenes.digit_counts),
-        steps=p.steps,
-        batch_size=p.batch_size,
-        lr=p.lr,
-        width=p.width,
-        feature_dim=p.feature_dim,
-        noise=p.noise,
-        eval_scenes=p.eval_scenes,
-        seed=p.seed,
-        progress=not quiet,
-    )
+    report = train_probe_for_profile(cfg, out, progress=not quiet)
     typer.echo(json.dumps(report, indent=2))
 
 

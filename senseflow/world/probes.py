@@ -222,6 +222,25 @@ def train_probe(
     return report
 
 
+def train_probe_for_profile(cfg, out_dir: str | Path, progress: bool = True) -> dict[str, float]:
+    """:func:`train_probe` with the ``world.scenes`` and ``probe`` sections of a profile config."""
+    p = cfg.probe
+    return train_probe(
+        out_dir,
+        resolution=cfg.world.scenes.resolution,
+        digit_counts=dict(cfg.world.scenes.digit_counts),
+        steps=p.steps,
+        batch_size=p.batch_size,
+        lr=p.lr,
+        width=p.width,
+        feature_dim=p.feature_dim,
+        noise=p.noise,
+        eval_scenes=p.eval_scenes,
+        seed=p.seed,
+        progress=progress,
+    )
+
+
 @torch.no_grad()
 def evaluate_probe(
     probe: AttributeProbe, *, resolution: int, digit_counts: dict[int, float], n: int, seed: int
