@@ -23,7 +23,7 @@ from senseflow.errors import MissingArtefactError, UserError
 from senseflow.io import atomic_write_bytes, atomic_write_text, ensure_writable_dir
 from senseflow.samplers import prompt_seed, sample_prompts
 from senseflow.world.prompts import PromptRecord
-from senseflow.world.scenes import Scene, to_uint8
+from senseflow.world.scenes import Scene, to_tensor_range, to_uint8
 
 MANIFEST = "manifest.jsonl"
 
@@ -114,8 +114,6 @@ def sample_to_folder(
 
 def load_folder_images(folder: str | Path) -> tuple[torch.Tensor, list[dict]]:
     """All images of a sample folder as a [-1, 1] tensor, with their manifest records."""
-    from senseflow.world.scenes import to_tensor_range
-
     folder = Path(folder)
     records = read_manifest(folder)
     if not records:
