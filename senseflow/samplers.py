@@ -40,7 +40,7 @@ def guided(backbone, cond, uncond, scale: float) -> NFECounter:
     """Velocity function of ``backbone`` with CFG ``scale`` on fixed prompts, NFE-counted."""
 
     def fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        return backbone.guided_velocity(x, sigma.expand(x.shape[0]), cond, uncond, scale)
+        return backbone.guided_predict(x, sigma.expand(x.shape[0]), cond, uncond, scale)
 
     return NFECounter(fn, evals_per_call=1 if (uncond is None or scale == 1.0) else 2)
 

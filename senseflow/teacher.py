@@ -176,7 +176,7 @@ def train_teacher(
             shift=shift, generator=gen,
         )  # fmt: skip
         model.train()
-        v = backbone.velocity(flow_add_noise(x0, eps, sigma), sigma, cond)
+        v = backbone.predict(flow_add_noise(x0, eps, sigma), sigma, cond)
         loss = F.mse_loss(v, flow_velocity(x0, eps))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -80,13 +80,13 @@ def test_export_loads_as_a_backbone_and_samples(tmp_path, world_dir):
     s = torch.full((2,), 0.5)
     # CFG at scale 1 is the conditional velocity; batched CFG equals two separate calls
     torch.testing.assert_close(
-        backbone.guided_velocity(x, s, cond, backbone.text.encode(["", ""]), 1.0),
-        backbone.velocity(x, s, cond),
+        backbone.guided_predict(x, s, cond, backbone.text.encode(["", ""]), 1.0),
+        backbone.predict(x, s, cond),
     )
     unc = backbone.text.encode(["", ""])
-    v_c, v_u = backbone.velocity(x, s, cond), backbone.velocity(x, s, unc)
+    v_c, v_u = backbone.predict(x, s, cond), backbone.predict(x, s, unc)
     torch.testing.assert_close(
-        backbone.guided_velocity(x, s, cond, unc, 3.0), v_u + 3 * (v_c - v_u), atol=1e-5, rtol=1e-4
+        backbone.guided_predict(x, s, cond, unc, 3.0), v_u + 3 * (v_c - v_u), atol=1e-5, rtol=1e-4
     )
     # NFE: 2 per step with CFG, 1 without
     images, nfe = sample_prompts(backbone, prompts, [1, 2], steps=3, cfg=4.0, shape=(3, 16, 16))

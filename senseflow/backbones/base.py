@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import Literal, Protocol, runtime_checkable
 
 import torch
+from torch import nn
 
 from senseflow.world.text import PromptEmbeds
 
 Prediction = Literal["flow", "epsilon"]
+Guidance = Literal["cfg", "embedded"]
 
 
 @runtime_checkable
@@ -54,34 +56,59 @@ class IdentityCodec:
 class Backbone(Protocol):
     """A denoiser with its noise schedule, conditioning and guidance.
 
-    Time is always given as the flow sigma in [0, 1] (1 = pure noise); epsilon
-    adapters map it to their discrete DDPM index internally.
+    Time ``t`` is a float in [0, 1] everywhere, 1 = pure noise: the flow sigma for flow
+    models; for epsilon (DDPM) models the discrete index divided by ``T - 1`` (the adapter
+    maps it back to its integer timestep, so DDPM anchors 999, 749, 499, 249 are
+    ``t = index / 999``). Predictions come back in the family's native parameterisation
+    (flow: velocity ``eps - x0``; epsilon: the noise) and in float32.
+
+    The distillation loop only talks to this protocol: it copies :attr:`network` into a
+    generator and a fake score model with :meth:`trainable_copy`, wraps each copy with
+    :meth:`with_network`, and calls :meth:`predict` / :meth:`guided_predict`.
     """
 
     prediction: Prediction
     shift: float
     text: PromptEncoder
     codec: LatentCodec
+    network: nn.Module
+    guidance: Guidance  # "cfg": two-pass classifier-free; "embedded": FLUX-dev guidance input
 
-    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """Forward process of this family at noise level ``sigma``."""
+    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
+        """(C, H, W) of the space the backbone denoises for square images of ``resolution`` px."""
         ...
 
-    def velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, cond: PromptEmbeds) -> torch.Tensor:
-        """One network evaluation, returned as a flow velocity (float32)."""
+    def add_noise(self, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Forward process of this family at time ``t`` (per sample, shape (B,))."""
         ...
 
-    def guided_velocity(
+    def predict(self, x_t: torch.Tensor, t: torch.Tensor, cond: PromptEmbeds) -> torch.Tensor:
+        """One network evaluation, native parameterisation, float32."""
+        ...
+
+    def guided_predict(
         self,
         x_t: torch.Tensor,
-        sigma: torch.Tensor,
+        t: torch.Tensor,
         cond: PromptEmbeds,
         uncond: PromptEmbeds | None,
         scale: float | torch.Tensor,
     ) -> torch.Tensor:
-        """Velocity with classifier-free guidance (one batched call of cond and uncond)."""
+        """Prediction with guidance ``scale`` (CFG batched in one call, or the guidance embedding)."""
         ...
 
-    def x0(self, x_t: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        """Clean estimate from a velocity."""
+    def x0(self, x_t: torch.Tensor, pred: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Clean estimate from a native prediction."""
+        ...
+
+    def trainable_copy(self) -> nn.Module:
+        """A deep copy of :attr:`network` to train (generator, fake score model).
+
+        Families with a guidance embedding (FLUX dev) drop it here: the student and the fake
+        model are unguided networks.
+        """
+        ...
+
+    def with_network(self, network: nn.Module) -> Backbone:
+        """The same backbone (text, codec, schedule) driving another network of this family."""
         ...

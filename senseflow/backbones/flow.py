@@ -17,9 +17,13 @@ from senseflow.world.text import PromptEmbeds
 
 
 class SD3FlowBackbone:
-    """:class:`~senseflow.backbones.base.Backbone` for SD3-family flow transformers."""
+    """:class:`~senseflow.backbones.base.Backbone` for SD3-family flow transformers.
+
+    The prediction is the velocity; time is the flow sigma. ``network`` is the transformer.
+    """
 
     prediction = "flow"
+    guidance = "cfg"
 
     def __init__(
         self,
@@ -35,6 +39,27 @@ class SD3FlowBackbone:
         self.shift = shift
 
     @property
+    def network(self) -> SD3Transformer2DModel:
+        """The denoiser (what the distillation loop copies and trains)."""
+        return self.transformer
+
+    def latent_shape(self, resolution: int) -> tuple[int, int, int]:
+        """(C, H, W): the transformer's input channels at ``resolution`` (pixel space: no VAE factor)."""
+        factor = getattr(self.codec, "scale_factor", 1)
+        return (self.transformer.config.in_channels, resolution // factor, resolution // factor)
+
+    def trainable_copy(self) -> SD3Transformer2DModel:
+        """A deep copy of the transformer with gradients on, in train mode."""
+        import copy
+
+        net = copy.deepcopy(self.transformer)
+        return net.train().requires_grad_(True)
+
+    def with_network(self, network: SD3Transformer2DModel) -> SD3FlowBackbone:
+        """The same text encoder, codec and shift around another transformer."""
+        return SD3FlowBackbone(network, self.text, codec=self.codec, shift=self.shift)
+
+    @property
     def dtype(self) -> torch.dtype:
         """Dtype of the network weights (inputs are cast to it)."""
         return next(self.transformer.parameters()).dtype
@@ -43,8 +68,8 @@ class SD3FlowBackbone:
         """``x_t = (1 - s) x0 + s eps``."""
         return flow_add_noise(x0, eps, sigma)
 
-    def velocity(self, x_t: torch.Tensor, sigma: torch.Tensor, cond: PromptEmbeds) -> torch.Tensor:
-        """One transformer call; ``sigma`` is (B,) or a scalar."""
+    def predict(self, x_t: torch.Tensor, sigma: torch.Tensor, cond: PromptEmbeds) -> torch.Tensor:
+        """One transformer call returning the velocity; ``sigma`` is (B,) or a scalar."""
         sigma = torch.as_tensor(sigma, device=x_t.device, dtype=torch.float32)
         if sigma.ndim == 0:
             sigma = sigma.expand(x_t.shape[0])
@@ -58,7 +83,7 @@ class SD3FlowBackbone:
         )[0]
         return out.float()
 
-    def guided_velocity(
+    def guided_predict(
         self,
         x_t: torch.Tensor,
         sigma: torch.Tensor,
@@ -68,11 +93,11 @@ class SD3FlowBackbone:
     ) -> torch.Tensor:
         """CFG velocity ``v_u + w (v_c - v_u)``; a single call when ``uncond`` is None or ``w == 1``."""
         if uncond is None or (not torch.is_tensor(scale) and scale == 1.0):
-            return self.velocity(x_t, sigma, cond)
+            return self.predict(x_t, sigma, cond)
         sigma = torch.as_tensor(sigma, device=x_t.device, dtype=torch.float32)
         if sigma.ndim == 0:
             sigma = sigma.expand(x_t.shape[0])
-        both = self.velocity(
+        both = self.predict(
             torch.cat([x_t, x_t]), torch.cat([sigma, sigma]), PromptEmbeds.cat([cond, uncond])
         )
         v_c, v_u = both.chunk(2)
