@@ -208,6 +208,11 @@ class GANConfig(Strict):
     weight_curve: Literal["one_minus_sigma_sq", "constant", "sigma", "one_minus_sigma"] = "one_minus_sigma_sq"
     diffaug: list[Literal["color", "translation", "cutout"]] = ["color", "translation", "cutout"]
     lr: Annotated[float, Field(gt=0)] = 1e-6
+    # "vfm": SenseFlow's frozen-VFM discriminator on decoded images; "fake_features": DMD2's
+    # classifier head on the fake score model's middle features at a noised input
+    head: Literal["vfm", "fake_features"] = "vfm"
+    loss: Literal["hinge", "logistic"] = "hinge"  # SenseFlow: hinge; DMD2: logistic (softplus)
+    fake_weight: Annotated[float, Field(ge=0)] = 1.0  # weight of D's loss ("fake_features": in the fake step)
 
 
 class DistillConfig(Strict):
@@ -231,6 +236,16 @@ class DistillConfig(Strict):
     teacher_cfg: tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]] = (3.0, 10.0)
     guidance_embed: bool = False  # FLUX: teacher guidance comes in through an embedding
     backward_simulation_prob: Probability = 0.5
+    fake_logit_mean: float = 0.0  # logit-normal density of the fake model's training sigmas
+    fake_logit_std: Annotated[float, Field(gt=0)] = 1.0
+    init_from: str | None = None  # exported student to start G and the fake model from (1-step fine-tune)
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] | None = None  # generator EMA (None: off)
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast for the networks' forward passes
+    grad_checkpointing: bool = False
+    seed: int = 0
+    checkpoint_every: PositiveInt = 100
+    log_every: PositiveInt = 10
+    eval_every: Annotated[int, Field(ge=0)] = 0  # iterations between in-loop evaluations (0: off)
     ida: IDAConfig = IDAConfig()
     isg: ISGConfig = ISGConfig()
     gan: GANConfig = GANConfig()
@@ -243,7 +258,24 @@ class DistillConfig(Strict):
             raise ValueError("anchors must be strictly decreasing (noisiest first)")
         if self.teacher_cfg[0] > self.teacher_cfg[1]:
             raise ValueError("teacher_cfg is a (low, high) range")
+        if self.dmd_t_range[0] > self.dmd_t_range[1]:
+            raise ValueError("dmd_t_range is a (low, high) range")
+        if self.isg.enabled:
+            # every segment (tau_prev, tau] must leave room for t_mid after the margins
+            scale = 999.0 if self.anchor_units == "ddpm_index" else 1.0
+            bounds = [a / scale for a in self.anchors] + [0.0]
+            for hi, lo in zip(bounds[:-1], bounds[1:], strict=True):
+                if hi - lo < 2 * self.isg.margin - 1e-9:
+                    raise ValueError(
+                        f"ISG segment ({lo:g}, {hi:g}] is narrower than 2 * isg.margin = "
+                        f"{2 * self.isg.margin:g}: lower isg.margin or space the anchors"
+                    )
         return self
+
+    def anchor_times(self) -> list[float]:
+        """Anchors as backbone times ``t`` in [0, 1] (DDPM indices are divided by 999)."""
+        scale = 999.0 if self.anchor_units == "ddpm_index" else 1.0
+        return [a / scale for a in self.anchors]
 
 
 class RuntimeConfig(Strict):
@@ -264,6 +296,9 @@ class ProfileConfig(Strict):
     probe: ProbeConfig | None = None
     teacher: TeacherConfig
     distill: DistillConfig
+    # named variants of the distillation recipe: overrides of keys under `distill`
+    # (e.g. no_ida: ["ida.enabled=false"]); `senseflow distill --variant NAME`
+    variants: dict[str, list[str]] = {}
     runtime: RuntimeConfig = RuntimeConfig()
 
     @model_validator(mode="after")
@@ -275,7 +310,29 @@ class ProfileConfig(Strict):
                 raise ValueError("the embedded teacher is trained here: teacher.source must be 'train'")
         elif self.teacher.source != "pretrained":
             raise ValueError(f"family {self.family!r} distils a pretrained teacher")
+        for name, assignments in self.variants.items():
+            variant_distill(self, name, assignments)  # raises naming the variant and the key
         return self
+
+    def variant(self, name: str) -> DistillConfig:
+        """The ``distill`` section with variant ``name``'s overrides applied (``senseflow``: as is)."""
+        if name in ("senseflow", "default") and name not in self.variants:
+            return self.distill
+        if name not in self.variants:
+            known = ", ".join(["senseflow", *sorted(self.variants)])
+            raise ConfigError(f"profile {self.name!r} has no variant {name!r} (known: {known})")
+        return variant_distill(self, name, self.variants[name])
+
+
+def variant_distill(profile: ProfileConfig, name: str, assignments: list[str]) -> DistillConfig:
+    """Apply a variant's ``key=value`` overrides (keys relative to ``distill``) and validate."""
+    raw = profile.distill.model_dump(mode="json")
+    for assignment in assignments:
+        apply_override(raw, assignment, source=f"variants.{name}")
+    try:
+        return DistillConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(f"variant {name!r}: distill.{_describe(exc.errors()[0])}") from None
 
 
 # ----------------------------------------------------------------------------- loading

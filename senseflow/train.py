@@ -1,0 +1,608 @@
+"""The SenseFlow distillation loop: DMD + IDA + ISG + adversarial terms, TTUR, resume, torchrun.
+
+One function, :func:`distill`, whose keyword defaults document the recipe (EDM2 style).
+Variants (``senseflow``, ``no_ida``, ``no_isg``, ``no_gan``, ``vanilla_dmd``, ``dmd2``,
+``senseflow_1step``) are profile configs that set these keywords, never separate code paths.
+
+Per iteration (method.md sections 1-5):
+
+1. prompts and real images from the data source, seeded by (seed, iteration, rank);
+2. generator inputs at uniformly drawn anchors (backward simulation or forward-noised real);
+3. every ``ttur``-th iteration, the generator step
+   ``L_G = L_dmd + lambda_gan w(t) L_adv + lambda_isg L_isg``, clipped, then IDA
+   ``phi <- lam phi + (1 - lam) theta``;
+4. every iteration, the fake score model's denoising step on the detached samples (plus
+   DMD2's classifier loss for the ``fake_features`` head) and the VFM discriminator's step.
+
+A checkpoint (``torch.distributed.checkpoint``: generator, fake model, discriminator heads,
+their optimisers, EMA, iteration) is written every ``checkpoint_every`` iterations;
+rerunning the same command resumes. Data and noise come from generators seeded by the
+iteration, so a resumed run is bit-identical to an uninterrupted one in deterministic mode.
+A non-finite loss or gradient stops the run with the last good checkpoint kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_state_dict,
+    set_state_dict,
+)
+from tqdm.auto import tqdm
+
+from senseflow import distill as terms
+from senseflow.backbones.base import Backbone
+from senseflow.data import TrainData
+from senseflow.distributed import (
+    DistInfo,
+    all_true,
+    barrier,
+    init_distributed,
+    resolve_parallel,
+    unwrap,
+    wrap,
+)
+from senseflow.errors import UserError
+from senseflow.io import atomic_write_text, ensure_writable_dir
+from senseflow.losses import ida_update
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint"
+STATE = "state.json"
+EVAL_CURVE = "eval_curve.jsonl"
+
+# DCP warns on every single-process save/load; one process is a supported, intended mode here
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+
+
+class TrainingDivergedError(UserError, RuntimeError):
+    """A loss or gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+class ResumeError(UserError, RuntimeError):
+    """A checkpoint exists but belongs to another configuration or cannot be read."""
+
+
+@dataclass
+class DistillResult:
+    """What a finished :func:`distill` run hands back."""
+
+    generator_state: dict[str, torch.Tensor] | None  # full weights (EMA if enabled), rank 0 only
+    iterations: int
+    seconds: float
+    out_dir: Path
+
+
+def _fingerprint(config: dict) -> dict:
+    return json.loads(json.dumps(config, sort_keys=True, default=str))
+
+
+def _check_same_run(path: Path, saved: dict, current: dict) -> None:
+    if saved == current:
+        return
+    diffs = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(saved) | set(current))
+             if saved.get(k) != current.get(k)]  # fmt: skip
+    raise ResumeError(
+        f"{path} holds a checkpoint of a different configuration ({'; '.join(diffs)}); "
+        "use another output folder, delete it to start over, or restore those values to resume"
+    )
+
+
+def _make_optimizer(params, kind: str, lr: float, betas, weight_decay: float) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    if kind == "adamw8bit":
+        try:
+            import bitsandbytes as bnb
+        except ImportError as exc:
+            raise UserError(
+                "distill.optimizer is 'adamw8bit' but bitsandbytes is not installed: "
+                "`pip install bitsandbytes` (CUDA only) or set distill.optimizer: adamw"
+            ) from exc
+        return bnb.optim.AdamW8bit(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    raise UserError(f"distill.optimizer must be adamw or adamw8bit, got {kind!r}")
+
+
+def _lr_factor(lr: float, warmup: int, lr_after_warmup: float | None) -> Callable[[int], float]:
+    """Generator LR multiplier: linear warm-up from 0 (or from ``lr`` to ``lr_after_warmup``, FLUX)."""
+
+    def factor(step: int) -> float:
+        if warmup <= 0:
+            return (lr_after_warmup / lr) if lr_after_warmup else 1.0
+        frac = min(1.0, step / warmup)
+        if lr_after_warmup is None:
+            return frac
+        return 1.0 + frac * (lr_after_warmup / lr - 1.0)
+
+    return factor
+
+
+def _grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
+def _is_finite(*values: torch.Tensor) -> bool:
+    return all(bool(torch.isfinite(v.detach()).all()) for v in values)
+
+
+class _Timer:
+    """Accumulates wall-clock seconds per phase (the overhead figures of IDA and ISG)."""
+
+    def __init__(self):
+        self.total: dict[str, float] = defaultdict(float)
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Span:
+            def __enter__(self):
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.total[name] += time.perf_counter() - self.t0
+
+        return _Span()
+
+
+def distill(
+    out_dir: str | Path,
+    *,
+    teacher: Backbone,  # frozen teacher (its network is not modified)
+    data: TrainData,  # prompts + real images, deterministic in (iteration, rank)
+    discriminator: nn.Module | None = None,  # VFM discriminator (gan_head="vfm"); frozen taps
+    evaluator: Callable[[Backbone, int], dict] | None = None,  # (student, iteration) -> metrics
+    init_from: str | Path | None = None,  # distill out_dir whose checkpoint seeds G, fake and D
+    anchors: tuple[float, ...] = (1.0, 0.75, 0.5, 0.25),  # student times, noisiest first
+    iterations: int = 1000,  # loop iterations (the generator steps every `ttur`)
+    global_batch: int = 8,  # samples per iteration over all ranks
+    generator_lr: float = 1e-6,  # AdamW LR of the generator
+    fake_lr: float = 1e-6,  # AdamW LR of the fake score model
+    lr_warmup: int = 0,  # generator warm-up iterations
+    lr_after_warmup: float | None = None,  # FLUX: generator LR ramps generator_lr -> this
+    optimizer: str = "adamw",  # "adamw" | "adamw8bit" (bitsandbytes)
+    betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 0.0,
+    grad_clip: float = 1.0,  # max gradient norm of each network
+    ttur: int = 5,  # generator steps once every `ttur` iterations (two time-scale update rule)
+    dmd_t_range: tuple[float, float] = (0.02, 0.98),  # DMD re-noising time range
+    teacher_cfg: tuple[float, float] = (3.0, 10.0),  # teacher guidance scale ~ U(low, high)
+    backward_simulation_prob: float = 0.5,  # P(generator input made by the student itself)
+    fake_logit_mean: float = 0.0,  # fake model's logit-normal sigma density
+    fake_logit_std: float = 1.0,
+    ida: bool = True,  # Implicit Distribution Alignment after each generator step
+    ida_lam: float = 0.97,  # phi <- lam phi + (1 - lam) theta
+    isg: bool = True,  # Intra-Segment Guidance term
+    isg_weight: float = 1.0,
+    isg_margin: float = 0.05,  # t_mid ~ U(tau_prev + m, tau - m)
+    isg_distance: str = "l2",  # "l2" (paper) | "charbonnier" (released code)
+    gan: bool = True,  # adversarial terms
+    gan_head: str = "vfm",  # "vfm" (SenseFlow) | "fake_features" (DMD2)
+    gan_loss: str = "hinge",  # "hinge" | "logistic"
+    gan_weight: float = 1.0,  # lambda_gan in the generator loss
+    gan_fake_weight: float = 1.0,  # weight of the discriminator's own loss
+    gan_curve: str = "one_minus_sigma_sq",  # w(t) of the anchor
+    gan_lr: float = 1e-6,  # discriminator heads' LR
+    ema_decay: float | None = None,  # generator EMA (exported instead of the raw weights)
+    precision: str = "fp32",  # "fp32" | "bf16" autocast of forward passes
+    grad_checkpointing: bool = False,
+    seed: int = 0,
+    checkpoint_every: int = 100,
+    log_every: int = 10,
+    eval_every: int = 0,  # 0: evaluate only at the end (when an evaluator is given)
+    parallel: str = "auto",  # "auto" | "none" | "ddp" | "fsdp"
+    device: str = "auto",
+    deterministic: bool = False,  # torch deterministic algorithms (bit-exact resume on CPU)
+    progress: bool = True,
+    run_config: dict | None = None,  # extra settings a checkpoint must match to resume
+) -> DistillResult:
+    """Distil ``teacher`` into a few-step generator; return its final weights (rank 0).
+
+    The generator and the fake score model start as copies of the teacher's network
+    (:meth:`Backbone.trainable_copy`), or from ``init_from``'s checkpoint. Writes
+    ``checkpoint/`` (DCP), ``state.json``, ``dvclive/`` and ``eval_curve.jsonl`` in ``out_dir``.
+    """
+    settings = {k: v for k, v in locals().items() if k not in _NOT_FINGERPRINTED}
+    fingerprint = _fingerprint({**settings, **(run_config or {})})
+    if len(anchors) < 1 or list(anchors) != sorted(anchors, reverse=True) or len(set(anchors)) < len(anchors):
+        raise UserError(f"anchors must be strictly decreasing, noisiest first; got {list(anchors)}")
+    if gan and gan_head == "vfm" and discriminator is None:
+        raise UserError("gan is on with the vfm head but no discriminator was given (build_discriminator)")
+    if deterministic:
+        torch.use_deterministic_algorithms(True)
+    info = init_distributed(device)
+    mode = resolve_parallel(parallel, info.world_size)
+    if ema_decay is not None and mode == "fsdp":
+        raise UserError("distill.ema_decay with FSDP is not supported: keep EMA off or use DDP")
+    if global_batch % info.world_size:
+        raise UserError(
+            f"distill.global_batch {global_batch} is not divisible by {info.world_size} processes"
+        )
+    batch = global_batch // info.world_size
+    out_dir = ensure_writable_dir(out_dir) if info.is_main else Path(out_dir)
+    barrier()
+
+    # ---------------------------------------------------------------- networks
+    teacher.network.requires_grad_(False).eval()
+    teacher.network.to(info.device)
+    g_net, f_net = teacher.trainable_copy().to(info.device), teacher.trainable_copy().to(info.device)
+    if grad_checkpointing:
+        for net in (g_net, f_net):
+            if hasattr(net, "enable_gradient_checkpointing"):
+                net.enable_gradient_checkpointing()
+    head: terms.FakeFeatureHead | None = None
+    d_module: nn.Module | None = None
+    if gan and gan_head == "fake_features":
+        with torch.random.fork_rng(devices=[]):  # the head's init must not depend on earlier RNG use
+            torch.manual_seed(seed)
+            head = terms.FakeFeatureHead(f_net).to(info.device)
+        d_module = head
+    elif gan:
+        d_module = discriminator.to(info.device)
+        d_module.train()
+    g_train, f_train = wrap(g_net, mode, info), wrap(f_net, mode, info)
+    d_train = wrap(d_module, "ddp" if mode != "none" else "none", info) if d_module is not None else None
+    G, F = teacher.with_network(g_net), teacher.with_network(f_net)  # plain: no-grad / frozen use
+    G_train, F_train = teacher.with_network(g_train), teacher.with_network(f_train)
+
+    opt_g = _make_optimizer(g_train.parameters(), optimizer, generator_lr, betas, weight_decay)
+    opt_f = _make_optimizer(f_train.parameters(), optimizer, fake_lr, betas, weight_decay)
+    d_params = _d_parameters(d_module) if d_module is not None else []
+    opt_d = torch.optim.AdamW(d_params, lr=gan_lr, betas=tuple(betas)) if d_params else None
+    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, _lr_factor(generator_lr, lr_warmup, lr_after_warmup))
+    ema = None
+    if ema_decay is not None:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(g_net.parameters(), decay=ema_decay)
+
+    # ---------------------------------------------------------------- resume
+    ckpt = out_dir / CHECKPOINT
+    start = 0
+    nets = {"generator": (g_train, opt_g), "fake": (f_train, opt_f)}
+    if d_module is not None:
+        nets["discriminator"] = (d_train, opt_d)
+    if (out_dir / STATE).exists():
+        saved = json.loads((out_dir / STATE).read_text())
+        _check_same_run(out_dir, saved.get("config", {}), fingerprint)
+        start = _load_checkpoint(ckpt, nets, ema, sched_g, models_only=False)
+        log.info("resuming distillation at iteration %d (%s)", start, ckpt)
+    elif init_from is not None:
+        _load_checkpoint(Path(init_from) / CHECKPOINT, nets, None, None, models_only=True)
+
+    live = None
+    if info.is_main:
+        from dvclive import Live
+
+        live = Live(str(out_dir / "dvclive"), resume=start > 0, dvcyaml=None, save_dvc_exp=False)
+    curve_path = out_dir / EVAL_CURVE
+    curve = _read_curve(curve_path) if start > 0 else []
+
+    # ---------------------------------------------------------------- loop
+    uncond_one = teacher.text.encode([""])
+    g_loss_fn, _ = terms.gan_losses(gan_loss)
+    amp = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    timer = _Timer()
+    acc: dict[str, float] = defaultdict(float)
+    n_acc: dict[str, int] = defaultdict(int)
+    t_start = time.perf_counter()
+    bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="distill",
+               disable=not (progress and info.is_main))  # fmt: skip
+    last_good = start
+    for it in bar:
+        gen = torch.Generator().manual_seed(_iteration_seed(seed, it, info.rank))
+        prompts, images = data.batch(it, info.rank, batch)
+        images = images.to(info.device)
+        with torch.no_grad():
+            x_real = teacher.codec.encode(images)
+        cond = teacher.text.encode(prompts).to(info.device)
+        uncond = uncond_one.index([0] * len(prompts)).to(info.device)
+        cfg = (teacher_cfg[0] + (teacher_cfg[1] - teacher_cfg[0]) * torch.rand(batch, generator=gen)).to(
+            info.device
+        )
+        g_step = it % ttur == 0
+        with timer("inputs"), amp:
+            inputs = terms.generator_inputs(
+                G, x_real, cond, list(anchors), backward_simulation_prob=backward_simulation_prob, gen=gen
+            )
+        losses: dict[str, torch.Tensor] = {}
+        fake_images = None
+        # ------------------------------------------------------------ generator step
+        if g_step:
+            f_net.requires_grad_(False)
+            if d_module is not None:
+                d_module.requires_grad_(False)
+            with timer("generator_forward"), amp:
+                pred = G_train.predict(inputs.x, inputs.t, cond)
+                x0_g = G_train.x0(inputs.x, pred, inputs.t)
+            with timer("dmd"), amp:
+                losses["dmd"] = terms.dmd_term(
+                    teacher, F, x0_g, cond, uncond, t_range=dmd_t_range, cfg=cfg, gen=gen
+                )
+            total = losses["dmd"]
+            if isg and isg_weight > 0:
+                with timer("isg"), amp:
+                    losses["isg"] = terms.isg_term(
+                        teacher, G, inputs, pred, cond, uncond,
+                        cfg=cfg, margin=isg_margin, distance=isg_distance, gen=gen,
+                    )  # fmt: skip
+                total = total + isg_weight * losses["isg"]
+            if gan and gan_weight > 0:
+                with timer("gan_generator"), amp:
+                    if head is not None:
+                        losses["gan_g"] = terms.fake_features_gan(
+                            head, F, x0_g, cond, t_range=dmd_t_range, loss=gan_loss, gen=gen
+                        )
+                    else:
+                        losses["gan_g"], fake_images = terms.vfm_generator_gan(
+                            d_module, G, x0_g, cond, images, inputs.t,
+                            curve=gan_curve, loss=gan_loss, gen=gen,
+                        )  # fmt: skip
+                total = total + gan_weight * losses["gan_g"]
+            if it % log_every == 0 and info.is_main:
+                _term_grad_norms(losses, pred, acc, n_acc)
+            f_net.requires_grad_(True)
+            if d_module is not None:
+                for p in d_params:
+                    p.requires_grad_(True)
+            with timer("generator_backward"):
+                opt_g.zero_grad(set_to_none=True)
+                total.backward()
+                g_norm = _grad_norm(list(g_train.parameters()), grad_clip)
+            if not all_true(_is_finite(total, g_norm), info.device):
+                _diverged(it, {**losses, "generator_grad_norm": g_norm}, last_good, ckpt, live)
+            opt_g.step()
+            sched_g.step()
+            if ema is not None:
+                ema.step(g_net.parameters())
+            if ida:
+                with timer("ida"):
+                    ida_update(f_net, g_net, ida_lam)
+            x0_detached = x0_g.detach()
+            acc["generator_grad_norm"] += float(g_norm)
+            n_acc["generator_grad_norm"] += 1
+        else:
+            with timer("generator_forward"), torch.no_grad(), amp:
+                x0_detached = G.x0(inputs.x, G.predict(inputs.x, inputs.t, cond), inputs.t)
+        # ------------------------------------------------------------ fake score step
+        with timer("fake_step"), amp:
+            losses["fake"] = terms.fake_term(
+                F_train, x0_detached, cond, gen=gen, logit_mean=fake_logit_mean, logit_std=fake_logit_std
+            )
+            fake_total = losses["fake"]
+            if head is not None:
+                losses["gan_d"] = terms.fake_features_discriminator_loss(
+                    head, F_train, x0_detached, x_real, cond, t_range=dmd_t_range, loss=gan_loss, gen=gen
+                )
+                fake_total = fake_total + gan_fake_weight * losses["gan_d"]
+        with timer("fake_step"):
+            opt_f.zero_grad(set_to_none=True)
+            if opt_d is not None:
+                opt_d.zero_grad(set_to_none=True)
+            fake_total.backward()
+            f_norm = _grad_norm(list(f_train.parameters()), grad_clip)
+        # ------------------------------------------------------------ VFM discriminator step
+        d_norm = torch.zeros(())
+        if gan and head is None:
+            with timer("discriminator_step"), amp:
+                if fake_images is None:
+                    with torch.no_grad():
+                        fake_images = G.codec.decode(x0_detached)
+                losses["gan_d"] = terms.vfm_discriminator_loss(
+                    d_train, fake_images.detach(), images, cond, loss=gan_loss, gen=gen
+                )
+            with timer("discriminator_step"):
+                (gan_fake_weight * losses["gan_d"]).backward()
+        if opt_d is not None:
+            d_norm = _grad_norm(d_params, grad_clip)
+        if not all_true(_is_finite(*losses.values(), f_norm, d_norm), info.device):
+            _diverged(it, {**losses, "fake_grad_norm": f_norm, "d_grad_norm": d_norm}, last_good, ckpt, live)
+        opt_f.step()
+        if opt_d is not None:
+            opt_d.step()
+        for k, v in losses.items():
+            acc[k] += float(v.detach())
+            n_acc[k] += 1
+        acc["fake_grad_norm"] += float(f_norm)
+        n_acc["fake_grad_norm"] += 1
+        done = it + 1
+        # ------------------------------------------------------------ bookkeeping
+        if done % log_every == 0 or done == iterations:
+            if live is not None:
+                live.step = done
+                for k in sorted(acc):
+                    live.log_metric(f"train/{k}", acc[k] / max(n_acc[k], 1))
+                live.log_metric("train/generator_lr", sched_g.get_last_lr()[0])
+                elapsed = max(time.perf_counter() - t_start, 1e-9)
+                live.log_metric("time/seconds_per_iteration", elapsed / (done - start))
+                for k, v in timer.total.items():
+                    live.log_metric(f"time/{k}", v / (done - start))
+                live.make_summary()
+                bar.set_postfix(dmd=f"{acc['dmd'] / max(n_acc['dmd'], 1):.4f}",
+                                fake=f"{acc['fake'] / max(n_acc['fake'], 1):.4f}")  # fmt: skip
+            acc.clear()
+            n_acc.clear()
+        if evaluator is not None and eval_every and (done % eval_every == 0 or done == iterations):
+            if info.is_main:
+                student = teacher.with_network(_ema_network(g_net, ema))
+                row = {"iteration": done, **evaluator(student, done)}
+                curve.append(row)
+                atomic_write_text(curve_path, "".join(json.dumps(r) + "\n" for r in curve))
+                if live is not None:
+                    for k, v in row.items():
+                        if k != "iteration" and isinstance(v, int | float):
+                            live.log_metric(f"eval/{k}", v)
+            barrier()
+        if done % checkpoint_every == 0 or done == iterations:
+            _save_checkpoint(ckpt, nets, ema, sched_g, done, info)
+            if info.is_main:
+                atomic_write_text(
+                    out_dir / STATE, json.dumps({"iteration": done, "config": fingerprint}) + "\n"
+                )
+            last_good = done
+    if live is not None:
+        live.end()
+    seconds = time.perf_counter() - t_start
+    if info.is_main:
+        timing = {k: v / max(iterations - start, 1) for k, v in timer.total.items()}
+        timing["seconds_per_iteration"] = seconds / max(iterations - start, 1)
+        atomic_write_text(out_dir / "timing.json", json.dumps(timing, indent=2) + "\n")
+    # full weights on every rank (a collective under FSDP), EMA weights when EMA is on
+    if ema is not None:
+        ema.copy_to(g_net.parameters())
+    state = get_model_state_dict(g_train, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return DistillResult(
+        generator_state=state if info.is_main else None,
+        iterations=iterations,
+        seconds=seconds,
+        out_dir=out_dir,
+    )
+
+
+_NOT_FINGERPRINTED = {
+    "out_dir", "teacher", "data", "discriminator", "evaluator", "progress", "checkpoint_every",
+    "log_every", "eval_every", "device", "parallel", "run_config", "deterministic", "iterations",
+}  # fmt: skip
+
+
+def _iteration_seed(seed: int, iteration: int, rank: int) -> int:
+    """One 62-bit seed per (run seed, iteration, rank): resumable without saving RNG states."""
+    import numpy as np
+
+    return int(np.random.default_rng([seed, 2, iteration, rank]).integers(2**62))
+
+
+def _d_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """What the discriminator optimiser updates (never the frozen VFM)."""
+    if hasattr(module, "trainable_parameters"):
+        return list(module.trainable_parameters())
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def _term_grad_norms(losses: dict, pred: torch.Tensor, acc: dict, n_acc: dict) -> None:
+    """Norm of each generator term's gradient at the generator's output (cheap: no backprop into G)."""
+    for name, value in losses.items():
+        if value.requires_grad:
+            (g,) = torch.autograd.grad(value, pred, retain_graph=True, allow_unused=True)
+            if g is not None:
+                acc[f"grad_norm/{name}"] += float(g.norm())
+                n_acc[f"grad_norm/{name}"] += 1
+
+
+def _ema_network(net: nn.Module, ema) -> nn.Module:
+    if ema is None:
+        return net
+    import copy
+
+    shadow = copy.deepcopy(unwrap(net))
+    ema.copy_to(shadow.parameters())
+    return shadow
+
+
+def _diverged(it: int, values: dict, last_good: int, ckpt: Path, live) -> None:
+    bad = [k for k, v in values.items() if not bool(torch.isfinite(torch.as_tensor(v).detach()).all())]
+    if live is not None:
+        live.end()
+    where = f"{ckpt} (iteration {last_good})" if last_good else "none written yet"
+    raise TrainingDivergedError(
+        f"iteration {it + 1}: non-finite {', '.join(bad) or 'values'}; stopped without saving. "
+        f"Last good checkpoint: {where}. Lower the learning rates or raise precision, then rerun"
+    )
+
+
+def _state(nets: dict, ema, sched, iteration: int, *, models_only: bool) -> dict:
+    state: dict = {"iteration": iteration}
+    for name, (module, opt) in nets.items():
+        if models_only or opt is None:
+            msd = get_model_state_dict(module)
+        else:
+            msd, osd = get_state_dict(module, opt)
+            state[f"{name}_optimizer"] = osd
+        if name == "discriminator":  # the frozen VFM is not part of the run's state
+            msd = {k: v for k, v in msd.items() if not k.startswith("taps.")}
+        state[name] = msd
+    if not models_only:
+        if ema is not None:
+            state["ema"] = {str(i): p for i, p in enumerate(ema.shadow_params)}
+            state["ema_step"] = ema.optimization_step
+        state["generator_scheduler"] = {"last_epoch": sched.last_epoch}
+    return state
+
+
+def _save_checkpoint(ckpt: Path, nets: dict, ema, sched, iteration: int, info: DistInfo) -> None:
+    """DCP save into a fresh folder, then swap it in: a kill mid-save leaves the old checkpoint intact."""
+    tmp = ckpt.with_name(f"{ckpt.name}.tmp")
+    if info.is_main and tmp.exists():
+        shutil.rmtree(tmp)
+    barrier()
+    dcp.save(_state(nets, ema, sched, iteration, models_only=False), checkpoint_id=str(tmp))
+    barrier()
+    if info.is_main:
+        old = ckpt.with_name(f"{ckpt.name}.old")
+        if ckpt.exists():
+            ckpt.rename(old)
+        tmp.rename(ckpt)
+        if old.exists():
+            shutil.rmtree(old)
+    barrier()
+
+
+def _load_checkpoint(ckpt: Path, nets: dict, ema, sched, *, models_only: bool) -> int:
+    """Load a DCP checkpoint (any number of ranks wrote it) into the nets; return its iteration."""
+    if not ckpt.exists() and ckpt.with_name(f"{ckpt.name}.old").exists():
+        ckpt = ckpt.with_name(f"{ckpt.name}.old")  # killed between the two renames of a save
+    if not (ckpt / ".metadata").exists():
+        raise ResumeError(
+            f"no checkpoint at {ckpt}: "
+            + (
+                "point init_from at a finished distill folder"
+                if models_only
+                else "the run state says there is one; delete state.json to start over"
+            )  # fmt: skip
+        )
+    state = _state(nets, ema, sched, 0, models_only=models_only)
+    try:
+        dcp.load(state, checkpoint_id=str(ckpt))
+    except Exception as exc:
+        raise ResumeError(f"checkpoint {ckpt} does not fit this run ({type(exc).__name__}: {exc})") from exc
+    for name, (module, opt) in nets.items():
+        opts = StateDictOptions(strict=name != "discriminator")
+        if models_only or opt is None:
+            set_state_dict(module, [], model_state_dict=state[name], optim_state_dict={}, options=opts)
+        else:
+            set_state_dict(
+                module, opt, model_state_dict=state[name], optim_state_dict=state[f"{name}_optimizer"],
+                options=opts,
+            )  # fmt: skip
+    if models_only:
+        return 0
+    if ema is not None:
+        for i, p in enumerate(ema.shadow_params):
+            p.copy_(state["ema"][str(i)])
+        ema.optimization_step = int(state["ema_step"])
+    sched.last_epoch = int(state["generator_scheduler"]["last_epoch"])
+    for group, factor_lr in zip(sched.optimizer.param_groups, sched.get_lr(), strict=True):
+        group["lr"] = factor_lr
+    return int(state["iteration"])
+
+
+def _read_curve(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
