@@ -1,0 +1,49 @@
+"""Fréchet distance between Gaussians fitted to features (FID; Heusel et al. 2017).
+
+``d^2 = |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1^1/2 S2 S1^1/2)^1/2)``. The trace of the matrix
+square root is computed from the eigenvalues of the symmetric PSD matrix
+``S1^1/2 S2 S1^1/2`` (both square roots via ``eigh``), in float64: unlike ``scipy.linalg.sqrtm``
+of the non-symmetric product ``S1 S2`` it never returns complex parts or needs an epsilon
+offset for singular covariances (fewer samples than feature dimensions).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _psd_sqrt(m: np.ndarray) -> np.ndarray:
+    """Square root of a symmetric PSD matrix; round-off negative eigenvalues are clipped to 0."""
+    w, v = np.linalg.eigh((m + m.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def _as_float64(name: str, x) -> np.ndarray:
+    arr = np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} has non-finite entries (NaN or inf): check the features fed to FID")
+    return arr
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """Squared Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64."""
+    mu1, mu2 = _as_float64("mu1", mu1), _as_float64("mu2", mu2)
+    s1, s2 = _as_float64("sigma1", sigma1), _as_float64("sigma2", sigma2)
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.shape[0],) * 2:
+        raise ValueError(
+            f"shapes do not match: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}"
+        )
+    r1 = _psd_sqrt(s1)
+    covmean_eigs = np.linalg.eigvalsh(r1 @ s2 @ r1)
+    tr_covmean = np.sqrt(np.clip(covmean_eigs, 0, None)).sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+
+
+def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased covariance (N - 1) of (N, D) features, float64."""
+    f = _as_float64("features", features)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"features must be (N >= 2, D), got {f.shape}")
+    return f.mean(axis=0), np.cov(f, rowvar=False)
