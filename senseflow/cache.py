@@ -403,24 +403,26 @@ def _fill(
         while len(pending_keys) >= shard_size:
             write(shard_size)
 
-    for key, payload, label in items:
-        stats.requested += 1
-        if key in seen:
-            continue
-        seen.add(key)
-        stats.unique += 1
-        if key in store:
-            stats.reused += 1
-            bar.update(1)
-            continue
-        batch.append((key, payload, label))
-        if len(batch) == batch_size:
+    try:
+        for key, payload, label in items:
+            stats.requested += 1
+            if key in seen:
+                continue
+            seen.add(key)
+            stats.unique += 1
+            if key in store:
+                stats.reused += 1
+                bar.update(1)
+                continue
+            batch.append((key, payload, label))
+            if len(batch) == batch_size:
+                encode_batch()
+        if batch:
             encode_batch()
-    if batch:
-        encode_batch()
-    if pending_keys:
-        write(len(pending_keys))
-    bar.close()
+        if pending_keys:
+            write(len(pending_keys))
+    finally:
+        bar.close()  # before any error message, so it does not land inside the bar
     if not (store.folder / MANIFEST).is_file():
         store.write_manifest()  # an empty cache is still a cache: readers find it, not a "missing" error
     return stats
