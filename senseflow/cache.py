@@ -265,6 +265,8 @@ class ShardStore:
                     specs = {}
                     for name in f.keys():
                         sl = f.get_slice(name)
+                        if sl.get_shape()[0] != len(keys):
+                            raise ValueError(f"{name!r} has {sl.get_shape()[0]} rows for {len(keys)} keys")
                         specs[name] = {
                             "shape": sl.get_shape()[1:],
                             "dtype": str(sl[:1].dtype).removeprefix("torch."),
