@@ -268,6 +268,48 @@ def sample_cmd(
     typer.echo(f"{len(done)} images in {out} ({steps} steps, CFG {scale}, NFE {done[0]['nfe']} per image)")
 
 
+# ----------------------------------------------------------------------------- cache
+@app.command("cache")
+def cache_cmd(
+    out: Out,
+    profile: Profile = "embedded",
+    world: WorldDir = Path("build/world"),
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            help="Prompt file (.txt or .jsonl): required by real profiles, extra prompts otherwise."
+        ),
+    ] = None,
+    set_: Sets = None,
+    quiet: Quiet = False,
+) -> None:
+    """Encode the teacher's text conditioning once: training then needs no text encoder.
+
+    Writes OUT/prompts/: safetensors shards of the per-token and pooled
+    embeddings of every prompt (and of the empty prompt, for CFG) and a
+    manifest keyed by a hash of the encoder's files and the prompt.
+    Rerunning encodes only the prompts not cached yet, nothing at all when
+    the inputs are unchanged; a killed run resumes. A changed encoder needs
+    another OUT.
+
+    Embedded profiles cache the world's train/val/test prompts with its text
+    encoder (--world); their images are rendered on the fly in pixel space,
+    so no latents are cached. Real profiles (sdxl, sd3, flux) cache the
+    prompts of --prompts with the teacher's own text encoders.
+
+    Training reads it with senseflow.cache.CachedPromptEncoder(OUT).
+
+    Example: senseflow cache --profile smoke --world build/world --out build/cache
+    """
+    from senseflow.cache import cache_profile
+
+    cfg = _cfg(profile, set_)
+    _threads(cfg)
+    report = cache_profile(cfg, out, world_dir=world, prompts_file=prompts, progress=not quiet)
+    for line in report.lines():
+        typer.echo(line)
+
+
 def main() -> None:
     """Console entry point: run the app, turning bad input into one clear line (exit code 2)."""
     from senseflow.errors import run_app
