@@ -310,6 +310,70 @@ def cache_cmd(
         typer.echo(line)
 
 
+@app.command("distill")
+def distill_cmd(
+    out: Out,
+    variant: Annotated[
+        str, typer.Option(help="Recipe variant: senseflow, or a name under `variants:` in the profile.")
+    ] = "senseflow",
+    world: WorldDir = Path("build/world"),
+    teacher: Annotated[Path, typer.Option(help="Exported teacher folder.")] = Path("build/teacher/teacher"),
+    probe: Annotated[Path, typer.Option(help="Probe (discriminator taps, FID-T features).")] = Path(
+        "build/probes/probe.safetensors"
+    ),
+    reference: Annotated[
+        Path | None,
+        typer.Option(help="Teacher sample folder for FID-T / adherence curves (none: no evaluation)."),
+    ] = None,
+    eval_prompts: Annotated[int, typer.Option(min=2, help="Reference prompts used by the evaluator.")] = 256,
+    sampler: Annotated[str, typer.Option(help="Student sampler in the recipe: euler or x0.")] = "euler",
+    profile: Profile = "embedded",
+    set_: Sets = None,
+    quiet: Quiet = False,
+) -> None:
+    """Distil the teacher into a few-step student (SenseFlow: DMD + IDA + ISG + VFM discriminator).
+
+    Rerun the same command to resume from OUT/checkpoint. Under `torchrun --nproc_per_node N`
+    the same command trains data-parallel. The student is exported to OUT/student.
+
+    Example: senseflow distill --profile smoke --variant no_ida --out build/distill/no_ida
+    """
+    from senseflow.distill_run import distill_embedded
+
+    cfg = _embedded(_cfg(profile, set_))
+    _threads(cfg)
+    summary = distill_embedded(
+        cfg, out, variant=variant, world_dir=world, teacher_dir=teacher, probe_path=probe,
+        reference_dir=reference, eval_prompts=eval_prompts, sampler=sampler, progress=not quiet,
+    )  # fmt: skip
+    typer.echo(json.dumps(summary, indent=2))
+
+
+@app.command("export")
+def export_cmd(
+    run: Annotated[Path, typer.Option(help="A `senseflow distill` output folder (its checkpoint/).")],
+    out: Out,
+    world: WorldDir = Path("build/world"),
+    teacher: Annotated[Path, typer.Option(help="Exported teacher folder.")] = Path("build/teacher/teacher"),
+    variant: Annotated[str, typer.Option(help="Variant the run was trained with.")] = "senseflow",
+    sampler: Annotated[str, typer.Option(help="Student sampler in the recipe: euler or x0.")] = "euler",
+    profile: Profile = "embedded",
+    set_: Sets = None,
+) -> None:
+    """Export a student from a distillation checkpoint (e.g. a run stopped early).
+
+    Writes a diffusers-format folder (transformer/, scheduler/, text encoder) with recipe.json;
+    `senseflow.student.load_student(OUT)` generates from it with no other input.
+    """
+    from senseflow.distill_run import export_from_run
+
+    cfg = _embedded(_cfg(profile, set_))
+    folder = export_from_run(
+        cfg, run, out, variant=variant, world_dir=world, teacher_dir=teacher, sampler=sampler
+    )
+    typer.echo(f"student exported to {folder}")
+
+
 def main() -> None:
     """Console entry point: run the app, turning bad input into one clear line (exit code 2)."""
     from senseflow.errors import run_app

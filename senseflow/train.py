@@ -602,6 +602,13 @@ def _load_checkpoint(ckpt: Path, nets: dict, ema, sched, *, models_only: bool) -
     return int(state["iteration"])
 
 
+def load_generator_state(run_dir: Path, teacher: Backbone) -> dict[str, torch.Tensor]:
+    """The generator weights of a run's latest checkpoint (EMA not applied), as a plain state dict."""
+    net = teacher.trainable_copy()
+    _load_checkpoint(run_dir / CHECKPOINT, {"generator": (net, None)}, None, None, models_only=True)
+    return {k: v.detach().clone() for k, v in net.state_dict().items()}
+
+
 def _read_curve(path: Path) -> list[dict]:
     if not path.exists():
         return []

@@ -1,0 +1,226 @@
+"""From a profile to a distillation run: glue between the typed config and :func:`senseflow.train.distill`.
+
+``distill_kwargs`` maps a ``distill`` section (or one of the profile's variants) onto the
+loop's keywords; ``distill_embedded`` assembles the embedded world's run (teacher, data,
+probe discriminator, FID-T / adherence evaluator) and exports the student.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from senseflow.config import DistillConfig, ProfileConfig, dump_profile
+from senseflow.data import WorldData
+from senseflow.discriminator.model import build_discriminator
+from senseflow.errors import UserError
+from senseflow.io import atomic_write_text
+from senseflow.samples import load_folder_images, scenes_of
+from senseflow.student import export_student, student_sample
+from senseflow.teacher import load_teacher
+from senseflow.train import distill
+from senseflow.world.adherence import adherence
+from senseflow.world.probes import load_probe, run_probe
+
+DISCRIMINATOR_WIDTH = 32  # heads' width on the embedded probe (its taps are 32-128 channels)
+
+
+def distill_kwargs(d: DistillConfig) -> dict:
+    """The loop's keyword arguments for a ``distill`` section (method.md sections 1-5)."""
+    return {
+        "anchors": tuple(d.anchor_times()),
+        "iterations": d.iterations,
+        "global_batch": d.global_batch,
+        "generator_lr": d.generator_lr,
+        "fake_lr": d.fake_lr,
+        "lr_warmup": d.lr_warmup,
+        "lr_after_warmup": d.lr_after_warmup,
+        "optimizer": d.optimizer,
+        "betas": tuple(d.betas),
+        "weight_decay": d.weight_decay,
+        "grad_clip": d.grad_clip,
+        "ttur": d.ttur,
+        "dmd_t_range": tuple(d.dmd_t_range),
+        "teacher_cfg": tuple(d.teacher_cfg),
+        "backward_simulation_prob": d.backward_simulation_prob,
+        "fake_logit_mean": d.fake_logit_mean,
+        "fake_logit_std": d.fake_logit_std,
+        "ida": d.ida.enabled,
+        "ida_lam": d.ida.lam,
+        "isg": d.isg.enabled,
+        "isg_weight": d.isg.weight,
+        "isg_margin": d.isg.margin,
+        "isg_distance": d.isg.distance,
+        "gan": d.gan.enabled,
+        "gan_head": d.gan.head,
+        "gan_loss": d.gan.loss,
+        "gan_weight": d.gan.weight,
+        "gan_fake_weight": d.gan.fake_weight,
+        "gan_curve": d.gan.weight_curve,
+        "gan_lr": d.gan.lr,
+        "init_from": d.init_from,
+        "ema_decay": d.ema_decay,
+        "precision": d.precision,
+        "grad_checkpointing": d.grad_checkpointing,
+        "seed": d.seed,
+        "checkpoint_every": d.checkpoint_every,
+        "log_every": d.log_every,
+        "eval_every": d.eval_every,
+    }
+
+
+class EmbeddedEvaluator:
+    """FID-T (probe features, against teacher samples for the same prompts and seeds) and adherence.
+
+    The reference is a teacher sample folder (PNG + manifest with prompts, seeds and
+    scenes; the ``teacher_samples`` stage). The student samples the same prompts from the
+    same per-prompt seeds, so FID-T compares like with like.
+    """
+
+    def __init__(
+        self, probe, reference_dir: str | Path, *, n: int, anchors: list[float], sampler: str = "euler"
+    ):
+        images, records = load_folder_images(reference_dir)
+        if len(records) < 2:
+            raise UserError(f"{reference_dir}: FID-T needs at least 2 teacher samples, found {len(records)}")
+        self.records = records[:n]
+        self.probe = probe
+        self.anchors = list(anchors)
+        self.sampler = sampler
+        self.scenes = scenes_of(self.records)
+        from eval.metrics import feature_statistics
+
+        self.ref_stats = feature_statistics(run_probe(probe, images[: len(self.records)]).features)
+
+    def images(self, student, anchors: list[float]) -> torch.Tensor:
+        """The student's samples for the reference prompts and seeds, in [-1, 1]."""
+        cond = student.text.encode([r["prompt"] for r in self.records])
+        seeds = [int(r["seed"]) for r in self.records]
+        from senseflow.samplers import prompt_noise
+
+        shape = tuple(student.latent_shape(student_resolution(student)))
+        x, _ = student_sample(
+            student, cond, prompt_noise(seeds, shape), anchors, sampler=self.sampler, seeds=seeds
+        )
+        return student.codec.decode(x).clamp(-1, 1)
+
+    def __call__(self, student, iteration: int, anchors: list[float] | None = None) -> dict:
+        """Metrics of ``student`` (a backbone) sampled at its anchors."""
+        from eval.metrics import feature_statistics, frechet_distance
+
+        images = self.images(student, anchors or self.anchors)
+        stats = feature_statistics(run_probe(self.probe, images).features)
+        out = {"fid_t": frechet_distance(*stats, *self.ref_stats)}
+        out.update({f"adherence_{k}": v for k, v in adherence(self.probe, images, self.scenes).items()
+                    if k != "n"})  # fmt: skip
+        return out
+
+
+def student_resolution(backbone) -> int:
+    """Image side of a pixel-space backbone (the embedded transformer's sample size)."""
+    return int(backbone.network.config.sample_size)
+
+
+def distill_embedded(
+    cfg: ProfileConfig,
+    out_dir: str | Path,
+    *,
+    variant: str = "senseflow",
+    world_dir: str | Path,
+    teacher_dir: str | Path,
+    probe_path: str | Path,
+    reference_dir: str | Path | None = None,
+    eval_prompts: int = 256,
+    sampler: str = "euler",
+    progress: bool = True,
+) -> dict:
+    """Distil the embedded teacher with ``variant`` of the profile; export ``out_dir/student``.
+
+    Returns a summary (iterations, seconds, final metrics when ``reference_dir`` is given)
+    that is also written to ``out_dir/summary.json``.
+    """
+    if cfg.family != "embedded":
+        raise UserError(
+            f"profile {cfg.name!r} is family {cfg.family!r}; distill_embedded runs the embedded world"
+        )
+    d = cfg.variant(variant)
+    teacher, _ = load_teacher(teacher_dir, world_dir)
+    res = cfg.world.scenes.resolution
+    probe = load_probe(probe_path)
+    discriminator = None
+    if d.gan.enabled and d.gan.head == "vfm":
+        with torch.random.fork_rng(devices=[]):  # heads' init independent of earlier RNG use
+            torch.manual_seed(d.seed)
+            discriminator = build_discriminator(
+                d.gan, probe, teacher.text.pooled_size, image_size=res, width=DISCRIMINATOR_WIDTH
+            )
+    evaluator = None
+    if reference_dir is not None:
+        evaluator = EmbeddedEvaluator(
+            probe, reference_dir, n=eval_prompts, anchors=d.anchor_times(), sampler=sampler
+        )
+    kwargs = distill_kwargs(d)
+    if kwargs["init_from"]:
+        kwargs["init_from"] = Path(kwargs["init_from"])
+    result = distill(
+        out_dir,
+        teacher=teacher,
+        data=WorldData(resolution=res, digit_counts=dict(cfg.world.scenes.digit_counts), seed=d.seed),
+        discriminator=discriminator,
+        evaluator=evaluator,
+        progress=progress,
+        run_config={"variant": variant, "teacher": str(teacher_dir)},
+        **kwargs,
+    )
+    summary: dict = {"variant": variant, "iterations": result.iterations, "seconds": round(result.seconds, 1)}
+    if result.generator_state is not None:
+        _export(cfg, d, variant, sampler, Path(out_dir) / "student", result.generator_state, teacher)
+        if evaluator is not None:
+            student = teacher.with_network(_state_network(teacher, result.generator_state))
+            summary["final"] = evaluator(student, result.iterations)
+            t_s = time.perf_counter()
+            evaluator.images(student, d.anchor_times())
+            summary["seconds_per_image"] = (time.perf_counter() - t_s) / len(evaluator.records)
+        atomic_write_text(Path(out_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _export(cfg, d: DistillConfig, variant: str, sampler: str, folder: Path, state: dict, teacher) -> Path:
+    recipe = {
+        "anchors": d.anchor_times(),
+        "sampler": sampler,
+        "resolution": cfg.world.scenes.resolution,
+        "variant": variant,
+        "profile": cfg.name,
+        "iterations": d.iterations,
+    }
+    config_yaml = dump_profile(cfg.model_copy(update={"distill": d}))
+    return export_student(folder, state, teacher, recipe, config_yaml=config_yaml)
+
+
+def export_from_run(
+    cfg: ProfileConfig,
+    run_dir: str | Path,
+    out: str | Path,
+    *,
+    variant: str = "senseflow",
+    world_dir: str | Path,
+    teacher_dir: str | Path,
+    sampler: str = "euler",
+) -> Path:
+    """Export the generator of a distillation run's latest checkpoint as a student folder."""
+    from senseflow.train import load_generator_state
+
+    d = cfg.variant(variant)
+    teacher, _ = load_teacher(teacher_dir, world_dir)
+    state = load_generator_state(Path(run_dir), teacher)
+    return _export(cfg, d, variant, sampler, Path(out), state, teacher)
+
+
+def _state_network(teacher, state: dict) -> torch.nn.Module:
+    net = teacher.trainable_copy()
+    net.load_state_dict(state)
+    return net.eval().requires_grad_(False)

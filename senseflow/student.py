@@ -1,0 +1,216 @@
+"""Exported few-step students: the folder format, its recipe, and sampling from it.
+
+``senseflow export`` writes a diffusers-format folder::
+
+    student/
+      transformer/            the generator (diffusers ``save_pretrained``)
+      scheduler/              FlowMatchEulerDiscreteScheduler, shift 1, no dynamic shifting
+      tokenizer/ text_encoder/ text_pooling.json   the prompt encoder (embedded world)
+      recipe.json             sampler, anchors, guidance, dtype, resolution, text settings
+      config.yaml             the resolved profile the student was trained with
+
+Anchors are stored as the exact times the generator was trained at. The scheduler carries
+shift 1.0 on purpose: diffusers' ``FlowMatchEulerDiscreteScheduler`` shifts user-passed
+sigmas by its own ``shift``, so a scheduler with the teacher's shift 3.0 fed with the
+already-shifted anchors would shift them twice (method.md section 6).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+from senseflow.backbones.flow import SD3FlowBackbone
+from senseflow.distill import renoise_step
+from senseflow.errors import MissingArtefactError, UserError
+from senseflow.io import atomic_write_text
+from senseflow.samplers import prompt_noise, prompt_seed
+from senseflow.world.text import WorldTextEncoder
+
+RECIPE = "recipe.json"
+SAMPLERS = ("euler", "x0")
+
+
+def anchors_for_steps(anchors: list[float], steps: int) -> list[float]:
+    """The anchors a ``steps``-step run visits: all of them, or every k-th (the 4-step student at 2 steps).
+
+    Fewer steps reuse the trained anchors (DMD2 / SenseFlow run 2 steps with the 4-step
+    weights at anchors 1 and 3 of 4, i.e. times 1.0 and 0.5 for the uniform embedded
+    anchors); a count that does not divide the anchors is refused.
+    """
+    n = len(anchors)
+    if steps == n:
+        return list(anchors)
+    if steps < 1 or steps > n or n % steps:
+        ok = [k for k in range(1, n + 1) if n % k == 0]
+        raise UserError(f"this student was trained with {n} anchors; it samples at {ok} steps, not {steps}")
+    return list(anchors[:: n // steps])
+
+
+@torch.no_grad()
+def student_sample(
+    backbone,
+    cond,
+    noise: torch.Tensor,
+    times: list[float],
+    *,
+    sampler: str = "euler",
+    seeds: list[int] | None = None,
+) -> tuple[torch.Tensor, list[float]]:
+    """Run the student from ``noise`` through ``times``; return (clean samples, times really used).
+
+    At each time the generator predicts x0; the sample moves to the next time by
+    :func:`senseflow.distill.renoise_step` (``euler``: deterministic; ``x0``: fresh noise from
+    per-prompt ``seeds``, so batch composition never changes an image). The last step
+    returns the x0 estimate.
+    """
+    if sampler not in SAMPLERS:
+        raise UserError(f"unknown student sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+    if sampler == "x0" and seeds is None:
+        raise ValueError("the x0 sampler needs per-prompt seeds for its fresh noise")
+    x, used = noise.float(), []
+    b = x.shape[0]
+    for i, t in enumerate(times):
+        tt = torch.full((b,), float(t), device=x.device)
+        used.append(float(t))
+        x0 = backbone.x0(x, backbone.predict(x, tt, cond), tt)
+        if i == len(times) - 1:
+            return x0, used
+        fresh = None
+        if sampler == "x0":
+            step_seeds = [prompt_seed(s, f"renoise-{i}") for s in seeds]
+            fresh = prompt_noise(step_seeds, tuple(x.shape[1:])).to(x.device)
+        nxt = torch.full((b,), float(times[i + 1]), device=x.device)
+        x = renoise_step(backbone, x, x0, tt, nxt, sampler=sampler, noise=fresh)
+    return x, used
+
+
+def student_scheduler_config(resolution: int) -> dict:
+    """A FlowMatchEulerDiscreteScheduler config that uses passed sigmas unchanged (shift 1, static)."""
+    return FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False
+    ).config | {"senseflow_resolution": resolution}
+
+
+def export_student(
+    folder: str | Path,
+    generator_state: dict[str, torch.Tensor],
+    teacher: SD3FlowBackbone,
+    recipe: dict,
+    *,
+    config_yaml: str | None = None,
+) -> Path:
+    """Write an embedded-world student folder atomically (a temp folder renamed into place).
+
+    ``generator_state`` holds the generator's full weights (the teacher's architecture);
+    ``recipe`` must name ``anchors``, ``sampler`` and ``resolution``.
+    """
+    for key in ("anchors", "sampler", "resolution"):
+        if key not in recipe:
+            raise ValueError(f"student recipe is missing {key!r}")
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        net = SD3Transformer2DModel.from_config(teacher.transformer.config)
+        net.load_state_dict(generator_state)
+        net.save_pretrained(tmp / "transformer")
+        teacher.text.save(tmp)
+        FlowMatchEulerDiscreteScheduler.from_config(
+            student_scheduler_config(recipe["resolution"])
+        ).save_pretrained(tmp / "scheduler")
+        full = {
+            "family": "sd3_flow",
+            "prediction": "flow",
+            "guidance": 1.0,  # CFG is distilled into the student: one network call per step
+            "dtype": "float32",
+            "shift": teacher.shift,
+            "channels": teacher.transformer.config.in_channels,
+            "text": {"encoder": "world", "max_length": teacher.text.tokenizer.model_max_length,
+                     "pooling": teacher.text.pooling},
+            **recipe,
+        }  # fmt: skip
+        atomic_write_text(tmp / RECIPE, json.dumps(full, indent=2) + "\n")
+        if config_yaml is not None:
+            atomic_write_text(tmp / "config.yaml", config_yaml)
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return folder
+
+
+class Student:
+    """A loaded student: generates images from prompts with nothing else given."""
+
+    def __init__(self, backbone: SD3FlowBackbone, recipe: dict):
+        self.backbone = backbone
+        self.recipe = recipe
+        self.last_times: list[float] = []
+
+    @property
+    def anchors(self) -> list[float]:
+        """The times the generator was trained at, noisiest first."""
+        return [float(a) for a in self.recipe["anchors"]]
+
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one sample."""
+        r = int(self.recipe["resolution"])
+        return (int(self.recipe.get("channels", 3)), r, r)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str],
+        seeds: list[int],
+        *,
+        steps: int | None = None,
+        sampler: str | None = None,
+        batch_size: int = 256,
+    ) -> torch.Tensor:
+        """One image per prompt, (N, C, H, W) in [-1, 1]; noise from each prompt's own seed.
+
+        ``steps`` defaults to the number of anchors; fewer steps use every k-th anchor
+        (:func:`anchors_for_steps`). ``sampler`` defaults to the recipe's.
+        """
+        if len(prompts) != len(seeds):
+            raise ValueError(f"{len(prompts)} prompts but {len(seeds)} seeds")
+        times = anchors_for_steps(self.anchors, steps or len(self.anchors))
+        sampler = sampler or self.recipe["sampler"]
+        outs = []
+        for i in range(0, len(prompts), batch_size):
+            chunk, chunk_seeds = prompts[i : i + batch_size], seeds[i : i + batch_size]
+            cond = self.backbone.text.encode(chunk)
+            noise = prompt_noise(chunk_seeds, self.shape())
+            x, self.last_times = student_sample(
+                self.backbone, cond, noise, times, sampler=sampler, seeds=chunk_seeds
+            )
+            outs.append(self.backbone.codec.decode(x).clamp(-1, 1))
+        return torch.cat(outs)
+
+
+def load_student(path: str | Path) -> Student:
+    """Load what :func:`export_student` wrote; a folder that is not a student is a clear error."""
+    folder = Path(path)
+    recipe_path = folder / RECIPE
+    if not recipe_path.is_file():
+        raise MissingArtefactError(
+            f"{recipe_path} is missing: {folder} is not an exported student "
+            "(make one with `senseflow distill` or `senseflow export`)"
+        )
+    recipe = json.loads(recipe_path.read_text())
+    for sub in ("transformer", "tokenizer", "text_encoder"):
+        if not (folder / sub).is_dir():
+            raise MissingArtefactError(
+                f"{folder / sub} is missing: the student folder is incomplete; re-export it"
+            )
+    net = SD3Transformer2DModel.from_pretrained(folder / "transformer").eval().requires_grad_(False)
+    backbone = SD3FlowBackbone(net, WorldTextEncoder.load(folder), shift=float(recipe.get("shift", 1.0)))
+    return Student(backbone, recipe)
