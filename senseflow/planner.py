@@ -407,7 +407,7 @@ def memory_rows(
     if gpus < 1:
         raise UserError(f"--gpus must be at least 1, got {gpus}")
     shards = gpus if sharding == "fsdp" else 1
-    where = f" / {shards} GPUs" if shards > 1 else " (replicated)"
+    where = f" / {shards} GPUs" if shards > 1 else (" (replicated)" if gpus > 1 else "")
     width = PRECISION_BYTES[precision]
     master = master_weights and precision != "fp32"
     trainable = sum(n.trainable for n in networks)
