@@ -611,6 +611,7 @@ def render_plan(report: PlanReport) -> str:
         f"{'network':22s} {'model':30s} {'parameters':>12s} {'trainable':>12s} {'weights/GPU GiB':>16s}",
     ]
     width = PRECISION_BYTES[r.precision]
+    item_width = max(len(m.item) for m in r.memory)
     for n in r.networks:
         per_gpu = n.parameters * width // shards + n.buffers * width
         buffers = f" (+{_human(n.buffers)} buffers)" if n.buffers else ""
@@ -623,10 +624,10 @@ def render_plan(report: PlanReport) -> str:
     lines += [
         f"{'total':22s} {'':30s} {_human(total):>12s} {_human(trainable):>12s}",
         "",
-        f"{'memory per GPU':36s} {'GiB':>8s}  how",
+        f"{'memory per GPU':{item_width}s} {'GiB':>8s}  how",
     ]
-    lines += [f"{m.item:36s} {_gib(m.bytes)}  {m.detail}" for m in r.memory]
-    lines.append(f"{'total':36s} {_gib(r.total_bytes)}")
+    lines += [f"{m.item:{item_width}s} {_gib(m.bytes)}  {m.detail}" for m in r.memory]
+    lines.append(f"{'total':{item_width}s} {_gib(r.total_bytes)}")
     lines.append("")
     if r.fits:
         lines.append(
