@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -372,6 +372,93 @@ def export_cmd(
         cfg, run, out, variant=variant, world_dir=world, teacher_dir=teacher, sampler=sampler
     )
     typer.echo(f"student exported to {folder}")
+# ----------------------------------------------------------------------------- plan
+@app.command("plan")
+def plan_cmd(
+    profile: Annotated[
+        str,
+        typer.Option(
+            "--profile", "-p", help="A real profile (flux_dev, sd35_large, sd35_medium, sdxl) or a YAML path."
+        ),
+    ],
+    gpus: Annotated[
+        int | None,
+        typer.Option(min=1, help="Number of GPUs (default: the profile's runtime.nproc_per_node)."),
+    ] = None,
+    gpu_mem_gb: Annotated[
+        float, typer.Option(min=1.0, help="Memory of one GPU in GiB (an '80 GB' A100 or H100: 80).")
+    ] = 80.0,
+    sharding: Annotated[
+        Literal["fsdp", "ddp"],
+        typer.Option(
+            help="fsdp: FSDP2 full shard, parameters, gradients and optimiser states of every network "
+            "divided by the GPUs; ddp: everything replicated on each GPU."
+        ),
+    ] = "fsdp",
+    precision: Annotated[
+        Literal["bf16", "fp16", "fp32"] | None,
+        typer.Option(help="Dtype of weights, gradients and activations (default: the teacher's dtype)."),
+    ] = None,
+    optimizer: Annotated[
+        Literal["adamw", "adamw8bit"] | None,
+        typer.Option(
+            help="adamw: two fp32 moments, 8 B per trainable parameter; adamw8bit: two 8-bit moments, "
+            "2 B (default: the profile's distill.optimizer)."
+        ),
+    ] = None,
+    batch_per_gpu: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Images per GPU per step (default: distill.global_batch / gpus, at least 1)."
+        ),
+    ] = None,
+    grad_checkpointing: Annotated[
+        bool,
+        typer.Option(help="Keep only each block's input for backward and recompute the rest."),
+    ] = True,
+    cache_text: Annotated[
+        bool,
+        typer.Option(help="Prompt embeddings computed ahead: the text encoders are not loaded."),
+    ] = False,
+    master_weights: Annotated[
+        bool,
+        typer.Option(help="fp32 master copies of the trainable weights (+4 B each) and fp32 gradients."),
+    ] = False,
+    set_: Sets = None,
+) -> None:
+    """Will the run fit? Per-GPU memory of distilling a real profile, computed without its weights.
+
+    Networks: teacher, generator, fake score model, discriminator heads, frozen VFM, text encoders, VAE.
+
+    Built on the meta device (no weights) from the published configs in experiments/architectures/<profile>/.
+
+    Bill per GPU: weights, gradients, optimiser states, FSDP buffers, activations (an estimate), reserve.
+
+    Exit code 0 when it fits, 1 when it does not.
+
+    Example: senseflow plan --profile flux_dev --gpus 8 --gpu-mem-gb 80
+    """
+    from senseflow.planner import architectures_dir, plan_profile, render_plan
+
+    cfg = _cfg(profile, set_)
+    arch_dir = architectures_dir(cfg.name)
+    gpus = gpus or cfg.runtime.nproc_per_node
+    report = plan_profile(
+        cfg,
+        arch_dir,
+        gpus=gpus,
+        gpu_mem_gib=gpu_mem_gb,
+        sharding=sharding,
+        precision=precision,
+        optimizer=optimizer,
+        batch_per_gpu=batch_per_gpu,
+        grad_checkpointing=grad_checkpointing,
+        cache_text=cache_text,
+        master_weights=master_weights,
+    )
+    typer.echo(render_plan(report))
+    if not report.fits:
+        raise typer.Exit(1)
 
 
 def main() -> None:
