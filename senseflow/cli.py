@@ -372,6 +372,8 @@ def export_cmd(
         cfg, run, out, variant=variant, world_dir=world, teacher_dir=teacher, sampler=sampler
     )
     typer.echo(f"student exported to {folder}")
+
+
 # ----------------------------------------------------------------------------- plan
 @app.command("plan")
 def plan_cmd(

@@ -104,6 +104,7 @@ def generator_inputs(
     *,
     backward_simulation_prob: float,
     gen: torch.Generator,
+    same_calls_on_every_rank: bool = False,
 ) -> GeneratorInputs:
     """Inputs of the generator: each sample at a uniformly drawn anchor (DMD2 / SenseFlow).
 
@@ -112,6 +113,10 @@ def generator_inputs(
     its x0 estimate to the next anchor with fresh noise each time, so it trains on the inputs
     it will see at inference; otherwise the real latent ``x_real`` is forward-noised to the
     anchor. At the first anchor the input is pure noise either way.
+
+    ``same_calls_on_every_rank``: under FSDP every forward is a collective, so the number
+    of simulation calls must not depend on this rank's draws: the whole batch then runs
+    through all ``len(anchors) - 1`` simulation steps (the mask picks the results).
     """
     b = x_real.shape[0]
     times = torch.tensor([*anchors, 0.0], dtype=torch.float32, device=x_real.device)
@@ -120,17 +125,28 @@ def generator_inputs(
     eps = _randn(x_real.shape, gen, x_real)
     x = generator.add_noise(x_real, eps, times[k])
     x = torch.where((k == 0).view(-1, *[1] * (x.ndim - 1)), eps, x)
-    if bool(simulated.any()):
+    if same_calls_on_every_rank and len(anchors) > 1:
+        idx = torch.arange(b, device=x.device)
+        ks = torch.where(simulated, k, torch.zeros_like(k))
+        x_sim = _simulate(generator, cond, times, ks, _randn(x.shape, gen, x), len(anchors) - 1, gen)
+        x = torch.where(simulated.view(-1, *[1] * (x.ndim - 1)), x_sim.to(x.dtype), x)
+    elif bool(simulated.any()):
         idx = simulated.nonzero().squeeze(1)
-        ks, c = k[idx], cond.index(idx)
+        ks = k[idx]
         xs = _randn((len(idx), *x.shape[1:]), gen, x)
-        for j in range(int(ks.max())):
-            t = times[j].expand(len(idx))
-            x0 = generator.x0(xs, generator.predict(xs, t, c), t)
-            nxt = generator.add_noise(x0, _randn(xs.shape, gen, xs), times[j + 1].expand(len(idx)))
-            xs = torch.where((ks > j).view(-1, *[1] * (xs.ndim - 1)), nxt, xs)
-        x[idx] = xs.to(x.dtype)
+        x[idx] = _simulate(generator, cond.index(idx), times, ks, xs, int(ks.max()), gen).to(x.dtype)
     return GeneratorInputs(x=x, t=times[k], t_next=times[k + 1], k=k, simulated=simulated)
+
+
+def _simulate(generator, cond, times, ks, xs, steps: int, gen) -> torch.Tensor:
+    """Run the student from noise ``xs`` through ``steps`` anchors; row i stops at anchor ``ks[i]``."""
+    n = xs.shape[0]
+    for j in range(steps):
+        t = times[j].expand(n)
+        x0 = generator.x0(xs, generator.predict(xs, t, cond), t)
+        nxt = generator.add_noise(x0, _randn(xs.shape, gen, xs), times[j + 1].expand(n))
+        xs = torch.where((ks > j).view(-1, *[1] * (xs.ndim - 1)), nxt, xs)
+    return xs
 
 
 def dmd_term(

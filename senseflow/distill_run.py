@@ -176,7 +176,7 @@ def distill_embedded(
         **kwargs,
     )
     summary: dict = {"variant": variant, "iterations": result.iterations, "seconds": round(result.seconds, 1)}
-    if result.generator_state is not None:
+    if is_main_process():
         _export(cfg, d, variant, sampler, Path(out_dir) / "student", result.generator_state, teacher)
         if evaluator is not None:
             student = teacher.with_network(_state_network(teacher, result.generator_state))
@@ -186,6 +186,13 @@ def distill_embedded(
             summary["seconds_per_image"] = (time.perf_counter() - t_s) / len(evaluator.records)
         atomic_write_text(Path(out_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def is_main_process() -> bool:
+    """Rank 0 under torchrun (or the only process): the one that exports and reports."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _export(cfg, d: DistillConfig, variant: str, sampler: str, folder: Path, state: dict, teacher) -> Path:

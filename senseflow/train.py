@@ -82,7 +82,7 @@ class ResumeError(UserError, RuntimeError):
 class DistillResult:
     """What a finished :func:`distill` run hands back."""
 
-    generator_state: dict[str, torch.Tensor] | None  # full weights (EMA if enabled), rank 0 only
+    generator_state: dict[str, torch.Tensor]  # full weights (EMA if enabled), on every rank
     iterations: int
     seconds: float
     out_dir: Path
@@ -212,7 +212,7 @@ def distill(
     progress: bool = True,
     run_config: dict | None = None,  # extra settings a checkpoint must match to resume
 ) -> DistillResult:
-    """Distil ``teacher`` into a few-step generator; return its final weights (rank 0).
+    """Distil ``teacher`` into a few-step generator; return its final weights (on every rank).
 
     The generator and the fake score model start as copies of the teacher's network
     (:meth:`Backbone.trainable_copy`), or from ``init_from``'s checkpoint. Writes
@@ -319,7 +319,13 @@ def distill(
         g_step = it % ttur == 0
         with timer("inputs"), amp:
             inputs = terms.generator_inputs(
-                G, x_real, cond, list(anchors), backward_simulation_prob=backward_simulation_prob, gen=gen
+                G,
+                x_real,
+                cond,
+                list(anchors),
+                backward_simulation_prob=backward_simulation_prob,
+                gen=gen,
+                same_calls_on_every_rank=mode == "fsdp",
             )
         losses: dict[str, torch.Tensor] = {}
         fake_images = None
@@ -466,9 +472,11 @@ def distill(
     # full weights on every rank (a collective under FSDP), EMA weights when EMA is on
     if ema is not None:
         ema.copy_to(g_net.parameters())
-    state = get_model_state_dict(g_train, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # (cpu_offload=True would leave the other ranks an empty dict)
+    state = get_model_state_dict(g_train, options=StateDictOptions(full_state_dict=True))
+    state = {k: v.detach().cpu() for k, v in state.items()}
     return DistillResult(
-        generator_state=state if info.is_main else None,
+        generator_state=state,
         iterations=iterations,
         seconds=seconds,
         out_dir=out_dir,
