@@ -284,6 +284,8 @@ class RuntimeConfig(Strict):
     nproc_per_node: PositiveInt = 1
     device: Literal["cpu", "cuda", "auto"] = "auto"
     threads: Annotated[int, Field(ge=0)] = 0  # torch intra-op threads, 0 = library default
+    # data parallelism under torchrun: auto = DDP with several processes; fsdp = FSDP2 full shard
+    parallel: Literal["auto", "ddp", "fsdp"] = "auto"
 
 
 class ProfileConfig(Strict):

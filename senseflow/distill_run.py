@@ -172,6 +172,8 @@ def distill_embedded(
         discriminator=discriminator,
         evaluator=evaluator,
         progress=progress,
+        parallel=cfg.runtime.parallel,
+        device=cfg.runtime.device,
         run_config={"variant": variant, "teacher": str(teacher_dir)},
         **kwargs,
     )

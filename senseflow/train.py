@@ -330,10 +330,15 @@ def distill(
         losses: dict[str, torch.Tensor] = {}
         fake_images = None
         # ------------------------------------------------------------ generator step
+        # Freezing the fake model and D during the generator step saves their weight
+        # gradients; FSDP2 fixes requires_grad at its lazy init, so there the (wasted)
+        # gradients are computed and cleared by zero_grad before their own step instead.
+        freeze_others = mode != "fsdp"
         if g_step:
-            f_net.requires_grad_(False)
-            if d_module is not None:
-                d_module.requires_grad_(False)
+            if freeze_others:
+                f_net.requires_grad_(False)
+                if d_module is not None:
+                    d_module.requires_grad_(False)
             with timer("generator_forward"), amp:
                 pred = G_train.predict(inputs.x, inputs.t, cond)
                 x0_g = G_train.x0(inputs.x, pred, inputs.t)
@@ -361,10 +366,13 @@ def distill(
                             curve=gan_curve, loss=gan_loss, gen=gen,
                         )  # fmt: skip
                 total = total + gan_weight * losses["gan_g"]
-            if it % log_every == 0 and info.is_main:
-                _term_grad_norms(losses, pred, acc, n_acc)
-            f_net.requires_grad_(True)
-            if d_module is not None:
+            if it % log_every == 0:
+                # DMD2's term backpropagates through the (sharded) fake network: under FSDP a
+                # second backward through it would find its parameters resharded, so skip it
+                skip = {"gan_g"} if (mode == "fsdp" and head is not None) else set()
+                _term_grad_norms({k: v for k, v in losses.items() if k not in skip}, pred, acc, n_acc)
+            if freeze_others:
+                f_net.requires_grad_(True)
                 for p in d_params:
                     p.requires_grad_(True)
             with timer("generator_backward"):

@@ -286,3 +286,24 @@ def test_two_process_ddp_ranks_agree_and_checkpoints_move_between_world_sizes(wo
     )
     _assert_same(s0, s1)
     assert json.loads((tmp_path / "single" / "state.json").read_text())["iteration"] == 4
+
+
+@pytest.mark.slow
+def test_two_process_fsdp2_ranks_agree_and_resume_in_one_process(world_dir, tmp_path):
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29532",
+        "-m",
+    ]
+    _script(world_dir, tmp_path / "fsdp", 4, "--parallel", "fsdp", launcher=torchrun)
+    r0, r1 = _weights(tmp_path / "fsdp" / "final-rank0.pt"), _weights(tmp_path / "fsdp" / "final-rank1.pt")
+    _assert_same(r0, r1)
+    _script(world_dir, tmp_path / "fsdp", 4)  # sharded checkpoint, one process: same weights
+    _assert_same(r0, _weights(tmp_path / "fsdp" / "final-rank0.pt"))
+    _script(world_dir, tmp_path / "fsdp", 6)  # and it trains on
+    assert json.loads((tmp_path / "fsdp" / "state.json").read_text())["iteration"] == 6
