@@ -327,6 +327,14 @@ def distill_cmd(
     ] = None,
     eval_prompts: Annotated[int, typer.Option(min=2, help="Reference prompts used by the evaluator.")] = 256,
     sampler: Annotated[str, typer.Option(help="Student sampler in the recipe: euler or x0.")] = "euler",
+    cache: Annotated[
+        Path | None,
+        typer.Option(help="Prompt cache from `senseflow cache`: no text encoder runs during training."),
+    ] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(help="Start G, fake and D from this distill folder (overrides the variant's)."),
+    ] = None,
     profile: Profile = "embedded",
     set_: Sets = None,
     quiet: Quiet = False,
@@ -344,7 +352,8 @@ def distill_cmd(
     _threads(cfg)
     summary = distill_embedded(
         cfg, out, variant=variant, world_dir=world, teacher_dir=teacher, probe_path=probe,
-        reference_dir=reference, eval_prompts=eval_prompts, sampler=sampler, progress=not quiet,
+        reference_dir=reference, eval_prompts=eval_prompts, sampler=sampler, cache_dir=cache,
+        init_from=init_from, progress=not quiet,
     )  # fmt: skip
     typer.echo(json.dumps(summary, indent=2))
 

@@ -135,9 +135,15 @@ def distill_embedded(
     reference_dir: str | Path | None = None,
     eval_prompts: int = 256,
     sampler: str = "euler",
+    cache_dir: str | Path | None = None,
+    init_from: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
     """Distil the embedded teacher with ``variant`` of the profile; export ``out_dir/student``.
+
+    ``cache_dir`` (written by ``senseflow cache``): prompt embeddings come from the cache and
+    training prompts from the world's fixed train list, so the text encoder is not run
+    during training. ``init_from`` overrides the variant's ``init_from``.
 
     Returns a summary (iterations, seconds, final metrics when ``reference_dir`` is given)
     that is also written to ``out_dir/summary.json``.
@@ -148,7 +154,18 @@ def distill_embedded(
         )
     d = cfg.variant(variant)
     teacher, _ = load_teacher(teacher_dir, world_dir)
+    exportable = teacher  # carries the world's text encoder into the student folder
     res = cfg.world.scenes.resolution
+    counts = dict(cfg.world.scenes.digit_counts)
+    data = WorldData(resolution=res, digit_counts=counts, seed=d.seed)
+    if cache_dir is not None:
+        from senseflow.backbones.flow import SD3FlowBackbone
+        from senseflow.cache import CachedPromptEncoder
+        from senseflow.world.prompts import load_prompt_file
+
+        teacher = SD3FlowBackbone(teacher.transformer, CachedPromptEncoder(cache_dir), shift=teacher.shift)
+        records = load_prompt_file(Path(world_dir) / "prompts" / "train.jsonl")
+        data = WorldData(resolution=res, digit_counts=counts, seed=d.seed, prompts=records)
     probe = load_probe(probe_path)
     discriminator = None
     if d.gan.enabled and d.gan.head == "vfm":
@@ -163,23 +180,25 @@ def distill_embedded(
             probe, reference_dir, n=eval_prompts, anchors=d.anchor_times(), sampler=sampler
         )
     kwargs = distill_kwargs(d)
+    if init_from is not None:
+        kwargs["init_from"] = init_from
     if kwargs["init_from"]:
         kwargs["init_from"] = Path(kwargs["init_from"])
     result = distill(
         out_dir,
         teacher=teacher,
-        data=WorldData(resolution=res, digit_counts=dict(cfg.world.scenes.digit_counts), seed=d.seed),
+        data=data,
         discriminator=discriminator,
         evaluator=evaluator,
         progress=progress,
         parallel=cfg.runtime.parallel,
         device=cfg.runtime.device,
-        run_config={"variant": variant, "teacher": str(teacher_dir)},
+        run_config={"variant": variant, "teacher": str(teacher_dir), "cached_text": cache_dir is not None},
         **kwargs,
     )
     summary: dict = {"variant": variant, "iterations": result.iterations, "seconds": round(result.seconds, 1)}
     if is_main_process():
-        _export(cfg, d, variant, sampler, Path(out_dir) / "student", result.generator_state, teacher)
+        _export(cfg, d, variant, sampler, Path(out_dir) / "student", result.generator_state, exportable)
         if evaluator is not None:
             student = teacher.with_network(_state_network(teacher, result.generator_state))
             summary["final"] = evaluator(student, result.iterations)

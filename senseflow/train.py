@@ -302,6 +302,11 @@ def distill(
     acc: dict[str, float] = defaultdict(float)
     n_acc: dict[str, int] = defaultdict(int)
     t_start = time.perf_counter()
+    if evaluator is not None and eval_every and start == 0 and info.is_main:
+        # the curve's first point: the student as initialised (the teacher at the anchors)
+        curve = [{"iteration": 0, **evaluator(teacher.with_network(g_net), 0)}]
+        atomic_write_text(curve_path, json.dumps(curve[0]) + "\n")
+    barrier()
     bar = tqdm(range(start, iterations), initial=start, total=iterations, desc="distill",
                disable=not (progress and info.is_main))  # fmt: skip
     last_good = start

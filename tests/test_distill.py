@@ -129,6 +129,26 @@ def test_ida_pulls_the_fake_model_onto_the_generator(teacher, tmp_path):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0, msg=name)
 
 
+def test_training_from_the_prompt_cache_never_runs_the_text_encoder(
+    teacher, world_dir, tmp_path, monkeypatch
+):
+    from senseflow.backbones.flow import SD3FlowBackbone
+    from senseflow.cache import CachedPromptEncoder, build_prompt_cache
+    from senseflow.world.prompts import load_prompt_file
+
+    records = load_prompt_file(world_dir / "prompts" / "train.jsonl")
+    build_prompt_cache(
+        teacher.text, [r.prompt for r in records], tmp_path / "cache", encoder_id="w", progress=False
+    )
+    data = WorldData(resolution=16, digit_counts={1: 0.5}, prompts=records)
+    prompts, images = data.batch(0, 0, 8)
+    assert set(prompts) <= {r.prompt for r in records} and images.shape == (8, 3, 16, 16)
+    cached = SD3FlowBackbone(teacher.transformer, CachedPromptEncoder(tmp_path / "cache"))
+    monkeypatch.setattr(type(teacher.text), "encode", lambda *a: pytest.fail("text encoder ran"))
+    distill(tmp_path / "run", teacher=cached, data=data, iterations=2, gan=False, **FAST)
+    assert json.loads((tmp_path / "run" / "state.json").read_text())["iteration"] == 2
+
+
 def test_dmd2_variant_trains_the_fake_feature_head(teacher, tmp_path):
     distill(tmp_path, teacher=teacher, data=_data(), iterations=2, gan_head="fake_features",
             gan_loss="logistic", ida=False, isg=False, checkpoint_every=2, **FAST)  # fmt: skip

@@ -168,6 +168,15 @@ def sample_scene(
     raise RuntimeError(f"no scene in split {split!r} after {max_tries} tries")
 
 
+def with_fresh_handwriting(scene: Scene, rng: np.random.Generator, instances: str = "train") -> Scene:
+    """The same scene (caption unchanged) drawn with new handwriting samples from ``instances``."""
+    pools = _instances_by_class(instances)
+    objects = tuple(
+        DigitObject(o.digit, o.colour, o.position, int(rng.choice(pools[o.digit]))) for o in scene.objects
+    )
+    return Scene(scene.background, objects)
+
+
 def render(scene: Scene, resolution: int) -> np.ndarray:
     """Render a scene to an RGB uint8 array of shape (resolution, resolution, 3).
 
