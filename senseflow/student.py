@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+from diffusers import FlowMatchEulerDiscreteScheduler
 
 from senseflow.backbones.flow import SD3FlowBackbone
 from senseflow.distill import renoise_step
@@ -90,49 +90,70 @@ def student_sample(
     return x, used
 
 
-def student_scheduler_config(resolution: int) -> dict:
-    """A FlowMatchEulerDiscreteScheduler config that uses passed sigmas unchanged (shift 1, static)."""
-    return FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False
-    ).config | {"senseflow_resolution": resolution}
+def student_scheduler(prediction: str, teacher_scheduler_config: dict | None = None):
+    """The diffusers scheduler saved with a student, set so the trained anchors pass through unchanged.
+
+    Flow: ``FlowMatchEulerDiscreteScheduler`` with shift 1 and no dynamic shifting (it would
+    shift user sigmas again). Epsilon (SDXL): ``LCMScheduler`` on the teacher's DDPM betas,
+    to be called with explicit ``timesteps`` (999, 749, 499, 249), as the paper samples SDXL.
+    """
+    if prediction == "flow":
+        return FlowMatchEulerDiscreteScheduler(
+            num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False
+        )
+    from diffusers import LCMScheduler
+
+    return LCMScheduler.from_config(teacher_scheduler_config or {})
+
+
+def _network_folder(backbone) -> str:
+    return "unet" if backbone.prediction == "epsilon" else "transformer"
 
 
 def export_student(
     folder: str | Path,
     generator_state: dict[str, torch.Tensor],
-    teacher: SD3FlowBackbone,
+    teacher,
     recipe: dict,
     *,
     config_yaml: str | None = None,
+    base: dict | None = None,
 ) -> Path:
-    """Write an embedded-world student folder atomically (a temp folder renamed into place).
+    """Write a student folder atomically (a temp folder renamed into place).
 
-    ``generator_state`` holds the generator's full weights (the teacher's architecture);
-    ``recipe`` must name ``anchors``, ``sampler`` and ``resolution``.
+    ``generator_state`` holds the generator's full weights (``teacher.trainable_copy()``'s
+    architecture: for FLUX without the guidance embedding). ``recipe`` must name
+    ``anchors``, ``sampler`` and ``resolution``. The embedded world's text encoder is saved
+    in the folder; real families record ``base`` (the teacher's ``teacher.pretrained``
+    section: model id, revision, dtype, ...) and take text encoders and VAE from it.
     """
     for key in ("anchors", "sampler", "resolution"):
         if key not in recipe:
             raise ValueError(f"student recipe is missing {key!r}")
+    embedded = hasattr(teacher.text, "save")
+    if not embedded and base is None:
+        raise ValueError("a real-family student needs `base` (its teacher's pretrained settings)")
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
-        net = SD3Transformer2DModel.from_config(teacher.transformer.config)
+        net = teacher.trainable_copy()
         net.load_state_dict(generator_state)
-        net.save_pretrained(tmp / "transformer")
-        teacher.text.save(tmp)
-        FlowMatchEulerDiscreteScheduler.from_config(
-            student_scheduler_config(recipe["resolution"])
-        ).save_pretrained(tmp / "scheduler")
+        sub = _network_folder(teacher)
+        net.save_pretrained(tmp / sub)
+        if embedded:
+            teacher.text.save(tmp)
+        teacher_sched = getattr(teacher, "scheduler_config", None)
+        student_scheduler(teacher.prediction, teacher_sched).save_pretrained(tmp / "scheduler")
         full = {
-            "family": "sd3_flow",
-            "prediction": "flow",
+            "family": recipe.get("family", "embedded"),
+            "prediction": teacher.prediction,
+            "network": {"folder": sub, "class": type(net).__name__},
             "guidance": 1.0,  # CFG is distilled into the student: one network call per step
             "dtype": "float32",
             "shift": teacher.shift,
-            "channels": teacher.transformer.config.in_channels,
-            "text": {"encoder": "world", "max_length": teacher.text.tokenizer.model_max_length,
-                     "pooling": teacher.text.pooling},
+            **({"text": {"encoder": "world", "max_length": teacher.text.tokenizer.model_max_length,
+                         "pooling": teacher.text.pooling}} if embedded else {"base": base}),
             **recipe,
         }  # fmt: skip
         atomic_write_text(tmp / RECIPE, json.dumps(full, indent=2) + "\n")
@@ -161,9 +182,8 @@ class Student:
         return [float(a) for a in self.recipe["anchors"]]
 
     def shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one sample."""
-        r = int(self.recipe["resolution"])
-        return (int(self.recipe.get("channels", 3)), r, r)
+        """(C, H, W) of one sample in the space the network denoises."""
+        return tuple(self.backbone.latent_shape(int(self.recipe["resolution"])))
 
     @torch.no_grad()
     def generate(
@@ -197,7 +217,13 @@ class Student:
 
 
 def load_student(path: str | Path) -> Student:
-    """Load what :func:`export_student` wrote; a folder that is not a student is a clear error."""
+    """Load what :func:`export_student` wrote; a folder that is not a student is a clear error.
+
+    Embedded students carry their text encoder; real-family students load text encoders and
+    VAE from their recorded base model (local folder or HF cache, never downloaded).
+    """
+    import diffusers
+
     folder = Path(path)
     recipe_path = folder / RECIPE
     if not recipe_path.is_file():
@@ -206,11 +232,20 @@ def load_student(path: str | Path) -> Student:
             "(make one with `senseflow distill` or `senseflow export`)"
         )
     recipe = json.loads(recipe_path.read_text())
-    for sub in ("transformer", "tokenizer", "text_encoder"):
+    network = recipe.get("network", {"folder": "transformer", "class": "SD3Transformer2DModel"})
+    needed = [network["folder"]] + (["tokenizer", "text_encoder"] if "base" not in recipe else [])
+    for sub in needed:
         if not (folder / sub).is_dir():
             raise MissingArtefactError(
                 f"{folder / sub} is missing: the student folder is incomplete; re-export it"
             )
-    net = SD3Transformer2DModel.from_pretrained(folder / "transformer").eval().requires_grad_(False)
+    cls = getattr(diffusers, network["class"])
+    net = cls.from_pretrained(folder / network["folder"]).eval().requires_grad_(False)
+    if "base" in recipe:
+        from senseflow.backbones.loading import load_backbone
+        from senseflow.config import PretrainedConfig
+
+        teacher = load_backbone(recipe["family"], PretrainedConfig(**recipe["base"]))
+        return Student(teacher.with_network(net.to(teacher.network.dtype)), recipe)
     backbone = SD3FlowBackbone(net, WorldTextEncoder.load(folder), shift=float(recipe.get("shift", 1.0)))
     return Student(backbone, recipe)

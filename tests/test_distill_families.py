@@ -68,3 +68,32 @@ def test_two_iterations_every_term(family, tmp_path):
     for term in ("dmd", "isg", "gan_g", "gan_d", "fake"):
         assert term in metrics and torch.isfinite(torch.tensor(metrics[term])), term
     assert json.loads((out / "state.json").read_text())["iteration"] == 2
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_exported_real_family_student_generates_at_its_anchors(family, tmp_path):
+    from diffusers import LCMScheduler
+
+    from senseflow.student import export_student, load_student
+
+    folder = save_tiny_pipeline(family, tmp_path / "teacher")
+    base = dict(model_id=str(folder), licence="test", dtype="float32", resolution=RESOLUTION,
+                max_sequence_length=T5_LENGTH)  # fmt: skip
+    teacher = load_backbone(family, PretrainedConfig(**base))
+    state = teacher.trainable_copy().state_dict()
+    anchors = list(ANCHORS[family])
+    out = export_student(tmp_path / "student", state, teacher,
+                         {"anchors": anchors, "sampler": "euler", "resolution": RESOLUTION, "family": family},
+                         base=base)  # fmt: skip
+    student = load_student(out)
+    images = student.generate(["a red cat", "a blue dog"], [1, 2])
+    assert images.shape == (2, 3, RESOLUTION, RESOLUTION) and torch.isfinite(images).all()
+    assert student.last_times == anchors
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert recipe["base"]["model_id"] == str(folder) and not (out / "text_encoder").exists()
+    if family == "flux":
+        assert not student.backbone.network.config.guidance_embeds
+    if family == "sdxl":  # the paper's SDXL sampler: LCM at explicit timesteps, unchanged
+        sched = LCMScheduler.from_pretrained(out / "scheduler")
+        sched.set_timesteps(timesteps=[999, 749, 499, 249])
+        assert sched.timesteps.tolist() == [999, 749, 499, 249]
