@@ -240,6 +240,8 @@ class DistillConfig(Strict):
     fake_logit_std: Annotated[float, Field(gt=0)] = 1.0
     init_from: str | None = None  # exported student to start G and the fake model from (1-step fine-tune)
     ema_decay: Annotated[float, Field(ge=0, lt=1)] | None = None  # generator EMA (None: off)
+    lora_rank: PositiveInt | None = None  # train LoRA adapters on the attention projections (None: full)
+    lora_alpha: Annotated[float, Field(gt=0)] | None = None
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 autocast for the networks' forward passes
     grad_checkpointing: bool = False
     seed: int = 0

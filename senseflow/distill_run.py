@@ -63,6 +63,8 @@ def distill_kwargs(d: DistillConfig) -> dict:
         "gan_lr": d.gan.lr,
         "init_from": d.init_from,
         "ema_decay": d.ema_decay,
+        "lora_rank": d.lora_rank,
+        "lora_alpha": d.lora_alpha,
         "precision": d.precision,
         "grad_checkpointing": d.grad_checkpointing,
         "seed": d.seed,
@@ -198,7 +200,8 @@ def distill_embedded(
     )
     summary: dict = {"variant": variant, "iterations": result.iterations, "seconds": round(result.seconds, 1)}
     if is_main_process():
-        _export(cfg, d, variant, sampler, Path(out_dir) / "student", result.generator_state, exportable)
+        _export(cfg, d, variant, sampler, Path(out_dir) / "student", result.generator_state, exportable,
+                lora_state=result.lora_state)  # fmt: skip
         if evaluator is not None:
             student = teacher.with_network(_state_network(teacher, result.generator_state))
             summary["final"] = evaluator(student, result.iterations)
@@ -216,7 +219,9 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _export(cfg, d: DistillConfig, variant: str, sampler: str, folder: Path, state: dict, teacher) -> Path:
+def _export(
+    cfg, d: DistillConfig, variant: str, sampler: str, folder: Path, state: dict, teacher, lora_state=None
+) -> Path:
     recipe = {
         "anchors": d.anchor_times(),
         "sampler": sampler,
@@ -226,7 +231,7 @@ def _export(cfg, d: DistillConfig, variant: str, sampler: str, folder: Path, sta
         "iterations": d.iterations,
     }
     config_yaml = dump_profile(cfg.model_copy(update={"distill": d}))
-    return export_student(folder, state, teacher, recipe, config_yaml=config_yaml)
+    return export_student(folder, state, teacher, recipe, config_yaml=config_yaml, lora_state=lora_state)
 
 
 def export_from_run(

@@ -33,6 +33,7 @@ from senseflow.samplers import prompt_noise, prompt_seed
 from senseflow.world.text import WorldTextEncoder
 
 RECIPE = "recipe.json"
+LORA_FILE = "pytorch_lora_weights.safetensors"
 SAMPLERS = ("euler", "x0")
 
 
@@ -118,6 +119,7 @@ def export_student(
     *,
     config_yaml: str | None = None,
     base: dict | None = None,
+    lora_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write a student folder atomically (a temp folder renamed into place).
 
@@ -126,6 +128,8 @@ def export_student(
     ``anchors``, ``sampler`` and ``resolution``. The embedded world's text encoder is saved
     in the folder; real families record ``base`` (the teacher's ``teacher.pretrained``
     section: model id, revision, dtype, ...) and take text encoders and VAE from it.
+    ``lora_state`` (LoRA runs): also written as ``lora/pytorch_lora_weights.safetensors``
+    with diffusers' ``<network folder>.`` key prefix, for ``load_lora_adapter`` on the base.
     """
     for key in ("anchors", "sampler", "resolution"):
         if key not in recipe:
@@ -141,6 +145,12 @@ def export_student(
         net.load_state_dict(generator_state)
         sub = _network_folder(teacher)
         net.save_pretrained(tmp / sub)
+        if lora_state is not None:
+            from safetensors.torch import save_file
+
+            (tmp / "lora").mkdir()
+            save_file({f"{sub}.{k}": v.contiguous() for k, v in lora_state.items()},
+                      str(tmp / "lora" / LORA_FILE))  # fmt: skip
         if embedded:
             teacher.text.save(tmp)
         teacher_sched = getattr(teacher, "scheduler_config", None)
@@ -149,6 +159,7 @@ def export_student(
             "family": recipe.get("family", "embedded"),
             "prediction": teacher.prediction,
             "network": {"folder": sub, "class": type(net).__name__},
+            "lora": None if lora_state is None else f"lora/{LORA_FILE}",
             "guidance": 1.0,  # CFG is distilled into the student: one network call per step
             "dtype": "float32",
             "shift": teacher.shift,

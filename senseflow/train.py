@@ -82,10 +82,11 @@ class ResumeError(UserError, RuntimeError):
 class DistillResult:
     """What a finished :func:`distill` run hands back."""
 
-    generator_state: dict[str, torch.Tensor]  # full weights (EMA if enabled), on every rank
+    generator_state: dict[str, torch.Tensor]  # full weights (EMA if enabled, LoRA merged), every rank
     iterations: int
     seconds: float
     out_dir: Path
+    lora_state: dict[str, torch.Tensor] | None = None  # LoRA weights alone (peft names), LoRA runs
 
 
 def _fingerprint(config: dict) -> dict:
@@ -199,6 +200,9 @@ def distill(
     gan_fake_weight: float = 1.0,  # weight of the discriminator's own loss
     gan_curve: str = "one_minus_sigma_sq",  # w(t) of the anchor
     gan_lr: float = 1e-6,  # discriminator heads' LR
+    lora_rank: int | None = None,  # train LoRA adapters (G and fake alike) instead of full weights
+    lora_alpha: float | None = None,  # LoRA scale numerator (None: = rank)
+    lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),  # attention projections
     ema_decay: float | None = None,  # generator EMA (exported instead of the raw weights)
     precision: str = "fp32",  # "fp32" | "bf16" autocast of forward passes
     grad_checkpointing: bool = False,
@@ -242,6 +246,11 @@ def distill(
     teacher.network.requires_grad_(False).eval()
     teacher.network.to(info.device)
     g_net, f_net = teacher.trainable_copy().to(info.device), teacher.trainable_copy().to(info.device)
+    if lora_rank:
+        if mode == "fsdp":
+            raise UserError("LoRA with FSDP is not supported: use DDP (runtime.parallel: ddp) for LoRA runs")
+        for net in (g_net, f_net):  # same seed: identical adapters, so IDA matches them by name
+            add_lora(net, lora_rank, lora_alpha, lora_targets, seed)
     if grad_checkpointing:
         for net in (g_net, f_net):
             if hasattr(net, "enable_gradient_checkpointing"):
@@ -485,11 +494,15 @@ def distill(
     # full weights on every rank (a collective under FSDP), EMA weights when EMA is on
     if ema is not None:
         ema.copy_to(g_net.parameters())
-    # (cpu_offload=True would leave the other ranks an empty dict)
-    state = get_model_state_dict(g_train, options=StateDictOptions(full_state_dict=True))
-    state = {k: v.detach().cpu() for k, v in state.items()}
+    lora_state = None
+    if lora_rank:
+        state, lora_state = merge_lora(unwrap(g_net))
+    else:  # (cpu_offload=True would leave the other ranks an empty dict)
+        state = get_model_state_dict(g_train, options=StateDictOptions(full_state_dict=True))
+        state = {k: v.detach().cpu() for k, v in state.items()}
     return DistillResult(
         generator_state=state,
+        lora_state=lora_state,
         iterations=iterations,
         seconds=seconds,
         out_dir=out_dir,
@@ -500,6 +513,29 @@ _NOT_FINGERPRINTED = {
     "out_dir", "teacher", "data", "discriminator", "evaluator", "progress", "checkpoint_every",
     "log_every", "eval_every", "device", "parallel", "run_config", "deterministic", "iterations",
 }  # fmt: skip
+
+
+def add_lora(net: nn.Module, rank: int, alpha: float | None, targets, seed: int) -> None:
+    """Freeze ``net`` and add peft LoRA adapters (rank ``rank``) on ``targets``, initialised from ``seed``."""
+    from peft import LoraConfig
+
+    net.requires_grad_(False)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, target_modules=list(targets)))
+
+
+def merge_lora(net: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """``(merged full weights, LoRA weights)`` of a LoRA-trained network; ``net`` is left as it was."""
+    import copy
+
+    from peft.utils import get_peft_model_state_dict
+
+    lora = {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(net).items()}
+    merged = copy.deepcopy(net)
+    merged.fuse_lora()
+    merged.unload_lora()
+    return {k: v.detach().cpu() for k, v in merged.state_dict().items()}, lora
 
 
 def _iteration_seed(seed: int, iteration: int, rank: int) -> int:

@@ -327,3 +327,26 @@ def test_two_process_fsdp2_ranks_agree_and_resume_in_one_process(world_dir, tmp_
     _assert_same(r0, _weights(tmp_path / "fsdp" / "final-rank0.pt"))
     _script(world_dir, tmp_path / "fsdp", 6)  # and it trains on
     assert json.loads((tmp_path / "fsdp" / "state.json").read_text())["iteration"] == 6
+
+
+def test_lora_run_trains_adapters_only_and_exports_merged_and_lora_weights(teacher, tmp_path):
+    from senseflow.student import LORA_FILE
+
+    base = {k: v.clone() for k, v in teacher.network.state_dict().items()}
+    res = distill(tmp_path / "run", teacher=teacher, data=_data(), iterations=2, gan=False, lora_rank=4,
+                  checkpoint_every=1, **FAST)  # fmt: skip
+    assert res.lora_state and all("lora" in k for k in res.lora_state)
+    assert res.generator_state.keys() == base.keys(), "merged weights have the base architecture"
+    changed = [k for k in base if not torch.equal(base[k], res.generator_state[k])]
+    assert changed and all(any(t in k for t in ("to_q", "to_k", "to_v", "to_out")) for k in changed)
+    folder = export_student(tmp_path / "student", res.generator_state, teacher,
+                            {"anchors": [1.0, 0.5], "sampler": "euler", "resolution": 16},
+                            lora_state=res.lora_state)  # fmt: skip
+    # the LoRA file on the base model reproduces the merged student
+    net = teacher.trainable_copy()
+    net.load_lora_adapter(str(folder / "lora" / LORA_FILE), prefix="transformer")
+    net.fuse_lora()
+    net.unload_lora()
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(v, res.generator_state[k], atol=1e-5, rtol=1e-5, msg=k)
+    assert load_student(folder).recipe["lora"] == f"lora/{LORA_FILE}"
