@@ -350,3 +350,21 @@ def test_lora_run_trains_adapters_only_and_exports_merged_and_lora_weights(teach
     for k, v in net.state_dict().items():
         torch.testing.assert_close(v, res.generator_state[k], atol=1e-5, rtol=1e-5, msg=k)
     assert load_student(folder).recipe["lora"] == f"lora/{LORA_FILE}"
+
+
+def test_ema_bf16_and_gradient_checkpointing_options_run(teacher, tmp_path):
+    import importlib.util
+
+    raw = distill(tmp_path / "raw", teacher=teacher, data=_data(), iterations=2, gan=False, **FAST)
+    ema = distill(
+        tmp_path / "ema", teacher=teacher, data=_data(), iterations=2, gan=False, ema_decay=0.5, **FAST
+    )
+    # EMA weights are exported: they lag the raw generator of the same run
+    assert any(not torch.equal(raw.generator_state[k], v) for k, v in ema.generator_state.items())
+    low = distill(tmp_path / "bf16", teacher=teacher, data=_data(), iterations=2, gan=False, precision="bf16",
+                  grad_checkpointing=True, **FAST)  # fmt: skip
+    assert all(torch.isfinite(v).all() for v in low.generator_state.values())
+    if importlib.util.find_spec("bitsandbytes") is None:
+        with pytest.raises(UserError, match="bitsandbytes is not installed"):
+            distill(tmp_path / "8bit", teacher=teacher, data=_data(), iterations=1, gan=False,
+                    optimizer="adamw8bit", **FAST)  # fmt: skip
