@@ -349,7 +349,9 @@ def test_lora_run_trains_adapters_only_and_exports_merged_and_lora_weights(teach
     net.unload_lora()
     for k, v in net.state_dict().items():
         torch.testing.assert_close(v, res.generator_state[k], atol=1e-5, rtol=1e-5, msg=k)
-    assert load_student(folder).recipe["lora"] == f"lora/{LORA_FILE}"
+    import senseflow
+
+    assert senseflow.load_student(folder).recipe["lora"] == f"lora/{LORA_FILE}"
 
 
 def test_ema_bf16_and_gradient_checkpointing_options_run(teacher, tmp_path):
