@@ -43,7 +43,7 @@ def main() -> None:
               f"digit {teacher.get('digit', float('nan')):.3f}")  # fmt: skip
 
     runs = sorted(p for p in args.runs.iterdir() if (p / "summary.json").exists())
-    print("\nvariant          iters  train_s   FID-T   all    digit  colour  bg     s/image  speedup")
+    print("\nvariant          iters  train_s   FID-T   all    digit  colour  bg     s/image  speedup*")
     for run in runs:
         s = _load(run / "summary.json")
         f = s.get("final", {})
@@ -55,6 +55,10 @@ def main() -> None:
         print(f"{s['variant']:<16} {s['iterations']:>5}  {s['seconds']:>7.0f}  {f.get('fid_t', nan):6.1f}  "
               + "  ".join(f"{c:.3f}" for c in cells) + f"  {spi or nan:.5f}  {speed}")  # fmt: skip
 
+    print(
+        "* against the teacher_samples stage's s/image, measured in another process and load;"
+        " benchmarks/student_speed.py times both in one process"
+    )
     print("\nFID-T over training (probe features, 4 steps, against the teacher's samples)")
     for run in runs:
         curve = [json.loads(x) for x in (run / "eval_curve.jsonl").read_text().splitlines() if x.strip()]
