@@ -97,3 +97,18 @@ def test_exported_real_family_student_generates_at_its_anchors(family, tmp_path)
         sched = LCMScheduler.from_pretrained(out / "scheduler")
         sched.set_timesteps(timesteps=[999, 749, 499, 249])
         assert sched.timesteps.tolist() == [999, 749, 499, 249]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dmd2_head_on_each_family(family, tmp_path):
+    folder = save_tiny_pipeline(family, tmp_path / "teacher")
+    cfg = PretrainedConfig(model_id=str(folder), licence="test", dtype="float32", resolution=RESOLUTION,
+                           max_sequence_length=T5_LENGTH)  # fmt: skip
+    out = tmp_path / "run"
+    distill(
+        out, teacher=load_backbone(family, cfg), data=WorldData(resolution=RESOLUTION, digit_counts={1: 1.0}),
+        anchors=ANCHORS[family], iterations=2, global_batch=2, ttur=1, gan_head="fake_features",
+        gan_loss="logistic", ida=False, isg=False, log_every=1, progress=False,
+    )  # fmt: skip
+    metrics = json.loads((out / "dvclive" / "metrics.json").read_text())["train"]
+    assert "gan_g" in metrics and "gan_d" in metrics and "isg" not in metrics
