@@ -27,8 +27,13 @@ config_app = typer.Typer(help="Inspect profiles (experiments/<profile>.yaml).", 
 world_app = typer.Typer(
     help="The embedded world: build it, look at it, train its probe, measure adherence.", no_args_is_help=True
 )
+weights_app = typer.Typer(
+    help="Pretrained weights of the real profiles: fetch them once, check them (eval/weights_manifest.yaml).",
+    no_args_is_help=True,
+)
 app.add_typer(config_app, name="config")
 app.add_typer(world_app, name="world")
+app.add_typer(weights_app, name="weights")
 
 Profile = Annotated[str, typer.Option("--profile", "-p", help="Profile name in experiments/ or a YAML path.")]
 Sets = Annotated[
@@ -469,6 +474,46 @@ def plan_cmd(
     )
     typer.echo(render_plan(report))
     if not report.fits:
+        raise typer.Exit(1)
+
+
+# ----------------------------------------------------------------------------- weights
+WeightsDir = Annotated[
+    Path | None,
+    typer.Option(help="Weights directory (default: $SENSEFLOW_WEIGHTS, else ~/.cache/senseflow/weights)."),
+]
+WeightsProfile = Annotated[
+    str, typer.Argument(help="Profile name (sdxl, sd35_large, sd35_medium, flux_dev).")
+]
+
+
+@weights_app.command("fetch")
+def weights_fetch(profile: WeightsProfile, weights_dir: WeightsDir = None) -> None:
+    """Download every artefact PROFILE needs (resumable, hash-checked). Needs the network.
+
+    Exit code 1 when a file is still missing or has a wrong hash afterwards.
+    """
+    from eval.weights import fetch, render_check
+    from eval.weights import weights_dir as resolve
+
+    rows = fetch(profile, weights_dir)
+    typer.echo(render_check(rows, resolve(weights_dir), profile))
+    if any(r.failed for r in rows):
+        raise typer.Exit(1)
+
+
+@weights_app.command("check")
+def weights_check(profile: WeightsProfile, weights_dir: WeightsDir = None) -> None:
+    """Verify presence and sha256 of PROFILE's artefacts; print a table. Never downloads.
+
+    Exit code 1 when something is missing or has a wrong hash; unpinned files are reported, not failed.
+    """
+    from eval.weights import check, render_check
+    from eval.weights import weights_dir as resolve
+
+    rows = check(profile, weights_dir)
+    typer.echo(render_check(rows, resolve(weights_dir), profile))
+    if any(r.failed for r in rows):
         raise typer.Exit(1)
 
 

@@ -1,0 +1,290 @@
+"""One weights directory for every pretrained artefact, described by ``eval/weights_manifest.yaml``.
+
+Layout: ``<weights dir>/<artefact name>/<file>``. The directory is ``--weights-dir``, else
+``$SENSEFLOW_WEIGHTS``, else ``~/.cache/senseflow/weights``. ``fetch`` downloads a profile's
+artefacts (on a connected machine; resumable, hash-checked), ``check`` verifies presence and
+hashes, and :func:`require` is what loaders call: it never downloads and fails with the name,
+the expected path and the command that provides the artefact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from senseflow.errors import MissingArtefactError, UserError
+
+MANIFEST_PATH = Path(__file__).with_name("weights_manifest.yaml")
+ENV_VAR = "SENSEFLOW_WEIGHTS"
+
+
+class WeightsError(UserError):
+    """A weights manifest, profile name or download problem; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class ArtefactFile:
+    """One file of an artefact with its pinned hash (``None``: not pinned)."""
+
+    path: str
+    sha256: str | None = None
+    sha256_prefix: str | None = None
+
+
+@dataclass(frozen=True)
+class Artefact:
+    """One entry of the manifest: where it comes from, what it holds, under which licence."""
+
+    name: str
+    kind: str
+    files: tuple[ArtefactFile, ...]
+    licence: str
+    repo: str | None = None
+    revision: str = "main"
+    url: str | None = None
+    snapshot: bool = False
+    allow_patterns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parsed manifest: artefacts by name, per-profile lists, the evaluation list."""
+
+    artefacts: dict[str, Artefact]
+    profiles: dict[str, tuple[str, ...]]
+    evaluation: tuple[str, ...]
+
+    def for_profile(self, profile: str) -> list[Artefact]:
+        """Artefacts of ``profile``: its own plus the evaluation models (none for embedded profiles)."""
+        if profile not in self.profiles:
+            known = ", ".join(sorted(self.profiles))
+            raise WeightsError(f"unknown profile {profile!r} in {MANIFEST_PATH.name} (known: {known})")
+        names = list(self.profiles[profile])
+        if names:  # embedded profiles build their judges here and need no evaluation model either
+            names += [n for n in self.evaluation if n not in names]
+        return [self.artefacts[n] for n in names]
+
+    def provider(self, name: str) -> str:
+        """A profile whose ``fetch`` provides artefact ``name`` (for error messages)."""
+        for profile, names in self.profiles.items():
+            if name in names or (names and name in self.evaluation):
+                return profile
+        return "sdxl"
+
+
+def load_manifest(path: str | Path = MANIFEST_PATH) -> Manifest:
+    """Parse and validate the manifest; a bad entry raises :class:`WeightsError` naming it."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+        artefacts = {}
+        for name, entry in raw["artefacts"].items():
+            if bool(entry.get("repo")) == bool(entry.get("url")):
+                raise ValueError(f"artefact {name!r} needs exactly one of 'repo' and 'url'")
+            files = tuple(ArtefactFile(**f) for f in entry["files"])
+            artefacts[name] = Artefact(
+                name=name,
+                kind=entry["kind"],
+                files=files,
+                licence=entry["licence"],
+                repo=entry.get("repo"),
+                revision=entry.get("revision", "main"),
+                url=entry.get("url"),
+                snapshot=bool(entry.get("snapshot", False)),
+                allow_patterns=tuple(entry.get("allow_patterns", ())),
+            )
+        profiles = {p: tuple(names) for p, names in raw["profiles"].items()}
+        evaluation = tuple(raw.get("evaluation", ()))
+        for owner, names in [*profiles.items(), ("evaluation", evaluation)]:
+            unknown = [n for n in names if n not in artefacts]
+            if unknown:
+                raise ValueError(f"{owner} lists unknown artefact {unknown[0]!r}")
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise WeightsError(f"{path}: invalid weights manifest ({exc}); fix the entry") from exc
+    return Manifest(artefacts, profiles, evaluation)
+
+
+def weights_dir(explicit: str | Path | None = None) -> Path:
+    """The weights directory: ``explicit``, else ``$SENSEFLOW_WEIGHTS``, else the user cache."""
+    if explicit:
+        return Path(explicit).expanduser()
+    if os.environ.get(ENV_VAR):
+        return Path(os.environ[ENV_VAR]).expanduser()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "senseflow" / "weights"
+
+
+def artefact_path(art: Artefact, root: Path) -> Path:
+    """Where ``art`` lives: its single file, or its folder when it has several files or is a snapshot."""
+    folder = root / art.name
+    if art.snapshot or len(art.files) > 1:
+        return folder
+    return folder / art.files[0].path
+
+
+def require(name: str, root: str | Path | None = None, manifest: Manifest | None = None) -> Path:
+    """Path of artefact ``name`` in the weights directory; never downloads.
+
+    Raises :class:`MissingArtefactError` with the name, the expected path and the command
+    that provides it when any of its files is absent (hashes are :func:`check`'s job: hashing
+    tens of gigabytes on every load would be too slow).
+    """
+    manifest = manifest or load_manifest()
+    if name not in manifest.artefacts:
+        raise WeightsError(f"unknown artefact {name!r}: not in {MANIFEST_PATH} (add an entry there)")
+    art = manifest.artefacts[name]
+    root = weights_dir(root)
+    for f in art.files:
+        expected = root / art.name / f.path
+        if not expected.is_file():
+            raise MissingArtefactError(
+                f"weights artefact {name!r} is missing: expected {expected}; provide it with "
+                f"`senseflow weights fetch {manifest.provider(name)} --weights-dir {root}` on a connected "
+                f"machine (or point --weights-dir / ${ENV_VAR} at a folder that holds it)"
+            )
+    return artefact_path(art, root)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class FileStatus:
+    """Verdict on one file: ``ok``, ``unpinned`` (no hash to compare), ``missing`` or ``mismatch``."""
+
+    artefact: str
+    path: Path
+    status: str
+    detail: str = ""
+
+    @property
+    def failed(self) -> bool:
+        """Missing or with a wrong hash."""
+        return self.status in ("missing", "mismatch")
+
+
+def verify_file(art: Artefact, f: ArtefactFile, root: Path) -> FileStatus:
+    """Presence and hash of one file of an artefact."""
+    path = root / art.name / f.path
+    if not path.is_file():
+        return FileStatus(
+            art.name, path, "missing", f"run `senseflow weights fetch PROFILE --weights-dir {root}`"
+        )
+    if not f.sha256 and not f.sha256_prefix:
+        return FileStatus(art.name, path, "unpinned", "no sha256 in the manifest")
+    digest = sha256_file(path)
+    if f.sha256 and digest != f.sha256:
+        return FileStatus(art.name, path, "mismatch", f"sha256 {digest[:16]}..., expected {f.sha256[:16]}...")
+    if not f.sha256 and not digest.startswith(f.sha256_prefix):
+        return FileStatus(
+            art.name, path, "mismatch", f"sha256 {digest[:16]}... lacks prefix {f.sha256_prefix}"
+        )
+    if not f.sha256:
+        return FileStatus(art.name, path, "unpinned", f"prefix {f.sha256_prefix} ok, full hash not pinned")
+    return FileStatus(art.name, path, "ok")
+
+
+def check(profile: str, root: str | Path | None = None, manifest: Manifest | None = None) -> list[FileStatus]:
+    """Verify every file of a profile's artefacts (presence, then hash where one is pinned)."""
+    manifest = manifest or load_manifest()
+    root = weights_dir(root)
+    return [verify_file(art, f, root) for art in manifest.for_profile(profile) for f in art.files]
+
+
+def render_check(rows: list[FileStatus], root: Path, profile: str) -> str:
+    """The table ``senseflow weights check`` prints, with a closing verdict line."""
+    lines = [f"weights directory: {root}", f"{'artefact':22s} {'status':9s} {'file':44s} detail"]
+    for r in rows:
+        rel = (
+            str(r.path.relative_to(root / r.artefact)) if r.path.is_relative_to(root / r.artefact) else r.path
+        )
+        lines.append(f"{r.artefact:22s} {r.status:9s} {rel!s:44s} {r.detail}")
+    failed = [r for r in rows if r.failed]
+    unpinned = [r for r in rows if r.status == "unpinned"]
+    if not rows:
+        lines.append("nothing to check: this profile builds everything it needs")
+    lines.append(
+        f"{len(rows) - len(failed)}/{len(rows)} present and consistent, {len(unpinned)} unpinned, "
+        f"{len(failed)} missing or wrong"
+    )
+    if failed:
+        lines.append(f"fix: `senseflow weights fetch {profile} --weights-dir {root}` on a connected machine")
+    return "\n".join(lines)
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _download_url(url: str, dest: Path) -> None:
+    """Plain HTTP download with resume: an interrupted ``.part`` file continues where it stopped."""
+    import shutil
+    import urllib.request
+
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    start = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={start}-"} if start else {})
+    with urllib.request.urlopen(request, timeout=60) as resp:
+        # a server that ignores Range answers 200 with the whole file: start again
+        mode = "ab" if start and resp.status == 206 else "wb"
+        with open(part, mode) as fh:
+            shutil.copyfileobj(resp, fh, 1 << 20)
+    os.replace(part, dest)
+
+
+def fetch_artefact(art: Artefact, root: Path) -> None:
+    """Download one artefact into ``root/<name>/`` (huggingface_hub resumes partial files)."""
+    folder = root / art.name
+    if art.url:
+        _download_url(art.url, folder / art.files[0].path)
+        return
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    if art.snapshot:
+        snapshot_download(
+            art.repo, revision=art.revision, local_dir=folder, allow_patterns=list(art.allow_patterns) or None
+        )
+        return
+    for f in art.files:
+        hf_hub_download(art.repo, f.path, revision=art.revision, local_dir=folder)
+
+
+def fetch(profile: str, root: str | Path | None = None, manifest: Manifest | None = None) -> list[FileStatus]:
+    """Download what ``profile`` needs and verify it; raise :class:`WeightsError` on failure.
+
+    Artefacts already present with matching hashes are skipped. A file whose hash is wrong
+    after the download is deleted (so the next run fetches it again) and reported.
+    """
+    manifest = manifest or load_manifest()
+    root = weights_dir(root)
+    todo = [a for a in manifest.for_profile(profile) if any(verify_file(a, f, root).failed for f in a.files)]
+    if todo and _offline():
+        raise WeightsError(
+            f"cannot fetch {', '.join(a.name for a in todo)}: HF_HUB_OFFLINE is set (no network); run "
+            f"`senseflow weights fetch {profile}` on a connected machine and copy {root} here"
+        )
+    for art in todo:
+        try:
+            fetch_artefact(art, root)
+        except Exception as exc:  # network, auth (gated repos), disk: one line with the fix
+            raise WeightsError(
+                f"downloading {art.name} ({art.repo or art.url}) failed: {type(exc).__name__}: {exc}; "
+                "check the network, `hf auth login` for gated repositories (accept the licence on the "
+                "model page first), then rerun to resume"
+            ) from exc
+    rows = check(profile, root, manifest)
+    for r in rows:
+        if r.status == "mismatch":
+            r.path.unlink(missing_ok=True)
+    return rows
