@@ -45,6 +45,124 @@ def adherence_cmd(
     typer.echo(text, nl=False)
 
 
+def _split(metrics: str) -> list[str]:
+    return [m.strip() for m in metrics.split(",") if m.strip()]
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    samples: Annotated[Path, typer.Option(help="Sample folder: PNGs + manifest.jsonl.")],
+    metrics: Annotated[
+        str, typer.Option(help="Comma-separated metric names, e.g. adherence,fid_t_probe,hpsv2.")
+    ],
+    out: Annotated[Path, typer.Option(help="Output folder: scores.parquet (or .csv) and summary.json.")],
+    reference: Annotated[
+        Path | None, typer.Option(help="Teacher sample folder of the same prompts (FID-T).")
+    ] = None,
+    probe: Annotated[Path | None, typer.Option(help="Embedded-world probe.safetensors.")] = None,
+    skip_bad: Annotated[
+        bool, typer.Option(help="Leave out bad images (recorded in summary.json) instead of failing.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap intervals.")] = 0,
+    n_boot: Annotated[int, typer.Option(min=10, help="Bootstrap replicates of per-image metrics.")] = 1000,
+    n_boot_set: Annotated[int, typer.Option(min=10, help="Bootstrap replicates of set metrics (FID).")] = 200,
+) -> None:
+    """Score a sample folder: per-image scores and summary.json (value, 95% interval, n, protocol).
+
+    Metrics that do not apply to the folder are written as not applicable, with the reason.
+    Bad input (corrupt image, manifest and files disagreeing, wrong size or mode, sha256
+    mismatch, NaN score) stops with the file and the problem unless --skip-bad.
+    """
+    from eval.evaluate import evaluate
+
+    summary = evaluate(
+        samples,
+        _split(metrics),
+        out,
+        reference=reference,
+        probe=probe,
+        skip_bad=skip_bad,
+        seed=seed,
+        n_boot=n_boot,
+        n_boot_set=n_boot_set,
+    )
+    for name, m in summary["metrics"].items():
+        if m["status"] == "ok":
+            lo, hi = m["ci95"]
+            typer.echo(f"{name:16s} {m['value']:.4f}  95% [{lo:.4f}, {hi:.4f}]  n={m['n']}")
+        else:
+            typer.echo(f"{name:16s} not applicable: {m['reason']}")
+    if summary["skipped"]:
+        typer.echo(f"skipped {len(summary['skipped'])} bad files (listed in {out / 'summary.json'})")
+
+
+@app.command("compare")
+def compare_cmd(
+    a: Annotated[Path, typer.Argument(help="Evaluated folder A (--out of `senseflow-eval evaluate`).")],
+    b: Annotated[Path, typer.Argument(help="Evaluated folder B.")],
+    metrics: Annotated[
+        str | None, typer.Option(help="Comma-separated per-image metrics (default: all shared).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
+    n_boot: Annotated[int, typer.Option(min=10, help="Bootstrap replicates.")] = 1000,
+) -> None:
+    """Paired bootstrap of B - A over shared prompt ids and seeds: difference, 95% interval, significance."""
+    from eval.evaluate import compare, render_compare
+
+    rows = compare(a, b, metrics=_split(metrics) if metrics else None, seed=seed, n_boot=n_boot)
+    typer.echo(render_compare(rows, a, b))
+
+
+@app.command("gate")
+def gate_cmd(
+    summary: Annotated[
+        list[Path], typer.Option(help="summary.json of a candidate (repeat for several candidates).")
+    ],
+    thresholds: Annotated[Path, typer.Option(help="experiments/thresholds/<profile>.yaml.")],
+    baseline: Annotated[
+        Path | None, typer.Option(help="summary.json of the baseline to compare with.")
+    ] = None,
+) -> None:
+    """Check candidates against floors / ceilings and allowed regression; exit 1 on any failure.
+
+    Failures: a violated bound or regression, a missing metric, an unreadable file, a
+    protocol mismatch with the baseline.
+    """
+    from eval.gate import render_gate, run_gate
+    from senseflow.errors import UserError
+
+    try:
+        rows = run_gate(summary, thresholds, baseline)
+    except UserError as exc:  # an unreadable thresholds or baseline file fails the gate (exit 1)
+        typer.echo(f"gate: FAILED: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(render_gate(rows))
+    if not all(r.passed for r in rows):
+        raise typer.Exit(1)
+
+
+@app.command("prompts")
+def prompts_cmd(
+    name: Annotated[str, typer.Argument(help="coco10k, coco5k, hpsv2, parti or world_test.")],
+    source: Annotated[
+        Path,
+        typer.Option(
+            help="captions_val2014.json, the folder of HPSv2 <style>.json files, PartiPrompts.tsv "
+            "or a world folder."
+        ),
+    ],
+    out: Annotated[Path | None, typer.Option(help="Write the set as a .jsonl prompt file here.")] = None,
+) -> None:
+    """Load a prompt set from its local file; print its size and content hash (sha256)."""
+    from eval.prompts import load_prompt_set
+    from senseflow.io import atomic_write_text
+
+    ps = load_prompt_set(name, source)
+    if out:
+        atomic_write_text(out, ps.to_jsonl())
+    typer.echo(f"{ps.name}: {len(ps.records)} prompts, sha256 {ps.sha256}")
+
+
 def main() -> None:
     """Console entry point: run the app, turning bad input into one clear line (exit code 2)."""
     from senseflow.errors import run_app

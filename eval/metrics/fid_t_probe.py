@@ -1,0 +1,70 @@
+"""``fid_t_probe``: FID-T of the embedded world, in the attribute probe's feature space.
+
+FID-T (SenseFlow) compares a student with its teacher on the same prompts: the reference is
+the teacher's sample folder (``--reference``), paired with the candidate by prompt id, and
+both sets are the images of the shared ids. Features are the probe's penultimate layer
+(the embedded stand-in for Inception). The interval comes from resampling the paired set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from eval.metrics.adherence import probe_protocol_card
+from eval.metrics.frechet import feature_statistics, frechet_distance
+from eval.registry import EvalContext, MetricError, MetricResult, embedded_only, register
+from eval.stats import bootstrap_set_ci
+from senseflow.world.probes import run_probe
+from senseflow.world.scenes import to_tensor_range
+
+VERSION = "fid-t-probe/1"
+
+
+def _features(ctx: EvalContext, images: np.ndarray) -> np.ndarray:
+    return run_probe(ctx.probe, to_tensor_range(images)).features.double().numpy()
+
+
+def fid(a: np.ndarray, b: np.ndarray) -> float:
+    """Fréchet distance between Gaussians fitted to two (N, D) feature sets (never below 0)."""
+    # identical sets give -1e-6 from float64 round-off in the traces; a distance is >= 0
+    return max(0.0, frechet_distance(*feature_statistics(a), *feature_statistics(b)))
+
+
+def fid_t_probe_metric(ctx: EvalContext) -> MetricResult:
+    """FID between candidate and teacher samples of the shared prompt ids."""
+    ref = ctx.reference
+    if ref is None:
+        raise MetricError("fid_t_probe needs --reference DIR: teacher samples of the same prompts")
+    if ref.images.shape[1:] != ctx.samples.images.shape[1:]:
+        raise MetricError(
+            f"--reference {ref.path} holds {ref.images.shape[2]}x{ref.images.shape[1]} images, the samples "
+            f"{ctx.samples.images.shape[2]}x{ctx.samples.images.shape[1]}: sample both at one resolution"
+        )
+    ref_index = {r["id"]: i for i, r in enumerate(ref.records)}
+    pairs = [(i, ref_index[r["id"]]) for i, r in enumerate(ctx.samples.records) if r["id"] in ref_index]
+    if len(pairs) < 2:
+        raise MetricError(
+            f"--reference {ref.path} shares {len(pairs)} prompt ids with the samples; FID-T needs the "
+            "teacher's samples of the same prompts"
+        )
+    s_idx, r_idx = (np.array(x) for x in zip(*pairs, strict=True))
+    fs, fr = _features(ctx, ctx.samples.images[s_idx]), _features(ctx, ref.images[r_idx])
+    value = fid(fs, fr)
+    # resample prompt pairs: both sets keep the same prompts in every replicate
+    ci = bootstrap_set_ci(len(pairs), lambda k: fid(fs[k], fr[k]), n_boot=ctx.n_boot_set, seed=ctx.seed)
+    ref_hash = hashlib.sha256("".join(ref.records[j]["sha256"] for j in r_idx).encode()).hexdigest()
+    card = probe_protocol_card(
+        ctx,
+        metric="FID-T (teacher samples as reference)",
+        version=VERSION,
+        backbone=", penultimate features",
+        image_count=len(pairs),
+        reference_stats_sha256=ref_hash,
+        n_boot=ctx.n_boot_set,
+    )
+    return MetricResult(card, higher_is_better=False, value=value, ci95=ci, n=len(pairs))
+
+
+register("fid_t_probe", lambda: fid_t_probe_metric, embedded_only)

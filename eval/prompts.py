@@ -1,0 +1,165 @@
+"""Evaluation prompt sets, each identified by a content hash, loaded from local files only.
+
+A set's hash is the sha256 of its ``id<TAB>prompt`` lines in order: two runs that report the
+same hash used the same prompts under the same ids (hence the same noise seeds). Nothing is
+downloaded here; a missing file fails with the command that provides it.
+
+- ``coco10k`` / ``coco5k``: DMD2's COCO-2014 protocol, one caption per image of
+  ``captions_val2014.json``; see :func:`coco_prompts` for the exact selection.
+- ``hpsv2``: the HPSv2 benchmark styles (``anime``, ``concept-art``, ``paintings``, ``photo``).
+- ``parti``: PartiPrompts (``PartiPrompts.tsv``).
+- ``world_test``: the embedded world's test split (``world_dir/prompts/test.jsonl``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from senseflow.errors import MissingArtefactError, UserError
+from senseflow.world.prompts import PromptRecord, load_prompt_file
+
+COCO_SEED = 123
+HPS_STYLES = ("anime", "concept-art", "paintings", "photo")
+
+FETCH = {
+    "coco": "curl -LO http://images.cocodataset.org/annotations/annotations_trainval2014.zip && "
+    "unzip -j annotations_trainval2014.zip annotations/captions_val2014.json",
+    "hpsv2": "python -c \"import hpsv2, json; [json.dump(v, open(k + '.json', 'w')) for k, v in "
+    "hpsv2.benchmark_prompts('all').items()]\" (benchmark prompts of the dataset zhwang/HPDv2)",
+    "parti": "curl -LO https://raw.githubusercontent.com/google-research/parti/main/PartiPrompts.tsv",
+    "world": "senseflow world build --out WORLD_DIR",
+}
+
+
+class PromptSetError(UserError, ValueError):
+    """A prompt-set source file is malformed; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class PromptSet:
+    """Named prompts with stable ids, the file they came from and their content hash."""
+
+    name: str
+    records: tuple[PromptRecord, ...]
+    source: Path
+
+    @property
+    def sha256(self) -> str:
+        """Content hash of the set (ids and prompts, in order)."""
+        return prompt_set_hash((r.id, r.prompt) for r in self.records)
+
+    def to_jsonl(self) -> str:
+        """The set as a ``.jsonl`` prompt file that ``senseflow sample --prompts`` reads."""
+        rows = []
+        for r in self.records:
+            obj = {"id": r.id, "prompt": r.prompt}
+            if r.scene is not None:
+                obj["scene"] = r.scene.to_dict()
+            rows.append(json.dumps(obj) + "\n")
+        return "".join(rows)
+
+
+def prompt_set_hash(pairs) -> str:
+    """sha256 of ``id<TAB>prompt`` lines for an iterable of ``(id, prompt)`` pairs."""
+    h = hashlib.sha256()
+    for pid, prompt in pairs:
+        h.update(f"{pid}\t{prompt}\n".encode())
+    return h.hexdigest()
+
+
+def _need(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise MissingArtefactError(f"{what} file {path} is missing: get it with `{FETCH[what]}`")
+    return path
+
+
+def _read_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PromptSetError(f"{path}: not valid JSON ({exc}); download it again") from exc
+
+
+def coco_prompts(captions_json: str | Path, n: int = 10_000) -> PromptSet:
+    """DMD2's COCO-2014 validation prompts: ``n`` images, one caption each.
+
+    Selection, stated exactly so that the hash can be compared with another implementation:
+    image ids of ``images`` sorted ascending, shuffled by ``np.random.RandomState(123).shuffle``,
+    the first ``n`` kept in shuffled order; each image's caption is its annotation of lowest
+    ``id``, stripped. ``coco5k`` is the first 5,000 of the same order. Ids are ``coco-<image id>``.
+    """
+    path = _need(Path(captions_json), "coco")
+    raw = _read_json(path)
+    try:
+        image_ids = sorted(int(im["id"]) for im in raw["images"])
+        first: dict[int, tuple[int, str]] = {}
+        for a in raw["annotations"]:
+            key = int(a["image_id"])
+            if key not in first or int(a["id"]) < first[key][0]:
+                first[key] = (int(a["id"]), str(a["caption"]).strip())
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PromptSetError(
+            f"{path}: not a COCO captions file (missing {exc}); use captions_val2014.json"
+        ) from exc
+    order = np.array(image_ids)
+    np.random.RandomState(COCO_SEED).shuffle(order)
+    chosen = [int(i) for i in order if int(i) in first][:n]
+    if len(chosen) < n:
+        raise PromptSetError(f"{path}: {len(chosen)} captioned images, {n} needed; use captions_val2014.json")
+    records = tuple(PromptRecord(f"coco-{i}", first[i][1]) for i in chosen)
+    return PromptSet(f"coco{n // 1000}k", records, path)
+
+
+def hpsv2_prompts(folder: str | Path, styles: tuple[str, ...] = HPS_STYLES) -> PromptSet:
+    """HPSv2 benchmark prompts: ``<style>.json`` (a list of strings) per style; ids ``<style>-00000``."""
+    folder = Path(folder)
+    records = []
+    for style in styles:
+        path = _need(folder / f"{style}.json", "hpsv2")
+        prompts = _read_json(path)
+        if not isinstance(prompts, list) or not all(isinstance(p, str) and p.strip() for p in prompts):
+            raise PromptSetError(f"{path}: expected a JSON list of non-empty strings")
+        records += [PromptRecord(f"{style}-{i:05d}", p.strip()) for i, p in enumerate(prompts)]
+    return PromptSet("hpsv2", tuple(records), folder)
+
+
+def parti_prompts(tsv: str | Path) -> PromptSet:
+    """PartiPrompts: the ``Prompt`` column of ``PartiPrompts.tsv`` in file order; ids ``parti-00000``."""
+    path = _need(Path(tsv), "parti")
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.DictReader(fh, delimiter="\t")
+        if not reader.fieldnames or "Prompt" not in reader.fieldnames:
+            raise PromptSetError(f"{path}: no 'Prompt' column; use PartiPrompts.tsv ({FETCH['parti']})")
+        rows = [row["Prompt"] for row in reader]
+    for no, p in enumerate(rows, start=2):
+        if not (p or "").strip():
+            raise PromptSetError(f"{path}:{no}: empty prompt")
+    return PromptSet(
+        "parti", tuple(PromptRecord(f"parti-{i:05d}", p.strip()) for i, p in enumerate(rows)), path
+    )
+
+
+def world_test_prompts(world_dir: str | Path) -> PromptSet:
+    """The embedded world's test split, with scenes (written by ``senseflow world build``)."""
+    path = _need(Path(world_dir) / "prompts" / "test.jsonl", "world")
+    return PromptSet("world_test", tuple(load_prompt_file(path)), path)
+
+
+def load_prompt_set(name: str, source: str | Path) -> PromptSet:
+    """A prompt set by name: ``coco10k``, ``coco5k``, ``hpsv2``, ``parti`` or ``world_test``."""
+    loaders = {
+        "coco10k": lambda s: coco_prompts(s, 10_000),
+        "coco5k": lambda s: coco_prompts(s, 5_000),
+        "hpsv2": hpsv2_prompts,
+        "parti": parti_prompts,
+        "world_test": world_test_prompts,
+    }
+    if name not in loaders:
+        raise PromptSetError(f"unknown prompt set {name!r} (known: {', '.join(loaders)})")
+    return loaders[name](source)
