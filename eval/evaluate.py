@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from eval import registry
+from eval.gate import protocol_differences
 from eval.prompts import prompt_set_hash
 from eval.sample_folder import SampleFolderError, load_sample_folder
 from eval.stats import bootstrap_mean_ci, paired_difference
@@ -188,13 +189,21 @@ def compare(
             f"{a} and {b} share {len(merged)} (prompt id, seed) pairs: compare folders sampled on the same "
             "prompts with the same seeds"
         )
+    cards_a, cards_b = read_summary(Path(a) / SUMMARY)["metrics"], read_summary(Path(b) / SUMMARY)["metrics"]
     rows = {}
     for m in shared_metrics:
         pair = merged[[f"{m}_a", f"{m}_b"]].dropna()
+        # a paired difference is only meaningful under one protocol; the folders' own sizes may differ
+        diff = protocol_differences(
+            cards_a.get(m, {}).get("protocol", {}),
+            cards_b.get(m, {}).get("protocol", {}),
+            ignore=["image_count", "prompt_set_sha256"],
+        )
         rows[m] = {
             "mean_a": float(pair[f"{m}_a"].mean()),
             "mean_b": float(pair[f"{m}_b"].mean()),
             **paired_difference(pair[f"{m}_a"], pair[f"{m}_b"], n_boot=n_boot, seed=seed),
+            "protocol_differences": diff,
         }
     return rows
 
@@ -212,4 +221,6 @@ def render_compare(rows: dict, a: str | Path, b: str | Path) -> str:
             f"{m:16s} {r['mean_a']:9.4f} {r['mean_b']:9.4f} {r['difference']:+9.4f}  "
             f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] {r['n']:5d}  {verdict}"
         )
+        if r["protocol_differences"]:
+            lines.append(f"  warning: {m} protocols differ in {', '.join(r['protocol_differences'])}")
     return "\n".join(lines)

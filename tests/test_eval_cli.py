@@ -265,6 +265,7 @@ def test_compare_clear_and_no_difference(tmp_path, records, brightness_metric):
         )
     clear = compare(tmp_path / "e-dark", tmp_path / "e-bright", n_boot=300)["brightness"]
     assert clear["significant"] and clear["difference"] > 0.3 and clear["n"] == 16
+    assert clear["protocol_differences"] == []
     same = compare(tmp_path / "e-dark", tmp_path / "e-similar", n_boot=300)["brightness"]
     assert not same["significant"] and same["ci_low"] < 0 < same["ci_high"]
     result = runner.invoke(app, ["compare", str(tmp_path / "e-dark"), str(tmp_path / "e-bright")])
@@ -274,6 +275,16 @@ def test_compare_clear_and_no_difference(tmp_path, records, brightness_metric):
     evaluate(make_folder(tmp_path / "o", other, similar), [brightness_metric], tmp_path / "e-o", n_boot=50)
     with pytest.raises(SampleFolderError, match="share 0"):
         compare(tmp_path / "e-dark", tmp_path / "e-o")
+
+
+def test_scores_fall_back_to_csv_without_pyarrow(tmp_path, records, brightness_metric, monkeypatch):
+    import eval.evaluate as E
+
+    monkeypatch.setattr(E, "_parquet_available", lambda: False)
+    s = evaluate(make_folder(tmp_path / "f", records, noise(records, 0)), [brightness_metric], tmp_path / "e")
+    assert s["scores_file"] == "scores.csv" and not (tmp_path / "e" / "scores.parquet").exists()
+    table = read_scores(tmp_path / "e")
+    assert list(table["id"]) == [r.id for r in records] and len(table["brightness"]) == 16
 
 
 # ----------------------------------------------------------------------------- gate

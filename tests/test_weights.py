@@ -109,3 +109,33 @@ def test_fetch_fails_clearly_offline(tmp_path, monkeypatch):
         W.fetch("sdxl", tmp_path)
     result = runner.invoke(app, ["weights", "fetch", "sdxl", "--weights-dir", str(tmp_path)])
     assert isinstance(result.exception, W.WeightsError)
+
+
+def test_fetch_verifies_hashes_and_reports_failures(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    data = b"the real weights"
+    m = _tiny_manifest(tmp_path, sha=hashlib.sha256(data).hexdigest())
+    root = tmp_path / "w"
+    payload = {"one": data}
+
+    def fake_fetch(art, root_):
+        folder = root_ / art.name
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in art.files:
+            (folder / f.path).write_bytes(payload.get(art.name, b"{}"))
+
+    monkeypatch.setattr(W, "fetch_artefact", fake_fetch)
+    rows = W.fetch("real", root, m)
+    assert {r.artefact: r.status for r in rows} == {"pipe": "unpinned", "one": "ok"}
+    payload["one"] = b"tampered"
+    (root / "one" / "w.bin").unlink()
+    rows = W.fetch("real", root, m)
+    assert [r.status for r in rows if r.artefact == "one"] == ["mismatch"]
+    assert not (root / "one" / "w.bin").exists()  # deleted: the next fetch downloads it again
+
+    def broken(art, root_):
+        raise ConnectionError("no route to host")
+
+    monkeypatch.setattr(W, "fetch_artefact", broken)
+    with pytest.raises(W.WeightsError, match="downloading one .*ConnectionError.*rerun to resume"):
+        W.fetch("real", root, m)
