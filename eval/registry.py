@@ -21,10 +21,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from senseflow.errors import UserError
+
+if TYPE_CHECKING:
+    from eval.sample_folder import SampleFolder
 
 # where each known metric is implemented (importing the module registers it)
 MODULES = {
@@ -58,8 +62,8 @@ class MetricError(UserError, ValueError):
 class EvalContext:
     """What a metric sees: the checked sample folder, optional reference folder and probe, seeds."""
 
-    samples: object  # eval.sample_folder.SampleFolder
-    reference: object | None = None
+    samples: SampleFolder
+    reference: SampleFolder | None = None
     probe_path: Path | None = None
     seed: int = 0
     n_boot: int = 1000
@@ -140,7 +144,10 @@ def get(name: str) -> MetricSpec:
                 raise MetricError(f"metric {name!r} needs the package {exc.name!r}: install it") from exc
     if name not in _REGISTRY:
         if name in MODULES:
-            raise MetricError(f"metric {name!r} is not available yet: {MODULES[name]} does not register it")
+            raise MetricError(
+                f"metric {name!r} is not available yet: {MODULES[name]} is missing or does not call "
+                f"eval.registry.register({name!r}, ...)"
+            )
         raise MetricError(f"unknown metric {name!r} (known: {', '.join(known())})")
     return _REGISTRY[name]
 

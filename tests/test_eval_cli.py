@@ -153,6 +153,12 @@ def test_metric_inputs_and_applicability(tmp_path, records, probe_file):
         evaluate(student, ["adherence"], tmp_path / "o")
     with pytest.raises(registry.MetricError, match="unknown metric 'nope'"):
         evaluate(student, ["nope"], tmp_path / "o")
+    with pytest.raises(registry.MetricError, match="not available yet"):
+        registry.MODULES["ghost"] = "eval.metrics.ghost_that_nobody_wrote"
+        try:
+            evaluate(student, ["ghost"], tmp_path / "o")
+        finally:
+            registry.MODULES.pop("ghost")
     # prompts without scenes (a real profile's folder): the embedded metrics do not apply
     plain = [type(r)(r.id, r.prompt) for r in records]
     real = make_folder(tmp_path / "real", plain, noise(plain, 1))
