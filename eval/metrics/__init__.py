@@ -1,5 +1,17 @@
 """Metric functions and classes of the evaluation suite."""
 
+from eval.metrics.clip_score import CLIPScore, OpenClipScorer, clip_score, load_clip_scorer
 from eval.metrics.frechet import feature_statistics, frechet_distance
+from eval.metrics.hpsv2 import HPSv2Score, hpsv2_score, load_hpsv2_scorer
 
-__all__ = ["feature_statistics", "frechet_distance"]
+__all__ = [
+    "CLIPScore",
+    "HPSv2Score",
+    "OpenClipScorer",
+    "clip_score",
+    "feature_statistics",
+    "frechet_distance",
+    "hpsv2_score",
+    "load_clip_scorer",
+    "load_hpsv2_scorer",
+]
