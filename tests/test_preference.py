@@ -174,3 +174,69 @@ def test_hpsv2_matches_the_hpsv2_package(tmp_path, hpsv2_offline, tiny_open_clip
     metric.update(images, PROMPTS)
     assert metric.compute().item() == pytest.approx(ref.mean().item(), abs=TOL)
     assert metric.protocol()["version"] == version
+
+
+# ---------------------------------------------------------------- PickScore
+
+
+def _pickscore_folders(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny random CLIPModel and a CLIPProcessor (real CLIP BPE, built offline), saved to disk."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from tests.tiny_pipelines import clip_tokenizer
+
+    torch.manual_seed(2)
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)
+    cfg = CLIPConfig(
+        text_config={**text, "vocab_size": 49408, "max_position_embeddings": 77},
+        vision_config={**vision, "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+        logit_scale_init_value=3.1,
+    )
+    model_dir, proc_dir = tmp_path / "PickScore_v1", tmp_path / "processor"
+    CLIPModel(cfg).eval().save_pretrained(model_dir)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=clip_tokenizer(77)).save_pretrained(proc_dir)
+    return model_dir, proc_dir
+
+
+def test_pickscore_matches_the_published_recipe(tmp_path, images):
+    from transformers import AutoModel, AutoProcessor
+
+    from eval.metrics import PickScore, pickscore
+
+    model_dir, proc_dir = _pickscore_folders(tmp_path)
+    # The PickScore README's recipe, one prompt per call; transformers 5 returns output objects.
+    processor = AutoProcessor.from_pretrained(proc_dir)
+    model = AutoModel.from_pretrained(model_dir).eval()
+    ref = []
+    for im, prompt in zip(images, PROMPTS, strict=True):
+        image_inputs = processor(
+            images=[im], padding=True, truncation=True, max_length=77, return_tensors="pt"
+        )
+        text_inputs = processor(
+            text=prompt, padding=True, truncation=True, max_length=77, return_tensors="pt"
+        )
+        with torch.no_grad():
+            image_embs = model.get_image_features(**image_inputs).pooler_output
+            image_embs = image_embs / torch.norm(image_embs, dim=-1, keepdim=True)
+            text_embs = model.get_text_features(**text_inputs).pooler_output
+            text_embs = text_embs / torch.norm(text_embs, dim=-1, keepdim=True)
+            ref.append((model.logit_scale.exp() * (text_embs @ image_embs.T)[0])[0])
+    ref = torch.stack(ref)
+
+    got = pickscore(images, PROMPTS, model_dir=model_dir, processor_dir=proc_dir, batch_size=3)
+    assert torch.allclose(got, ref, atol=TOL), (got, ref)
+    metric = PickScore(model_dir=model_dir, processor_dir=proc_dir)
+    metric.update(images, PROMPTS)
+    assert metric.compute().item() == pytest.approx(ref.mean().item(), abs=TOL)
+
+
+def test_pickscore_missing_weights_are_named(tmp_path):
+    from eval.metrics import load_pickscore_scorer
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    with pytest.raises(MissingArtefactError, match=r"model\.safetensors is missing.*weights fetch pickscore"):
+        load_pickscore_scorer(tmp_path / "m", tmp_path / "p")

@@ -3,15 +3,20 @@
 from eval.metrics.clip_score import CLIPScore, OpenClipScorer, clip_score, load_clip_scorer
 from eval.metrics.frechet import feature_statistics, frechet_distance
 from eval.metrics.hpsv2 import HPSv2Score, hpsv2_score, load_hpsv2_scorer
+from eval.metrics.pickscore import PickScore, PickScoreScorer, load_pickscore_scorer, pickscore
 
 __all__ = [
     "CLIPScore",
     "HPSv2Score",
     "OpenClipScorer",
+    "PickScore",
+    "PickScoreScorer",
     "clip_score",
     "feature_statistics",
     "frechet_distance",
     "hpsv2_score",
     "load_clip_scorer",
     "load_hpsv2_scorer",
+    "load_pickscore_scorer",
+    "pickscore",
 ]

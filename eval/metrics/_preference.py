@@ -40,6 +40,15 @@ def require_file(path: str | os.PathLike, profile: str) -> Path:
     return p
 
 
+def require_any(folder: str | os.PathLike, names: Sequence[str], profile: str) -> Path:
+    """The first of ``names`` present in ``folder``; if none is, the error names the first."""
+    folder = Path(folder)
+    for name in names:
+        if (folder / name).exists():
+            return folder / name
+    return require_file(folder / names[0], profile)
+
+
 def default_device() -> torch.device:
     """CUDA when present, else CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
