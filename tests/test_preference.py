@@ -169,8 +169,9 @@ def test_hpsv2_matches_the_hpsv2_package(tmp_path, hpsv2_offline, tiny_open_clip
     ref = torch.tensor(np.array(ref, dtype=np.float32))
     got = hpsv2_score(images, PROMPTS, version, checkpoint=ckpt, arch=tiny_open_clip, batch_size=2)
     assert torch.allclose(got, ref, atol=TOL), (got, ref)
+    assert ref.std() > 100 * TOL  # the scores differ per pair, so agreement is not vacuous
 
-    metric = HPSv2Score(version, checkpoint=ckpt, arch=tiny_open_clip)
+    metric = HPSv2Score(version=version, checkpoint=ckpt, arch=tiny_open_clip)
     metric.update(images, PROMPTS)
     assert metric.compute().item() == pytest.approx(ref.mean().item(), abs=TOL)
     assert metric.protocol()["version"] == version
@@ -228,6 +229,7 @@ def test_pickscore_matches_the_published_recipe(tmp_path, images):
 
     got = pickscore(images, PROMPTS, model_dir=model_dir, processor_dir=proc_dir, batch_size=3)
     assert torch.allclose(got, ref, atol=TOL), (got, ref)
+    assert ref.std() > 100 * TOL  # the scores differ per pair, so agreement is not vacuous
     metric = PickScore(model_dir=model_dir, processor_dir=proc_dir)
     metric.update(images, PROMPTS)
     assert metric.compute().item() == pytest.approx(ref.mean().item(), abs=TOL)
@@ -240,3 +242,140 @@ def test_pickscore_missing_weights_are_named(tmp_path):
     (tmp_path / "m" / "config.json").write_text("{}")
     with pytest.raises(MissingArtefactError, match=r"model\.safetensors is missing.*weights fetch pickscore"):
         load_pickscore_scorer(tmp_path / "m", tmp_path / "p")
+
+
+# ---------------------------------------------------------------- ImageReward
+
+TINY_MED = {
+    "architectures": ["BertModel"],
+    "attention_probs_dropout_prob": 0.1,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "hidden_size": 32,
+    "initializer_range": 0.02,
+    "intermediate_size": 64,
+    "layer_norm_eps": 1e-12,
+    "max_position_embeddings": 64,
+    "model_type": "bert",
+    "num_attention_heads": 2,
+    "num_hidden_layers": 2,
+    "pad_token_id": 0,
+    "type_vocab_size": 2,
+    "vocab_size": 0,  # set to the tiny vocabulary's size + BLIP's two added tokens
+    "encoder_width": 48,
+    "add_cross_attention": True,
+}
+TINY_VIT = dict(image_size=224, patch_size=32, width=48, depth=2, heads=2)
+
+
+def _bert_folder(tmp_path: Path) -> Path:
+    """A bert-base-uncased style vocabulary over the test prompts' words, written offline."""
+    words = sorted({w for p in PROMPTS for w in p.split()})
+    letters = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *letters, *("##" + c for c in letters)]
+    folder = tmp_path / "bert-base-uncased"
+    folder.mkdir()
+    (folder / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    return folder
+
+
+@pytest.fixture
+def imagereward_offline(monkeypatch, tmp_path):
+    """The image-reward package made importable and offline under transformers 5, at tiny size.
+
+    Its four transformers-5 breakages and its hub fetch are patched here: the helpers its BERT
+    imports from ``transformers.modeling_utils`` are put back, the ViT-L is swapped for a tiny
+    ViT, the MLP input follows the tiny BERT, and the bert-base-uncased tokenizer comes from a
+    local folder.
+    """
+    import transformers.modeling_utils as mu
+    import transformers.pytorch_utils as pu
+
+    for name in ("apply_chunking_to_forward", "find_pruneable_heads_and_indices", "prune_linear_layer"):
+        monkeypatch.setattr(mu, name, getattr(pu, name, lambda *a, **k: None), raising=False)
+    import sys
+
+    import ImageReward.models.BLIP.blip_pretrain as bp
+    import ImageReward.models.BLIP.med as med
+
+    # transformers 5's PreTrainedModel.init_weights expects what post_init sets up, which the
+    # package's BERT never calls: initialise its modules directly (the checkpoint overwrites them)
+    monkeypatch.setattr(med.BertModel, "init_weights", lambda self: self.apply(self._init_weights))
+    monkeypatch.setattr(med.BertModel, "all_tied_weights_keys", {}, raising=False)
+
+    def invert_attention_mask(self, mask):  # removed in transformers 5; transformers 4's definition
+        ext = (mask[:, None, :, :] if mask.dim() == 3 else mask[:, None, None, :]).to(self.dtype)
+        return (1.0 - ext) * torch.finfo(self.dtype).min
+
+    monkeypatch.setattr(med.BertModel, "invert_attention_mask", invert_attention_mask, raising=False)
+    monkeypatch.setattr(
+        med.BertModel,
+        "get_head_mask",
+        lambda self, head_mask, n: [None] * n if head_mask is None else head_mask,
+        raising=False,
+    )
+
+    # the package's __init__ re-exports the class ImageReward over its submodule of that name
+    ir_mod = sys.modules["ImageReward.ImageReward"]
+    from ImageReward.models.BLIP.vit import VisionTransformer
+
+    def tiny_vit(*args, **kwargs):
+        vit = VisionTransformer(
+            img_size=TINY_VIT["image_size"],
+            patch_size=TINY_VIT["patch_size"],
+            embed_dim=TINY_VIT["width"],
+            depth=TINY_VIT["depth"],
+            num_heads=TINY_VIT["heads"],
+        )
+        return vit, TINY_VIT["width"]
+
+    monkeypatch.setattr(bp, "create_vit", tiny_vit)
+    real_mlp = ir_mod.MLP
+    monkeypatch.setattr(ir_mod, "MLP", lambda size: real_mlp(TINY_MED["hidden_size"]))
+    folder = _bert_folder(tmp_path)
+
+    def init_tokenizer():
+        from transformers import BertTokenizer
+
+        tok = BertTokenizer.from_pretrained(str(folder))
+        tok.add_special_tokens({"bos_token": "[DEC]"})
+        tok.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
+        return tok
+
+    monkeypatch.setattr(bp, "init_tokenizer", init_tokenizer)
+    return ir_mod, folder
+
+
+def test_imagereward_matches_the_image_reward_package(tmp_path, imagereward_offline, images):
+    import ImageReward as RM
+
+    from eval.metrics import ImageReward, imagereward_score
+    from eval.metrics.imagereward import VisionConfig
+
+    ir_mod, tok_folder = imagereward_offline
+    n_vocab = len((tok_folder / "vocab.txt").read_text().split())
+    med = tmp_path / "med_config.json"
+    med.write_text(__import__("json").dumps({**TINY_MED, "vocab_size": n_vocab + 2}))
+    torch.manual_seed(3)
+    ref_model = ir_mod.ImageReward(med_config=str(med), device="cpu")
+    with torch.no_grad():  # random positions and class token instead of the zeros they start at
+        for p in (ref_model.blip.visual_encoder.pos_embed, ref_model.blip.visual_encoder.cls_token):
+            p.normal_(0, 0.5)
+        # the package initialises its head with tiny weights and zero biases (rewards ~ constant)
+        for layer in ref_model.mlp.layers:
+            if isinstance(layer, torch.nn.Linear):
+                layer.weight.normal_(0, 2 * layer.in_features**-0.5)
+                layer.bias.normal_(0, 0.5)
+    ckpt = tmp_path / "ImageReward.pt"
+    torch.save(ref_model.state_dict(), ckpt)
+
+    ref_model = RM.load(str(ckpt), device="cpu", med_config=str(med))
+    ref = torch.tensor([ref_model.score(p, im) for im, p in zip(images, PROMPTS, strict=True)])
+
+    kw = dict(checkpoint=ckpt, med_config=med, tokenizer_dir=tok_folder, vision=VisionConfig(**TINY_VIT))
+    got = imagereward_score(images, PROMPTS, batch_size=2, **kw)
+    assert torch.allclose(got, ref, atol=TOL), (got, ref)
+    assert ref.std() > 100 * TOL  # the scores differ per pair, so agreement is not vacuous
+    metric = ImageReward(**kw)
+    metric.update(images, PROMPTS)
+    assert metric.compute().item() == pytest.approx(ref.mean().item(), abs=TOL)

@@ -3,11 +3,13 @@
 from eval.metrics.clip_score import CLIPScore, OpenClipScorer, clip_score, load_clip_scorer
 from eval.metrics.frechet import feature_statistics, frechet_distance
 from eval.metrics.hpsv2 import HPSv2Score, hpsv2_score, load_hpsv2_scorer
+from eval.metrics.imagereward import ImageReward, imagereward_score, load_imagereward_scorer
 from eval.metrics.pickscore import PickScore, PickScoreScorer, load_pickscore_scorer, pickscore
 
 __all__ = [
     "CLIPScore",
     "HPSv2Score",
+    "ImageReward",
     "OpenClipScorer",
     "PickScore",
     "PickScoreScorer",
@@ -15,8 +17,10 @@ __all__ = [
     "feature_statistics",
     "frechet_distance",
     "hpsv2_score",
+    "imagereward_score",
     "load_clip_scorer",
     "load_hpsv2_scorer",
+    "load_imagereward_scorer",
     "load_pickscore_scorer",
     "pickscore",
 ]

@@ -93,20 +93,41 @@ def check_pairs(images: Sequence, prompts: Sequence[str]) -> list[str]:
     return prompts
 
 
+class BatchedScorer:
+    """Base of the scorers: checks the pairs, converts to PIL, runs ``score_batch`` per batch."""
+
+    batch_size: int = 32
+
+    def score_batch(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
+        """Scores of one batch of at most ``batch_size`` pairs."""
+        raise NotImplementedError
+
+    def __call__(self, images, prompts) -> torch.Tensor:
+        """One score per (image, prompt) pair, shape (B,), float32 on the CPU."""
+        pil = to_pil_images(images)
+        prompts = check_pairs(pil, prompts)
+        out = [
+            self.score_batch(pil[sl], prompts[sl]).float().cpu() for sl in batched(len(pil), self.batch_size)
+        ]
+        return torch.cat(out) if out else torch.zeros(0)
+
+
 class PreferenceMetric(Metric):
     """A torchmetrics metric over a scorer ``(images, prompts) -> (B,) scores``; compute is the mean.
 
-    Per-image scores stay available in ``self.scores`` (after ``compute``, gathered across
-    ranks) so that reports can show spreads and per-prompt values.
+    Give ``scorer=`` or the keyword arguments of the subclass's ``loader``; ``metric_kwargs``
+    go to ``torchmetrics.Metric``. Per-image scores stay available in ``self.scores`` (after
+    ``compute``, gathered across ranks) so that reports can show spreads and per-prompt values.
     """
 
     higher_is_better = True
     is_differentiable = False
     full_state_update = False
+    loader = None
 
-    def __init__(self, scorer, **kwargs):
-        super().__init__(**kwargs)
-        self.scorer = scorer
+    def __init__(self, scorer=None, metric_kwargs: dict | None = None, **loader_kwargs):
+        super().__init__(**(metric_kwargs or {}))
+        self.scorer = scorer if scorer is not None else type(self).loader(**loader_kwargs)
         self.add_state("scores", default=[], dist_reduce_fx="cat")
 
     def update(self, images, prompts) -> None:

@@ -20,13 +20,11 @@ from pathlib import Path
 import torch
 
 from eval.metrics._preference import (
+    BatchedScorer,
     PreferenceMetric,
     autocast,
-    batched,
-    check_pairs,
     default_device,
     require_file,
-    to_pil_images,
     weights_root,
 )
 
@@ -42,7 +40,7 @@ def default_clip_checkpoint() -> Path:
     return weights_root() / "clip_score" / "CLIP-ViT-g-14-laion2B-s12B-b42K" / CLIP_G14_FILE
 
 
-class OpenClipScorer:
+class OpenClipScorer(BatchedScorer):
     """Scores (image, prompt) pairs with an open_clip model: ``scale * cos(image, prefix + prompt)``.
 
     ``preprocess`` maps one PIL image to a (3, S, S) tensor; ``tokenizer`` maps a list of
@@ -86,17 +84,11 @@ class OpenClipScorer:
         img, txt = img.float(), txt.float()
         return img / img.norm(dim=-1, keepdim=True), txt / txt.norm(dim=-1, keepdim=True)
 
-    def __call__(self, images, prompts) -> torch.Tensor:
-        """One score per (image, prompt) pair, shape (B,), float32 on the CPU."""
-        pil = to_pil_images(images)
-        prompts = check_pairs(pil, prompts)
-        out = []
-        for sl in batched(len(pil), self.batch_size):
-            pixels = torch.stack([self.preprocess(im) for im in pil[sl]])
-            tokens = self.tokenizer([self.prefix + p for p in prompts[sl]])
-            img, txt = self.features(pixels, tokens)
-            out.append((img * txt).sum(-1).cpu() * self.scale)
-        return torch.cat(out) if out else torch.zeros(0)
+    def score_batch(self, images, prompts) -> torch.Tensor:
+        """``scale * cosine`` of one batch."""
+        pixels = torch.stack([self.preprocess(im) for im in images])
+        img, txt = self.features(pixels, self.tokenizer([self.prefix + p for p in prompts]))
+        return (img * txt).sum(-1) * self.scale
 
 
 @functools.lru_cache(maxsize=4)
@@ -150,5 +142,4 @@ class CLIPScore(PreferenceMetric):
     keyword arguments of :func:`load_clip_scorer`.
     """
 
-    def __init__(self, scorer: OpenClipScorer | None = None, metric_kwargs: dict | None = None, **kwargs):
-        super().__init__(scorer or load_clip_scorer(**kwargs), **(metric_kwargs or {}))
+    loader = staticmethod(load_clip_scorer)

@@ -118,5 +118,4 @@ def hpsv2_score(images, prompts, version: str = "v2.1", **kwargs) -> torch.Tenso
 class HPSv2Score(PreferenceMetric):
     """HPSv2 as a torchmetrics metric; keyword arguments go to :func:`load_hpsv2_scorer`."""
 
-    def __init__(self, version: str = "v2.1", scorer=None, metric_kwargs: dict | None = None, **kwargs):
-        super().__init__(scorer or load_hpsv2_scorer(version, **kwargs), **(metric_kwargs or {}))
+    loader = staticmethod(load_hpsv2_scorer)

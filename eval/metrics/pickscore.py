@@ -18,17 +18,7 @@ from pathlib import Path
 
 import torch
 
-from eval.metrics._preference import (
-    PreferenceMetric,
-    autocast,
-    batched,
-    check_pairs,
-    default_device,
-    require_any,
-    require_file,
-    to_pil_images,
-    weights_root,
-)
+from eval.metrics import _preference as pref
 
 MODEL_REPO = "yuvalkirstain/PickScore_v1"
 PROCESSOR_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
@@ -38,7 +28,7 @@ _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 def default_pickscore_dirs() -> tuple[Path, Path]:
     """Where the local folders of the PickScore model and of its processor are expected."""
-    root = weights_root() / "pickscore"
+    root = pref.weights_root() / "pickscore"
     return root / "PickScore_v1", root / "CLIP-ViT-H-14-laion2B-s32B-b79K"
 
 
@@ -47,11 +37,11 @@ def _embeds(out) -> torch.Tensor:
     return out if isinstance(out, torch.Tensor) else out.pooler_output
 
 
-class PickScoreScorer:
+class PickScoreScorer(pref.BatchedScorer):
     """``logit_scale.exp() * cos(image, prompt)`` per pair, with a transformers CLIPModel + CLIPProcessor."""
 
     def __init__(self, model, processor, *, batch_size: int = 32, device=None, info: dict | None = None):
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = torch.device(device) if device is not None else pref.default_device()
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.processor, self.batch_size = processor, int(batch_size)
         self.info = dict(info or {})
@@ -60,28 +50,21 @@ class PickScoreScorer:
         """Model, processor and score definition."""
         return {"metric": "pickscore", **self.info, "score": "logit_scale.exp() * cosine", "max_length": 77}
 
-    def __call__(self, images, prompts) -> torch.Tensor:
-        """One score per (image, prompt) pair, shape (B,), float32 on the CPU."""
-        pil = to_pil_images(images)
-        prompts = check_pairs(pil, prompts)
-        out = []
-        for sl in batched(len(pil), self.batch_size):
-            pix = self.processor(images=pil[sl], return_tensors="pt")["pixel_values"]
-            txt = self.processor(
-                text=prompts[sl], padding=True, truncation=True, max_length=77, return_tensors="pt"
-            )
-            with torch.no_grad(), autocast(self.device):
-                img = _embeds(self.model.get_image_features(pixel_values=pix.to(self.device))).float()
-                tok = _embeds(
-                    self.model.get_text_features(
-                        input_ids=txt["input_ids"].to(self.device),
-                        attention_mask=txt["attention_mask"].to(self.device),
-                    )
-                ).float()
-            img = img / img.norm(dim=-1, keepdim=True)
-            tok = tok / tok.norm(dim=-1, keepdim=True)
-            out.append((self.model.logit_scale.exp().float() * (img * tok).sum(-1)).cpu())
-        return torch.cat(out) if out else torch.zeros(0)
+    def score_batch(self, images, prompts) -> torch.Tensor:
+        """``logit_scale.exp() * cosine`` of one batch."""
+        pix = self.processor(images=images, return_tensors="pt")["pixel_values"]
+        txt = self.processor(text=prompts, padding=True, truncation=True, max_length=77, return_tensors="pt")
+        with torch.no_grad(), pref.autocast(self.device):
+            img = _embeds(self.model.get_image_features(pixel_values=pix.to(self.device))).float()
+            tok = _embeds(
+                self.model.get_text_features(
+                    input_ids=txt["input_ids"].to(self.device),
+                    attention_mask=txt["attention_mask"].to(self.device),
+                )
+            ).float()
+        img = img / img.norm(dim=-1, keepdim=True)
+        tok = tok / tok.norm(dim=-1, keepdim=True)
+        return self.model.logit_scale.exp().float() * (img * tok).sum(-1)
 
 
 @functools.lru_cache(maxsize=2)
@@ -103,11 +86,11 @@ def load_pickscore_scorer(
     """A PickScore scorer from LOCAL folders of the model and the processor (loaded once, cached)."""
     default_model, default_processor = default_pickscore_dirs()
     model_dir, processor_dir = Path(model_dir or default_model), Path(processor_dir or default_processor)
-    require_file(model_dir / "config.json", WEIGHTS_PROFILE)
-    require_any(model_dir, _WEIGHT_FILES, WEIGHTS_PROFILE)
+    pref.require_file(model_dir / "config.json", WEIGHTS_PROFILE)
+    pref.require_any(model_dir, _WEIGHT_FILES, WEIGHTS_PROFILE)
     # the hub repository has preprocessor_config.json; transformers 5 saves processor_config.json
-    require_any(processor_dir, ("preprocessor_config.json", "processor_config.json"), WEIGHTS_PROFILE)
-    device = torch.device(device) if device is not None else default_device()
+    pref.require_any(processor_dir, ("preprocessor_config.json", "processor_config.json"), WEIGHTS_PROFILE)
+    device = torch.device(device) if device is not None else pref.default_device()
     model, processor = _load_pickscore(str(model_dir), str(processor_dir), str(device))
     info = {"model": MODEL_REPO, "processor": PROCESSOR_REPO, "model_dir": str(model_dir)}
     return PickScoreScorer(model, processor, batch_size=batch_size, device=device, info=info)
@@ -118,8 +101,7 @@ def pickscore(images, prompts, **kwargs) -> torch.Tensor:
     return load_pickscore_scorer(**kwargs)(images, prompts)
 
 
-class PickScore(PreferenceMetric):
+class PickScore(pref.PreferenceMetric):
     """PickScore as a torchmetrics metric; keyword arguments go to :func:`load_pickscore_scorer`."""
 
-    def __init__(self, scorer: PickScoreScorer | None = None, metric_kwargs: dict | None = None, **kwargs):
-        super().__init__(scorer or load_pickscore_scorer(**kwargs), **(metric_kwargs or {}))
+    loader = staticmethod(load_pickscore_scorer)
