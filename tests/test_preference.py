@@ -78,6 +78,11 @@ def test_clip_score_matches_open_clip_by_hand_and_metric_averages(tmp_path, tiny
     assert metric.compute().item() == pytest.approx(ref.mean().item(), abs=1e-2)
     assert metric.higher_is_better and metric.protocol()["prefix"] == "a photo of "
     assert metric.protocol()["scale"] == 100
+    # per-image scores are concatenated across ranks before the mean (not means of means)
+    from torchmetrics.utilities import dim_zero_cat
+
+    assert metric._reductions["scores"] is dim_zero_cat
+    assert metric.scores[0].shape == (2,)
     metric.reset()
     assert metric.scores == []
 
@@ -115,7 +120,9 @@ def test_hpsv2_matches_the_hpsv2_package(tmp_path, monkeypatch, tiny_open_clip, 
     metric = HPSv2Score(version=version, checkpoint=ckpt, arch=tiny_open_clip)
     metric.update(images, PROMPTS)
     assert metric.compute().item() == pytest.approx(ref.mean().item(), abs=TOL)
-    assert metric.protocol()["version"] == version
+    protocol = metric.protocol()
+    assert protocol["version"] == version and protocol["weights"] == ckpt.name
+    assert protocol["weights_sha256"] == __import__("hashlib").sha256(ckpt.read_bytes()).hexdigest()
 
 
 # ---------------------------------------------------------------- PickScore
@@ -132,6 +139,7 @@ def test_pickscore_matches_the_published_recipe(tmp_path, images):
     metric = PickScore(model_dir=model_dir, processor_dir=proc_dir)
     metric.update(images, PROMPTS)
     assert metric.compute().item() == pytest.approx(ref.mean().item(), abs=TOL)
+    assert len(metric.protocol()["weights_sha256"]) == 64
 
 
 def test_pickscore_missing_weights_are_named(tmp_path):
@@ -163,3 +171,4 @@ def test_imagereward_matches_the_image_reward_package(tmp_path, monkeypatch, ima
     metric = ImageReward(**kw)
     metric.update(images, PROMPTS)
     assert metric.compute().item() == pytest.approx(ref.mean().item(), abs=TOL)
+    assert metric.protocol()["weights"] == "ImageReward.pt" and len(metric.protocol()["weights_sha256"]) == 64

@@ -10,6 +10,8 @@ concatenation) and reports their mean.
 from __future__ import annotations
 
 import contextlib
+import functools
+import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,10 +95,40 @@ def check_pairs(images: Sequence, prompts: Sequence[str]) -> list[str]:
     return prompts
 
 
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, computed once per (path, size, mtime): checkpoints are gigabytes."""
+    st = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
 class BatchedScorer:
-    """Base of the scorers: checks the pairs, converts to PIL, runs ``score_batch`` per batch."""
+    """Base of the scorers: checks the pairs, converts to PIL, runs ``score_batch`` per batch.
+
+    ``weights_file`` (set by the loaders) is hashed into :meth:`weights_protocol`, so a stored
+    number names the exact checkpoint it came from.
+    """
 
     batch_size: int = 32
+    weights_file: Path | None = None
+
+    def weights_protocol(self) -> dict:
+        """Hash of the checkpoint file and the library versions that ran it."""
+        import torch as _torch
+        import transformers
+
+        out = {"torch": _torch.__version__, "transformers": transformers.__version__}
+        if self.weights_file is not None:
+            out["weights_sha256"] = file_sha256(self.weights_file)
+        return out
 
     def score_batch(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
         """Scores of one batch of at most ``batch_size`` pairs."""

@@ -74,6 +74,7 @@ class OpenClipScorer(BatchedScorer):
             "score": "cosine" if self.scale == 1.0 else f"{self.scale:g} * cosine",
             "scale": self.scale,
             "prefix": self.prefix,
+            **self.weights_protocol(),
         }
 
     def features(self, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -105,9 +105,11 @@ def load_hpsv2_scorer(
         "weights": path.name,
         "preprocess": "hpsv2 preprocess_val",
     }
-    return OpenClipScorer(
+    scorer = OpenClipScorer(
         model, tokenizer, preprocess, scale=scale, batch_size=batch_size, device=device, info=info
     )
+    scorer.weights_file = path
+    return scorer
 
 
 def hpsv2_score(images, prompts, version: str = "v2.1", **kwargs) -> torch.Tensor:

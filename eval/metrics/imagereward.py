@@ -310,6 +310,7 @@ class ImageRewardScorer(BatchedScorer):
             **self.info,
             "max_tokens": MAX_TOKENS,
             "normalisation": [REWARD_MEAN, REWARD_STD],
+            **self.weights_protocol(),
         }
 
     def score_batch(self, images, prompts) -> torch.Tensor:
@@ -362,7 +363,9 @@ def load_imagereward_scorer(
         str(ckpt), str(med), str(tok_dir), vision or VisionConfig(), str(device)
     )
     info = {"model": "THUDM/ImageReward", "weights": ckpt.name, "tokenizer": "bert-base-uncased"}
-    return ImageRewardScorer(model, tokenizer, batch_size=batch_size, device=device, info=info)
+    scorer = ImageRewardScorer(model, tokenizer, batch_size=batch_size, device=device, info=info)
+    scorer.weights_file = ckpt
+    return scorer
 
 
 def imagereward_score(images, prompts, **kwargs) -> torch.Tensor:

@@ -48,7 +48,13 @@ class PickScoreScorer(pref.BatchedScorer):
 
     def protocol(self) -> dict:
         """Model, processor and score definition."""
-        return {"metric": "pickscore", **self.info, "score": "logit_scale.exp() * cosine", "max_length": 77}
+        return {
+            "metric": "pickscore",
+            **self.info,
+            "score": "logit_scale.exp() * cosine",
+            "max_length": 77,
+            **self.weights_protocol(),
+        }
 
     def score_batch(self, images, prompts) -> torch.Tensor:
         """``logit_scale.exp() * cosine`` of one batch."""
@@ -87,13 +93,15 @@ def load_pickscore_scorer(
     default_model, default_processor = default_pickscore_dirs()
     model_dir, processor_dir = Path(model_dir or default_model), Path(processor_dir or default_processor)
     pref.require_file(model_dir / "config.json", WEIGHTS_PROFILE)
-    pref.require_any(model_dir, _WEIGHT_FILES, WEIGHTS_PROFILE)
+    weights = pref.require_any(model_dir, _WEIGHT_FILES, WEIGHTS_PROFILE)
     # the hub repository has preprocessor_config.json; transformers 5 saves processor_config.json
     pref.require_any(processor_dir, ("preprocessor_config.json", "processor_config.json"), WEIGHTS_PROFILE)
     device = torch.device(device) if device is not None else pref.default_device()
     model, processor = _load_pickscore(str(model_dir), str(processor_dir), str(device))
     info = {"model": MODEL_REPO, "processor": PROCESSOR_REPO, "model_dir": str(model_dir)}
-    return PickScoreScorer(model, processor, batch_size=batch_size, device=device, info=info)
+    scorer = PickScoreScorer(model, processor, batch_size=batch_size, device=device, info=info)
+    scorer.weights_file = weights
+    return scorer
 
 
 def pickscore(images, prompts, **kwargs) -> torch.Tensor:
