@@ -125,6 +125,16 @@ def test_hpsv2_matches_the_hpsv2_package(tmp_path, monkeypatch, tiny_open_clip, 
     assert protocol["weights_sha256"] == __import__("hashlib").sha256(ckpt.read_bytes()).hexdigest()
 
 
+def test_hpsv2_tokens_equal_the_packages_on_long_and_messy_prompts(monkeypatch):
+    import open_clip
+
+    refs.hpsv2_package(monkeypatch)
+    from hpsv2.src.open_clip import get_tokenizer
+
+    prompts = ["A Highly-detailed,  photo of a   cat " * 30 + " &amp; caf\u00e9", "x", ""]
+    assert torch.equal(get_tokenizer("ViT-H-14")(prompts), open_clip.get_tokenizer("ViT-H-14")(prompts))
+
+
 # ---------------------------------------------------------------- PickScore
 
 

@@ -93,10 +93,20 @@ class OpenClipScorer(BatchedScorer):
 
 
 @functools.lru_cache(maxsize=4)
-def _load_open_clip(model_name: str, checkpoint: str, device: str):
+def _load_open_clip(model_name: str, checkpoint: str, pretrained_tag: str, device: str):
     import open_clip
 
-    model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=checkpoint)
+    # A file path carries no preprocessing config: take the published tag's (mean, std,
+    # interpolation, resize mode) so that the local file is preprocessed as the hub one would be.
+    pcfg = open_clip.get_pretrained_cfg(model_name, pretrained_tag) or {}
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        model_name,
+        pretrained=checkpoint,
+        image_mean=pcfg.get("mean"),
+        image_std=pcfg.get("std"),
+        image_interpolation=pcfg.get("interpolation"),
+        image_resize_mode=pcfg.get("resize_mode"),
+    )
     return model.to(device).eval(), open_clip.get_tokenizer(model_name), preprocess
 
 
@@ -117,7 +127,7 @@ def load_clip_scorer(
     """
     path = require_file(checkpoint or default_clip_checkpoint(), WEIGHTS_PROFILE)
     device = torch.device(device) if device is not None else default_device()
-    model, tokenizer, preprocess = _load_open_clip(model_name, str(path), str(device))
+    model, tokenizer, preprocess = _load_open_clip(model_name, str(path), pretrained_tag, str(device))
     info = {"backbone": f"open_clip {model_name}", "pretrained": pretrained_tag, "weights": path.name}
     return OpenClipScorer(
         model,
