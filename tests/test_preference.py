@@ -93,11 +93,14 @@ def test_clip_scorer_wraps_any_open_clip_model_and_tensor_inputs(tiny_open_clip,
     from eval.metrics import OpenClipScorer
 
     model, _, preprocess = open_clip.create_model_and_transforms(tiny_open_clip)
+    model.train()
     scorer = OpenClipScorer(model, open_clip.get_tokenizer(tiny_open_clip), preprocess)
     u8 = torch.from_numpy(np.stack([np.asarray(images[2])])).permute(0, 3, 1, 2)
     as_float = u8.float() / 127.5 - 1  # the suite's [-1, 1] convention
     a, b, c = scorer([images[2]], PROMPTS[:1]), scorer(u8, PROMPTS[:1]), scorer(as_float, PROMPTS[:1])
     assert torch.allclose(a, b) and torch.allclose(a, c)
+    # a model still in training stays in training mode and keeps its gradients
+    assert model.training and all(p.requires_grad for p in model.parameters())
     with pytest.raises(ValueError, match="2 images but 1 prompts"):
         scorer(images[:2], PROMPTS[:1])
 

@@ -44,8 +44,10 @@ class OpenClipScorer(BatchedScorer):
     """Scores (image, prompt) pairs with an open_clip model: ``scale * cos(image, prefix + prompt)``.
 
     ``preprocess`` maps one PIL image to a (3, S, S) tensor; ``tokenizer`` maps a list of
-    strings to token ids. The model runs in eval mode, in batches of ``batch_size``, under
-    bf16 autocast on CUDA.
+    strings to token ids. The model runs in eval mode, without gradients, in batches of
+    ``batch_size``, under bf16 autocast on CUDA. A model given here is not moved, frozen or
+    left in eval mode (the embedded world scores a CLIP it is still training): without
+    ``device`` the scorer runs where the model's parameters are, and restores its mode.
     """
 
     def __init__(
@@ -60,8 +62,12 @@ class OpenClipScorer(BatchedScorer):
         device: torch.device | str | None = None,
         info: dict | None = None,
     ):
-        self.device = torch.device(device) if device is not None else default_device()
-        self.model = model.to(self.device).eval().requires_grad_(False)
+        if device is None:
+            param = next(model.parameters(), None)
+            self.device = param.device if param is not None else default_device()
+        else:
+            self.device = torch.device(device)
+        self.model = model.to(self.device)
         self.tokenizer, self.preprocess = tokenizer, preprocess
         self.scale, self.prefix, self.batch_size = float(scale), prefix, int(batch_size)
         self.info = dict(info or {})
@@ -79,9 +85,14 @@ class OpenClipScorer(BatchedScorer):
 
     def features(self, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """L2-normalised image and text embeddings, float32."""
-        with torch.no_grad(), autocast(self.device):
-            img = self.model.encode_image(pixels.to(self.device))
-            txt = self.model.encode_text(tokens.to(self.device))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), autocast(self.device):
+                img = self.model.encode_image(pixels.to(self.device))
+                txt = self.model.encode_text(tokens.to(self.device))
+        finally:
+            self.model.train(was_training)
         img, txt = img.float(), txt.float()
         return img / img.norm(dim=-1, keepdim=True), txt / txt.norm(dim=-1, keepdim=True)
 
