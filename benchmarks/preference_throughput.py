@@ -9,7 +9,8 @@ SAME tiny random weights from disk (the configs of tests/preference_refs.py): HP
 ``hpsv2.score(image, prompt, cp=...)`` (the package reloads the checkpoint on every call),
 PickScore through the published recipe one pair per call, ImageReward through the package's
 ``model.score(prompt, image)``. Model loading is done once and left out of both timings (a
-warm-up call first, then the best of 3 runs, as the 2 cores are shared); the hpsv2 per-call
+warm-up call first, then the best of ``--repeats`` alternating runs, as the 2 cores are
+shared; one torch thread by default for the same reason); the hpsv2 per-call
 checkpoint reload stays in, since it is what that API costs. Prints images/s of both, their
 ratio, and the largest score difference. With tiny weights the figures measure per-call
 overhead (preprocessing, tokenising, reloading), not the forward passes of the real models.
@@ -32,23 +33,21 @@ import torch  # noqa: E402
 from tests import preference_refs as refs  # noqa: E402
 
 
-def _timed(fn, repeats: int = 3):
-    """Output and best wall time of ``repeats`` calls after a warm-up (the 2 cores are shared)."""
-    out = fn()  # warm-up: one-time initialisation is not throughput
-    best = float("inf")
+def _row(name: str, n: int, ours, ref, repeats: int) -> None:
+    """Time both sides alternately (the 2 cores are shared: the minimum is the least disturbed run)."""
+    a, b = ours(), ref()  # warm-up: one-time initialisation is not throughput
+    ta = tb = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return out, best
-
-
-def _row(name: str, n: int, ours, ref) -> None:
-    (a, ta), (b, tb) = ours, ref
+        ours()
+        t1 = time.perf_counter()
+        ref()
+        ta, tb = min(ta, t1 - t0), min(tb, time.perf_counter() - t1)
     diff = (a - b).abs().max().item()
     print(
         f"{name:<12} batched {n / ta:8.1f} img/s   reference {n / tb:8.1f} img/s   "
-        f"ratio {tb / ta:6.1f}x   max |diff| {diff:.2e}"
+        f"ratio {tb / ta:6.1f}x   max |diff| {diff:.2e}",
+        flush=True,
     )
 
 
@@ -57,7 +56,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: steadier on shared cores)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
 
     from eval.metrics import load_hpsv2_scorer, load_imagereward_scorer, load_pickscore_scorer
     from eval.metrics.imagereward import VisionConfig
@@ -75,8 +77,9 @@ def main() -> None:
         _row(
             "HPSv2.1",
             n,
-            _timed(lambda: ours(images, prompts)),
-            _timed(lambda: refs.hpsv2_reference(img_score, images, prompts, ckpt, "v2.1")),
+            lambda: ours(images, prompts),
+            lambda: refs.hpsv2_reference(img_score, images, prompts, ckpt, "v2.1"),
+            args.repeats,
         )
 
         model_dir, proc_dir = refs.save_tiny_pickscore(tmp)
@@ -85,8 +88,9 @@ def main() -> None:
         _row(
             "PickScore",
             n,
-            _timed(lambda: ours(images, prompts)),
-            _timed(lambda: refs.pickscore_reference(recipe, images, prompts)),
+            lambda: ours(images, prompts),
+            lambda: refs.pickscore_reference(recipe, images, prompts),
+            args.repeats,
         )
 
         tok = refs.bert_folder(tmp / "bert-base-uncased")
@@ -101,8 +105,9 @@ def main() -> None:
         _row(
             "ImageReward",
             n,
-            _timed(lambda: ours(images, prompts)),
-            _timed(lambda: refs.imagereward_reference(ref_model, images, prompts)),
+            lambda: ours(images, prompts),
+            lambda: refs.imagereward_reference(ref_model, images, prompts),
+            args.repeats,
         )
 
 
