@@ -50,13 +50,35 @@ def test_missing_checkpoint_names_file_path_and_command(tmp_path, monkeypatch):
         load_imagereward_scorer(checkpoint=__file__)
 
 
+def test_bf16_autocast_on_cuda_only():
+    from eval.metrics._preference import autocast
+
+    ctx = autocast(torch.device("cuda"))
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
+    assert not isinstance(autocast(torch.device("cpu")), torch.autocast)
+
+
+def test_every_module_has_a_functional_score():
+    import eval.metrics.clip_score as c
+    import eval.metrics.hpsv2 as h
+    import eval.metrics.imagereward as i
+    import eval.metrics.pickscore as p
+
+    assert (c.score, h.score, p.score, i.score) == (
+        c.clip_scores,
+        h.hpsv2_scores,
+        p.pickscores,
+        i.imagereward_scores,
+    )
+
+
 # ---------------------------------------------------------------- CLIP score
 
 
 def test_clip_score_matches_open_clip_by_hand_and_metric_averages(tmp_path, tiny_open_clip, images):
     import open_clip
 
-    from eval.metrics import CLIPScore, clip_score
+    from eval.metrics import CLIPScore, clip_scores
 
     torch.manual_seed(0)
     model, _, preprocess = open_clip.create_model_and_transforms(tiny_open_clip)
@@ -69,7 +91,7 @@ def test_clip_score_matches_open_clip_by_hand_and_metric_averages(tmp_path, tiny
     ref = torch.nn.functional.cosine_similarity(img, txt) * 100
 
     kw = dict(model_name=tiny_open_clip, checkpoint=ckpt, scale=100, prefix="a photo of ", batch_size=2)
-    got = clip_score(images, PROMPTS, **kw)
+    got = clip_scores(images, PROMPTS, **kw)
     assert torch.allclose(got, ref, atol=TOL * 100), (got, ref)
 
     metric = CLIPScore(**kw)
@@ -110,13 +132,13 @@ def test_clip_scorer_wraps_any_open_clip_model_and_tensor_inputs(tiny_open_clip,
 
 @pytest.mark.parametrize("version", ["v2.0", "v2.1"])
 def test_hpsv2_matches_the_hpsv2_package(tmp_path, monkeypatch, tiny_open_clip, images, version):
-    from eval.metrics import HPSv2Score, hpsv2_score
+    from eval.metrics import HPSv2Score, hpsv2_scores
     from eval.metrics.hpsv2 import HPS_FILES
 
     img_score = refs.hpsv2_package(monkeypatch)
     ckpt = refs.save_tiny_hps(tmp_path / HPS_FILES[version])
     ref = refs.hpsv2_reference(img_score, images, PROMPTS, ckpt, version)
-    got = hpsv2_score(images, PROMPTS, version, checkpoint=ckpt, arch=tiny_open_clip, batch_size=2)
+    got = hpsv2_scores(images, PROMPTS, version, checkpoint=ckpt, arch=tiny_open_clip, batch_size=2)
     assert torch.allclose(got, ref, atol=TOL), (got, ref)
     assert ref.std() > 100 * TOL  # the scores differ per pair, so agreement is not vacuous
 
@@ -142,11 +164,11 @@ def test_hpsv2_tokens_equal_the_packages_on_long_and_messy_prompts(monkeypatch):
 
 
 def test_pickscore_matches_the_published_recipe(tmp_path, images):
-    from eval.metrics import PickScore, pickscore
+    from eval.metrics import PickScore, pickscores
 
     model_dir, proc_dir = refs.save_tiny_pickscore(tmp_path)
     ref = refs.pickscore_reference(refs.pickscore_recipe(model_dir, proc_dir), images, PROMPTS)
-    got = pickscore(images, PROMPTS, model_dir=model_dir, processor_dir=proc_dir, batch_size=3)
+    got = pickscores(images, PROMPTS, model_dir=model_dir, processor_dir=proc_dir, batch_size=3)
     assert torch.allclose(got, ref, atol=TOL), (got, ref)
     assert ref.std() > 100 * TOL
     metric = PickScore(model_dir=model_dir, processor_dir=proc_dir)
@@ -168,7 +190,7 @@ def test_pickscore_missing_weights_are_named(tmp_path):
 
 
 def test_imagereward_matches_the_image_reward_package(tmp_path, monkeypatch, images):
-    from eval.metrics import ImageReward, imagereward_score
+    from eval.metrics import ImageReward, imagereward_scores
     from eval.metrics.imagereward import VisionConfig
 
     tok_folder = refs.bert_folder(tmp_path / "bert-base-uncased")
@@ -178,7 +200,7 @@ def test_imagereward_matches_the_image_reward_package(tmp_path, monkeypatch, ima
 
     ref = refs.imagereward_reference(RM.load(str(ckpt), device="cpu", med_config=str(med)), images, PROMPTS)
     kw = dict(checkpoint=ckpt, med_config=med, tokenizer_dir=tok_folder, vision=VisionConfig(**refs.TINY_VIT))
-    got = imagereward_score(images, PROMPTS, batch_size=2, **kw)
+    got = imagereward_scores(images, PROMPTS, batch_size=2, **kw)
     assert torch.allclose(got, ref, atol=TOL), (got, ref)
     assert ref.std() > 100 * TOL
     metric = ImageReward(**kw)

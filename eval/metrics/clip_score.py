@@ -75,7 +75,7 @@ class OpenClipScorer(BatchedScorer):
     def protocol(self) -> dict:
         """Backbone, weights, scale and prefix: what a CLIP-score number needs beside it."""
         return {
-            "metric": "clip_score",
+            "metric": "clip_scores",
             **self.info,
             "score": "cosine" if self.scale == 1.0 else f"{self.scale:g} * cosine",
             "scale": self.scale,
@@ -152,9 +152,13 @@ def load_clip_scorer(
     )
 
 
-def clip_score(images, prompts, **kwargs) -> torch.Tensor:
+def clip_scores(images, prompts, **kwargs) -> torch.Tensor:
     """Per-image CLIP scores, shape (B,); ``kwargs`` go to :func:`load_clip_scorer` (cached model)."""
     return load_clip_scorer(**kwargs)(images, prompts)
+
+
+# the functional core under the common name, e.g. ``eval.metrics.hpsv2.score``
+score = clip_scores
 
 
 class CLIPScore(PreferenceMetric):

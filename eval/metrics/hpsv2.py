@@ -112,9 +112,13 @@ def load_hpsv2_scorer(
     return scorer
 
 
-def hpsv2_score(images, prompts, version: str = "v2.1", **kwargs) -> torch.Tensor:
+def hpsv2_scores(images, prompts, version: str = "v2.1", **kwargs) -> torch.Tensor:
     """Per-image HPSv2 scores, shape (B,); ``kwargs`` go to :func:`load_hpsv2_scorer`."""
     return load_hpsv2_scorer(version, **kwargs)(images, prompts)
+
+
+# the functional core under the common name, e.g. ``eval.metrics.hpsv2.score``
+score = hpsv2_scores
 
 
 class HPSv2Score(PreferenceMetric):

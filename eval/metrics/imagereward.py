@@ -368,9 +368,13 @@ def load_imagereward_scorer(
     return scorer
 
 
-def imagereward_score(images, prompts, **kwargs) -> torch.Tensor:
+def imagereward_scores(images, prompts, **kwargs) -> torch.Tensor:
     """Per-image ImageReward scores, shape (B,); ``kwargs`` go to :func:`load_imagereward_scorer`."""
     return load_imagereward_scorer(**kwargs)(images, prompts)
+
+
+# the functional core under the common name, e.g. ``eval.metrics.hpsv2.score``
+score = imagereward_scores
 
 
 class ImageReward(PreferenceMetric):

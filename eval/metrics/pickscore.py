@@ -49,7 +49,7 @@ class PickScoreScorer(pref.BatchedScorer):
     def protocol(self) -> dict:
         """Model, processor and score definition."""
         return {
-            "metric": "pickscore",
+            "metric": "pickscores",
             **self.info,
             "score": "logit_scale.exp() * cosine",
             "max_length": 77,
@@ -104,9 +104,13 @@ def load_pickscore_scorer(
     return scorer
 
 
-def pickscore(images, prompts, **kwargs) -> torch.Tensor:
+def pickscores(images, prompts, **kwargs) -> torch.Tensor:
     """Per-image PickScores, shape (B,); ``kwargs`` go to :func:`load_pickscore_scorer`."""
     return load_pickscore_scorer(**kwargs)(images, prompts)
+
+
+# the functional core under the common name, e.g. ``eval.metrics.hpsv2.score``
+score = pickscores
 
 
 class PickScore(pref.PreferenceMetric):
