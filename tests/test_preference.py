@@ -154,8 +154,13 @@ def test_hpsv2_tokens_equal_the_packages_on_long_and_messy_prompts(monkeypatch):
     import open_clip
 
     refs.hpsv2_package(monkeypatch)
+    # the real architecture too: hpsv2's vendored ViT-H-14 config is open_clip's, so the HPS
+    # checkpoint's keys and shapes fit open_clip's model
+    import hpsv2.src.open_clip.factory as hps_factory
     from hpsv2.src.open_clip import get_tokenizer
 
+    monkeypatch.undo()
+    assert hps_factory._MODEL_CONFIGS["ViT-H-14"] == open_clip.factory._MODEL_CONFIGS["ViT-H-14"]
     prompts = ["A Highly-detailed,  photo of a   cat " * 30 + " &amp; caf\u00e9", "x", ""]
     assert torch.equal(get_tokenizer("ViT-H-14")(prompts), open_clip.get_tokenizer("ViT-H-14")(prompts))
 
