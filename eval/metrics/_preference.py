@@ -1,0 +1,181 @@
+"""Shared plumbing of the learned image-text metrics (CLIP score, HPSv2, PickScore, ImageReward).
+
+Every learned metric has the same shape: a *scorer* (the model loaded once, plus its
+preprocessing) that maps a batch of images and their prompts to one score per image, a
+cached loader so that the functional ``score(images, prompts)`` never reloads weights, and a
+``torchmetrics.Metric`` that keeps the per-image scores (gathered across ranks by
+concatenation) and reports their mean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from senseflow.errors import MissingArtefactError
+
+WEIGHTS_ENV = "SENSEFLOW_WEIGHTS"
+
+
+def weights_root() -> Path:
+    """Folder holding the metric checkpoints: ``$SENSEFLOW_WEIGHTS`` or ``./weights``."""
+    return Path(os.environ.get(WEIGHTS_ENV, "weights"))
+
+
+def require_file(path: str | os.PathLike, profile: str) -> Path:
+    """Return ``path`` if it exists, else raise :class:`MissingArtefactError` naming how to get it."""
+    p = Path(path)
+    if not p.exists():
+        raise MissingArtefactError(
+            f"{p.name} is missing: expected at {p}; `senseflow weights fetch {profile}` provides it"
+        )
+    return p
+
+
+def require_any(folder: str | os.PathLike, names: Sequence[str], profile: str) -> Path:
+    """The first of ``names`` present in ``folder``; if none is, the error names the first."""
+    folder = Path(folder)
+    for name in names:
+        if (folder / name).exists():
+            return folder / name
+    return require_file(folder / names[0], profile)
+
+
+def default_device() -> torch.device:
+    """CUDA when present, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; a no-op elsewhere (bf16 is slower than fp32 on these CPUs)."""
+    if torch.device(device).type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def to_pil_images(images) -> list[Image.Image]:
+    """Images as RGB PIL images.
+
+    Accepts a sequence of PIL images or uint8 HWC arrays, a uint8 tensor (B, 3, H, W), or a
+    float tensor (B, 3, H, W) in [-1, 1] (the suite's convention for pixels inside). The
+    reference packages all start from PIL images, so going through PIL keeps their
+    preprocessing bit-identical.
+    """
+    if isinstance(images, torch.Tensor):
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        x = images.detach().cpu()
+        if x.dtype != torch.uint8:
+            x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return [Image.fromarray(a) for a in x.permute(0, 2, 3, 1).numpy()]
+    out = []
+    for im in images:
+        if isinstance(im, Image.Image):
+            out.append(im.convert("RGB"))
+        else:
+            out.append(Image.fromarray(np.asarray(im, dtype=np.uint8)).convert("RGB"))
+    return out
+
+
+def check_pairs(images: Sequence, prompts: Sequence[str]) -> list[str]:
+    """The prompts as a list, checked to pair one to one with the images."""
+    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if len(prompts) != len(images):
+        raise ValueError(f"{len(images)} images but {len(prompts)} prompts: give one prompt per image")
+    return prompts
+
+
+@functools.lru_cache(maxsize=16)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, computed once per (path, size, mtime): checkpoints are gigabytes."""
+    st = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+class BatchedScorer:
+    """Base of the scorers: checks the pairs, converts to PIL, runs ``score_batch`` per batch.
+
+    ``weights_file`` (set by the loaders) is hashed into :meth:`weights_protocol`, so a stored
+    number names the exact checkpoint it came from.
+    """
+
+    batch_size: int = 32
+    weights_file: Path | None = None
+
+    def weights_protocol(self) -> dict:
+        """Hash of the checkpoint file and the library versions that ran it."""
+        import torch as _torch
+        import transformers
+
+        out = {"torch": _torch.__version__, "transformers": transformers.__version__}
+        if self.weights_file is not None:
+            out["weights_sha256"] = file_sha256(self.weights_file)
+        return out
+
+    def score_batch(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
+        """Scores of one batch of at most ``batch_size`` pairs."""
+        raise NotImplementedError
+
+    def __call__(self, images, prompts) -> torch.Tensor:
+        """One score per (image, prompt) pair, shape (B,), float32 on the CPU."""
+        pil = to_pil_images(images)
+        prompts = check_pairs(pil, prompts)
+        out = [
+            self.score_batch(pil[sl], prompts[sl]).float().cpu() for sl in batched(len(pil), self.batch_size)
+        ]
+        return torch.cat(out) if out else torch.zeros(0)
+
+
+class PreferenceMetric(Metric):
+    """A torchmetrics metric over a scorer ``(images, prompts) -> (B,) scores``; compute is the mean.
+
+    Give ``scorer=`` or the keyword arguments of the subclass's ``loader``; ``metric_kwargs``
+    go to ``torchmetrics.Metric``. Per-image scores stay available in ``self.scores`` (after
+    ``compute``, gathered across ranks) so that reports can show spreads and per-prompt values.
+    """
+
+    higher_is_better = True
+    is_differentiable = False
+    full_state_update = False
+    loader = None
+
+    def __init__(self, scorer=None, metric_kwargs: dict | None = None, **loader_kwargs):
+        super().__init__(**(metric_kwargs or {}))
+        self.scorer = scorer if scorer is not None else type(self).loader(**loader_kwargs)
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+
+    def update(self, images, prompts) -> None:
+        """Score a batch and keep its per-image scores."""
+        self.scores.append(self.scorer(images, prompts).float().to(self.device))
+
+    def compute(self) -> torch.Tensor:
+        """Mean score over every image seen (on every rank)."""
+        return dim_zero_cat(self.scores).mean()
+
+    def protocol(self) -> dict:
+        """The scorer's protocol (model, weights, preprocessing) to store beside the number."""
+        return self.scorer.protocol()
+
+
+def batched(n: int, batch_size: int):
+    """Slices of ``range(n)`` of at most ``batch_size``."""
+    for i in range(0, n, batch_size):
+        yield slice(i, min(i + batch_size, n))

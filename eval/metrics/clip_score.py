@@ -1,0 +1,171 @@
+"""CLIP score over open_clip backbones, batched, offline.
+
+The field's protocol (SenseFlow, DMD2, ...) is open_clip ViT-g-14 ``laion2b_s12b_b42k`` and
+the raw cosine between image and prompt embeddings (about 0.30-0.33). torchmetrics'
+``CLIPScore`` instead reports ``100 * cosine`` with OpenAI ViT-L/14 and slices long captions,
+so numbers from the two are not comparable: the scale and a prompt prefix are options here,
+and :meth:`OpenClipScorer.protocol` records them with the backbone and the weights file.
+
+Any open_clip model object can be scored (the embedded world trains a tiny one): build an
+:class:`OpenClipScorer` from the model, its tokenizer and its preprocessing.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from eval.metrics._preference import (
+    BatchedScorer,
+    PreferenceMetric,
+    autocast,
+    default_device,
+    require_file,
+    weights_root,
+)
+
+DEFAULT_MODEL = "ViT-g-14"
+DEFAULT_PRETRAINED = "laion2b_s12b_b42k"
+# The file name of the open_clip checkpoint in laion/CLIP-ViT-g-14-laion2B-s12B-b42K.
+CLIP_G14_FILE = "open_clip_pytorch_model.bin"
+WEIGHTS_PROFILE = "clip_score"
+
+
+def default_clip_checkpoint() -> Path:
+    """Where the ViT-g-14 laion2b_s12b_b42k checkpoint is expected."""
+    return weights_root() / "clip_score" / "CLIP-ViT-g-14-laion2B-s12B-b42K" / CLIP_G14_FILE
+
+
+class OpenClipScorer(BatchedScorer):
+    """Scores (image, prompt) pairs with an open_clip model: ``scale * cos(image, prefix + prompt)``.
+
+    ``preprocess`` maps one PIL image to a (3, S, S) tensor; ``tokenizer`` maps a list of
+    strings to token ids. The model runs in eval mode, without gradients, in batches of
+    ``batch_size``, under bf16 autocast on CUDA. A model given here is not moved, frozen or
+    left in eval mode (the embedded world scores a CLIP it is still training): without
+    ``device`` the scorer runs where the model's parameters are, and restores its mode.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Callable,
+        preprocess: Callable,
+        *,
+        scale: float = 1.0,
+        prefix: str = "",
+        batch_size: int = 32,
+        device: torch.device | str | None = None,
+        info: dict | None = None,
+    ):
+        if device is None:
+            param = next(model.parameters(), None)
+            self.device = param.device if param is not None else default_device()
+        else:
+            self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.tokenizer, self.preprocess = tokenizer, preprocess
+        self.scale, self.prefix, self.batch_size = float(scale), prefix, int(batch_size)
+        self.info = dict(info or {})
+
+    def protocol(self) -> dict:
+        """Backbone, weights, scale and prefix: what a CLIP-score number needs beside it."""
+        return {
+            "metric": "clip_scores",
+            **self.info,
+            "score": "cosine" if self.scale == 1.0 else f"{self.scale:g} * cosine",
+            "scale": self.scale,
+            "prefix": self.prefix,
+            **self.weights_protocol(),
+        }
+
+    def features(self, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """L2-normalised image and text embeddings, float32."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad(), autocast(self.device):
+                img = self.model.encode_image(pixels.to(self.device))
+                txt = self.model.encode_text(tokens.to(self.device))
+        finally:
+            self.model.train(was_training)
+        img, txt = img.float(), txt.float()
+        return img / img.norm(dim=-1, keepdim=True), txt / txt.norm(dim=-1, keepdim=True)
+
+    def score_batch(self, images, prompts) -> torch.Tensor:
+        """``scale * cosine`` of one batch."""
+        pixels = torch.stack([self.preprocess(im) for im in images])
+        img, txt = self.features(pixels, self.tokenizer([self.prefix + p for p in prompts]))
+        return (img * txt).sum(-1) * self.scale
+
+
+@functools.lru_cache(maxsize=4)
+def _load_open_clip(model_name: str, checkpoint: str, pretrained_tag: str, device: str):
+    import open_clip
+
+    # A file path carries no preprocessing config: take the published tag's (mean, std,
+    # interpolation, resize mode) so that the local file is preprocessed as the hub one would be.
+    pcfg = open_clip.get_pretrained_cfg(model_name, pretrained_tag) or {}
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        model_name,
+        pretrained=checkpoint,
+        image_mean=pcfg.get("mean"),
+        image_std=pcfg.get("std"),
+        image_interpolation=pcfg.get("interpolation"),
+        image_resize_mode=pcfg.get("resize_mode"),
+    )
+    return model.to(device).eval(), open_clip.get_tokenizer(model_name), preprocess
+
+
+def load_clip_scorer(
+    model_name: str = DEFAULT_MODEL,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    pretrained_tag: str = DEFAULT_PRETRAINED,
+    scale: float = 1.0,
+    prefix: str = "",
+    batch_size: int = 32,
+    device: torch.device | str | None = None,
+) -> OpenClipScorer:
+    """An :class:`OpenClipScorer` for an open_clip architecture and a LOCAL checkpoint file.
+
+    The model is loaded once per (architecture, file, device) and shared by later calls.
+    ``pretrained_tag`` only names the weights in the protocol.
+    """
+    path = require_file(checkpoint or default_clip_checkpoint(), WEIGHTS_PROFILE)
+    device = torch.device(device) if device is not None else default_device()
+    model, tokenizer, preprocess = _load_open_clip(model_name, str(path), pretrained_tag, str(device))
+    info = {"backbone": f"open_clip {model_name}", "pretrained": pretrained_tag, "weights": path.name}
+    return OpenClipScorer(
+        model,
+        tokenizer,
+        preprocess,
+        scale=scale,
+        prefix=prefix,
+        batch_size=batch_size,
+        device=device,
+        info=info,
+    )
+
+
+def clip_scores(images, prompts, **kwargs) -> torch.Tensor:
+    """Per-image CLIP scores, shape (B,); ``kwargs`` go to :func:`load_clip_scorer` (cached model)."""
+    return load_clip_scorer(**kwargs)(images, prompts)
+
+
+# the functional core under the common name, e.g. ``eval.metrics.hpsv2.score``
+score = clip_scores
+
+
+class CLIPScore(PreferenceMetric):
+    """CLIP score as a torchmetrics metric: ``update(images, prompts)``, ``compute()`` -> mean.
+
+    Pass ``scorer=`` (e.g. an :class:`OpenClipScorer` around any open_clip model) or the
+    keyword arguments of :func:`load_clip_scorer`.
+    """
+
+    loader = staticmethod(load_clip_scorer)
