@@ -212,3 +212,28 @@ def test_imagereward_matches_the_image_reward_package(tmp_path, monkeypatch, ima
     metric.update(images, PROMPTS)
     assert metric.compute().item() == pytest.approx(ref.mean().item(), abs=TOL)
     assert metric.protocol()["weights"] == "ImageReward.pt" and len(metric.protocol()["weights_sha256"]) == 64
+
+
+def test_scorer_metrics_run_through_senseflow_eval_evaluate(tiny_open_clip, tmp_path, world_dir):
+    import json
+
+    import open_clip
+
+    from eval import registry
+    from eval.evaluate import evaluate
+    from eval.metrics import OpenClipScorer
+    from eval.metrics._preference import register_scorer_metric
+    from senseflow.world.prompts import load_prompt_file
+    from tests.test_eval_cli import make_folder, rendered
+
+    assert {"clip_score", "hpsv2", "pickscore", "imagereward"} <= set(registry.known())
+    model, _, preprocess = open_clip.create_model_and_transforms(tiny_open_clip)
+    scorer = OpenClipScorer(model.eval(), open_clip.get_tokenizer(tiny_open_clip), preprocess)
+    register_scorer_metric("tiny_clip_score", lambda: scorer, "test/1")
+    records = load_prompt_file(world_dir / "prompts" / "test.jsonl")[:6]
+    folder = make_folder(tmp_path / "samples", records, rendered(records))
+    summary = evaluate(folder, ["tiny_clip_score"], tmp_path / "out", n_boot=50)
+    expected = scorer(np.stack(rendered(records)), [r.prompt for r in records]).mean().item()
+    got = json.loads((tmp_path / "out" / "summary.json").read_text())["metrics"]["tiny_clip_score"]
+    assert got["value"] == pytest.approx(expected, rel=1e-5)
+    assert got["protocol"]["version"] == "test/1" and summary

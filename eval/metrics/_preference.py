@@ -179,3 +179,32 @@ def batched(n: int, batch_size: int):
     """Slices of ``range(n)`` of at most ``batch_size``."""
     for i in range(0, n, batch_size):
         yield slice(i, min(i + batch_size, n))
+
+
+def register_scorer_metric(name: str, loader, version: str) -> None:
+    """Register ``name`` with ``senseflow-eval evaluate``: per-image scores of ``loader()``'s scorer.
+
+    The scorer is built when the metric first runs (weights read once); the protocol card
+    carries the scorer's own protocol (backbone, scale, prefix) and its checkpoint hash.
+    """
+    from eval.registry import MetricResult, protocol_card, register
+
+    def factory():
+        scorer = loader()
+
+        def metric(ctx) -> MetricResult:
+            prompts = [r["prompt"] for r in ctx.samples.records]
+            per_image = scorer(ctx.samples.images, prompts).numpy().astype(float)
+            info = scorer.protocol()
+            skip = ("torch", "transformers", "weights_sha256")
+            card = protocol_card(
+                ctx, metric=name, version=version,
+                backbone=str({k: v for k, v in info.items() if k not in skip}),
+                weights_sha256=info.get("weights_sha256", ""), image_count=len(per_image),
+                resize="the model's own preprocessing",
+            )  # fmt: skip
+            return MetricResult(card, higher_is_better=True, per_image=per_image)
+
+        return metric
+
+    register(name, factory)

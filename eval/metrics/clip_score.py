@@ -24,6 +24,7 @@ from eval.metrics._preference import (
     PreferenceMetric,
     autocast,
     default_device,
+    register_scorer_metric,
     require_file,
     weights_root,
 )
@@ -169,3 +170,7 @@ class CLIPScore(PreferenceMetric):
     """
 
     loader = staticmethod(load_clip_scorer)
+
+
+# `senseflow-eval evaluate --metrics clip_score`
+register_scorer_metric("clip_score", load_clip_scorer, "clip-score/1")

@@ -25,7 +25,13 @@ import torch
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from eval.metrics._preference import PreferenceMetric, default_device, require_file, weights_root
+from eval.metrics._preference import (
+    PreferenceMetric,
+    default_device,
+    register_scorer_metric,
+    require_file,
+    weights_root,
+)
 from eval.metrics.clip_score import OpenClipScorer
 
 HPS_FILES = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
@@ -125,3 +131,7 @@ class HPSv2Score(PreferenceMetric):
     """HPSv2 as a torchmetrics metric; keyword arguments go to :func:`load_hpsv2_scorer`."""
 
     loader = staticmethod(load_hpsv2_scorer)
+
+
+# `senseflow-eval evaluate --metrics hpsv2`
+register_scorer_metric("hpsv2", load_hpsv2_scorer, "hpsv2.1/1")

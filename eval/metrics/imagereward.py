@@ -34,6 +34,7 @@ from eval.metrics._preference import (
     PreferenceMetric,
     autocast,
     default_device,
+    register_scorer_metric,
     require_any,
     require_file,
     weights_root,
@@ -381,3 +382,7 @@ class ImageReward(PreferenceMetric):
     """ImageReward as a torchmetrics metric; keyword arguments go to :func:`load_imagereward_scorer`."""
 
     loader = staticmethod(load_imagereward_scorer)
+
+
+# `senseflow-eval evaluate --metrics imagereward`
+register_scorer_metric("imagereward", load_imagereward_scorer, "imagereward-1.0/1")
