@@ -109,6 +109,7 @@ def check_images(images: torch.Tensor, name: str = "images") -> torch.Tensor:
             f"{name} range is [{lo:.3g}, {hi:.3g}], expected [-1, 1] for float images: "
             "clamp decoded images or pass uint8"
         )
+    # quantise as a PNG would: in-memory samples and the same samples read from a folder score the same
     return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
