@@ -94,10 +94,10 @@ def _rank_worker(rank: int, store_path: str, out_path: str) -> None:
     metric = FID(ProbeFeatures(small_probe()))
     metric.update(fake[rank::2])  # each rank sees half of each set
     metric.update(real[rank::2], real=True)
-    value = float(metric.compute())
+    value, record = float(metric.compute()), metric.describe()  # both collectives: every rank calls them
     if rank == 0:
         with open(out_path, "w") as f:
-            json.dump({"fid": value}, f)
+            json.dump({"fid": value, "n": record["n_generated"]}, f)
     dist.destroy_process_group()
 
 
@@ -109,6 +109,7 @@ def test_states_reduce_across_two_gloo_processes(tmp_path):
     metric.update(scenes(48, 2))
     metric.update(scenes(40, 3), real=True)
     got = json.loads(out.read_text())
+    assert got["n"] == 48  # describe() reports counts summed over ranks
     assert got["fid"] == pytest.approx(float(metric.compute()), rel=1e-9)
 
 
@@ -135,6 +136,14 @@ def test_reference_cache_hit_miss_and_corruption(tmp_path, caplog):
     metric = FID(ext, reference=stats)
     metric.update(images)
     assert float(metric.compute()) == pytest.approx(0.0, abs=1e-6)
+    record = metric.describe()
+    assert record["extractor"] == "pool" and record["protocol"] == "resize=none"
+    assert (record["n_generated"], record["n_reference"]) == (32, 32)
+    assert (
+        record["reference_stats_sha256"]
+        == stats.sha256
+        == (tmp_path / "ref.npz.sha256").read_text().split()[0]
+    )
     with pytest.raises(UserError, match="this FID already has reference statistics"):
         metric.update(images, real=True)
     with pytest.raises(UserError, match="recompute them"):

@@ -424,6 +424,29 @@ class FID(Metric):
         n = int(round(float(getattr(self, f"{side}_n"))))
         return statistics_from_sums(getattr(self, f"{side}_sum"), getattr(self, f"{side}_outer"), n)
 
+    def describe(self) -> dict:
+        """The protocol to store next to a FID value: extractor, resize / crops, counts, reference, versions.
+
+        Counts are summed over ranks, like the value itself: under torch.distributed this is a
+        collective, to be called on every rank (as ``compute()`` is).
+        """
+        import torchmetrics
+
+        with self.sync_context():
+            n_gen, n_ref = int(round(float(self.fake_n))), int(round(float(self.real_n)))
+        ref = self.reference
+        return {
+            "metric": "fid",
+            "extractor": self.extractor_id,
+            "protocol": self.protocol,
+            "n_generated": n_gen,
+            "n_reference": ref.n if ref else n_ref,
+            "reference_images_sha256": ref.images_hash if ref else None,
+            "reference_stats_sha256": ref.sha256 if ref else None,
+            "torchmetrics": torchmetrics.__version__,
+            "torch": torch.__version__,
+        }
+
     def compute(self) -> torch.Tensor:
         """FID between everything added so far, as a float64 scalar tensor."""
         return torch.tensor(
