@@ -1,0 +1,591 @@
+"""FID as a torchmetrics metric with pluggable features, plus FID-T, patch FID and cached references.
+
+FID (Heusel et al. 2017) is the Fréchet distance between Gaussians fitted to features of two
+image sets (:mod:`eval.metrics.frechet`). The metric keeps running sums (sum of features, sum
+of outer products, count) in float64, so that the states reduce across ranks by a plain sum
+and batched accumulation equals one-shot computation.
+
+Feature extractors:
+
+- :class:`InceptionFeatures`: Inception-v3 with the TF-ported 2015-12-05 FID weights, read
+  from a local file (never downloaded), under an explicit resize protocol: ``"clean"``
+  (PIL bicubic resize of uint8 images to 299 on the CPU, Parmar et al. 2022) or
+  ``"torchmetrics"`` (antialiased bilinear tensor resize inside the extractor, torchmetrics
+  >= 1.8 default). The two give different numbers; the protocol is part of the extractor id.
+- :class:`ProbeFeatures`: the embedded world's attribute probe (its penultimate features).
+
+Variants: FID against real images, FID-T against teacher samples of the same prompts and
+seeds (:func:`check_pairing`), patch FID (:class:`PatchCrops`, 299x299 crops at full
+resolution). Reference statistics are cached by :func:`reference_statistics`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+from torchmetrics import Metric
+
+from eval.metrics.frechet import feature_statistics, frechet_distance
+from senseflow.errors import MissingArtefactError, UserError
+from senseflow.io import atomic_write_bytes, atomic_write_text
+from senseflow.samples import read_manifest
+
+log = logging.getLogger(__name__)
+
+INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+INCEPTION_SIZE = 299
+RESIZE_PROTOCOLS = ("clean", "torchmetrics")
+
+
+class FIDInputError(UserError, ValueError):
+    """Images or features handed to FID are unusable (dtype, shape, range, non-finite)."""
+
+
+# ----------------------------------------------------------------------------- functional core
+
+
+def statistics_from_sums(total: torch.Tensor, outer: torch.Tensor, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased covariance from running sums: ``mu = S / n``, ``C = (O - n mu mu^T) / (n - 1)``."""
+    if n < 2:
+        raise FIDInputError(f"FID needs at least 2 images per set, got {n}: update with more images")
+    s, o = total.detach().cpu().double().numpy(), outer.detach().cpu().double().numpy()
+    mu = s / n
+    sigma = (o - n * np.outer(mu, mu)) / (n - 1)
+    return mu, (sigma + sigma.T) / 2
+
+
+def fid_from_features(a, b) -> float:
+    """FID between two (N, D) feature sets (numpy or torch), in float64."""
+    return frechet_distance(
+        *feature_statistics(check_features(a, "a")), *feature_statistics(check_features(b, "b"))
+    )
+
+
+def check_features(features, name: str = "features") -> torch.Tensor:
+    """``features`` as a float64 (N, D) tensor; NaN / inf or a wrong shape raise :class:`FIDInputError`."""
+    f = torch.as_tensor(np.asarray(features) if not isinstance(features, torch.Tensor) else features)
+    f = f.detach().cpu().double()
+    if f.ndim != 2:
+        raise FIDInputError(f"{name} must be (N, D) features, got shape {tuple(f.shape)}")
+    bad = (~torch.isfinite(f)).any(dim=1)
+    if bad.any():
+        raise FIDInputError(
+            f"{name} has non-finite features (NaN or inf) in {int(bad.sum())} of {len(f)} rows "
+            f"(first row {int(bad.nonzero()[0])}): check the images and the extractor"
+        )
+    return f
+
+
+def check_images(images: torch.Tensor, name: str = "images") -> torch.Tensor:
+    """Validate a batch: (B, 3, H, W) uint8 in [0, 255] or floating in [-1, 1]; return it as uint8.
+
+    Floating images are the project's pixel space ([-1, 1]); anything else is refused with
+    the offending dtype, shape or range rather than silently rescaled, because a wrong
+    scale still gives a plausible-looking FID.
+    """
+    if not isinstance(images, torch.Tensor):
+        raise FIDInputError(f"{name} must be a torch.Tensor, got {type(images).__name__}")
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise FIDInputError(f"{name} must be (B, 3, H, W), got shape {tuple(images.shape)}")
+    if images.dtype == torch.uint8:
+        return images
+    if not images.is_floating_point():
+        raise FIDInputError(f"{name} has dtype {images.dtype}: pass uint8 [0, 255] or float [-1, 1]")
+    if not torch.isfinite(images).all():
+        raise FIDInputError(f"{name} has non-finite pixels (NaN or inf)")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < -1 - 1e-4 or hi > 1 + 1e-4:
+        raise FIDInputError(
+            f"{name} range is [{lo:.3g}, {hi:.3g}], expected [-1, 1] for float images: "
+            "clamp decoded images or pass uint8"
+        )
+    # quantise as a PNG would: in-memory samples and the same samples read from a folder score the same
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def images_hash(images: torch.Tensor) -> str:
+    """sha256 of a uint8 image batch (shape and bytes, in order): the identity of a reference set."""
+    u8 = check_images(images).cpu().contiguous()
+    h = hashlib.sha256(str(tuple(u8.shape)).encode())
+    h.update(u8.numpy().tobytes())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- feature extractors
+
+
+class FeatureExtractor(Protocol):
+    """Maps uint8 (B, 3, H, W) images to (B, dim) features; ``id`` names weights, ``resize`` protocol."""
+
+    id: str
+    dim: int
+    resize: str
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Features of a uint8 batch."""
+        ...
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def clean_resize(images: torch.Tensor, size: int = INCEPTION_SIZE) -> torch.Tensor:
+    """PIL bicubic resize of uint8 (B, 3, H, W) images to ``size`` x ``size`` on the CPU.
+
+    Clean-FID (Parmar et al. 2022): PIL's bicubic filter is properly antialiased, unlike the
+    tensor bilinear resizes of older FID code. The result stays uint8 because the Inception
+    extractor only takes uint8 (clean-fid keeps floats; rounding moves a pixel by <= 0.5/255).
+    """
+    out = [
+        np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC))
+        for img in images.permute(0, 2, 3, 1).cpu().numpy()
+    ]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+
+
+class InceptionFeatures:
+    """Inception-v3 pool features (2048-d) with the TF-ported FID weights from a local file.
+
+    ``resize``: ``"clean"`` (PIL bicubic to 299 first) or ``"torchmetrics"`` (the
+    extractor's own antialiased bilinear resize). Needs ``torch-fidelity`` (the network
+    definition that torchmetrics wraps).
+    """
+
+    dim = 2048
+
+    def __init__(
+        self,
+        weights_path: str | Path,
+        *,
+        resize: str = "clean",
+        device: str | torch.device = "cpu",
+        batch_size: int = 32,
+    ):
+        if resize not in RESIZE_PROTOCOLS:
+            raise UserError(
+                f"unknown FID resize protocol {resize!r}: use one of {', '.join(RESIZE_PROTOCOLS)}"
+            )
+        path = Path(weights_path)
+        if not path.is_file():
+            raise MissingArtefactError(
+                f"Inception FID weights missing at {path}: put {INCEPTION_WEIGHTS_FILE} there (TF Inception "
+                "2015-12-05 ported by pytorch-fid, release 'fid_weights'; torch-fidelity ships the same "
+                "weights as weights-inception-2015-12-05-6726825d.pth), e.g. with `senseflow weights fetch`"
+            )
+        try:
+            from torchmetrics.image.fid import NoTrainInceptionV3
+            from torchmetrics.utilities.imports import _TORCH_FIDELITY_AVAILABLE
+        except ImportError as exc:  # pragma: no cover - torchmetrics is a hard dependency
+            raise UserError(f"torchmetrics image metrics unavailable ({exc})") from exc
+        if not _TORCH_FIDELITY_AVAILABLE:
+            raise UserError(
+                "the Inception FID extractor needs torch-fidelity: pip install torch-fidelity==0.4.0"
+            )
+        try:
+            self.net = NoTrainInceptionV3(
+                name="inception-v3-compat",
+                features_list=[str(self.dim)],
+                feature_extractor_weights_path=str(path),
+                antialias=True,
+            )
+        except Exception as exc:  # a corrupt or foreign file: name it
+            raise UserError(
+                f"{path} is not a usable Inception FID state dict ({exc}): fetch it again"
+            ) from exc
+        self.net.to(device)
+        self.device = torch.device(device)
+        self.resize = resize
+        self.batch_size = batch_size
+        self.weights_path = path
+        self.id = f"inception-v3-tf-2015-12-05:{_file_sha256(path)[:16]}"
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """2048-d features of uint8 (B, 3, H, W) images at any resolution."""
+        outs = []
+        for i in range(0, len(images), self.batch_size):
+            x = images[i : i + self.batch_size]
+            if self.resize == "clean":
+                # at 299 the extractor's own bilinear resize is the identity
+                x = clean_resize(x)
+            outs.append(self.net(x.to(self.device)).double().cpu())
+        return torch.cat(outs)
+
+
+class ProbeFeatures:
+    """The embedded world's attribute probe: penultimate features (the embedded FID space)."""
+
+    def __init__(self, probe, batch_size: int = 512):
+        from senseflow.world.probes import AttributeProbe
+
+        if not isinstance(probe, AttributeProbe):
+            raise UserError(f"ProbeFeatures needs an AttributeProbe, got {type(probe).__name__}")
+        self.probe = probe
+        self.batch_size = batch_size
+        self.dim = probe.embed[1].out_features
+        self.resize = "none"  # the probe pools adaptively; the world's images are its training size
+        h = hashlib.sha256()
+        for k, v in sorted(probe.state_dict().items()):
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+        self.id = f"probe:{h.hexdigest()[:16]}"
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Features of uint8 (B, 3, H, W) images (converted to the probe's [-1, 1])."""
+        from senseflow.world.probes import run_probe
+
+        x = images.float() / 127.5 - 1.0
+        return run_probe(self.probe, x, batch_size=self.batch_size).features.double()
+
+
+# ----------------------------------------------------------------------------- patch crops
+
+
+@dataclass(frozen=True)
+class PatchCrops:
+    """Crops taken at full resolution before feature extraction (patch FID, DMD2).
+
+    ``mode``: ``"center"`` (one centre crop), ``"grid"`` (``ceil(H/size) x ceil(W/size)`` crops
+    spread evenly over the image, covering it) or ``"random"`` (``per_image`` crops whose
+    offsets come from ``seed`` and a hash of the image, so they do not depend on batching
+    or on which rank sees the image).
+    """
+
+    mode: str = "center"
+    size: int = INCEPTION_SIZE
+    per_image: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in ("center", "grid", "random"):
+            raise UserError(f"unknown patch mode {self.mode!r}: use center, grid or random")
+
+    @property
+    def id(self) -> str:
+        """The crop protocol as a string (part of the reference-statistics key)."""
+        extra = f",n={self.per_image},seed={self.seed}" if self.mode == "random" else ""
+        return f"patch={self.mode}{self.size}{extra}"
+
+    def _offsets(self, img: torch.Tensor) -> list[tuple[int, int]]:
+        h, w = img.shape[-2:]
+        s = self.size
+        if self.mode == "center":
+            return [((h - s) // 2, (w - s) // 2)]
+        if self.mode == "grid":
+            ys = np.linspace(0, h - s, -(-h // s)).round().astype(int)
+            xs = np.linspace(0, w - s, -(-w // s)).round().astype(int)
+            return [(int(y), int(x)) for y in ys for x in xs]
+        digest = hashlib.sha256(img.contiguous().numpy().tobytes()).digest()
+        rng = np.random.default_rng([self.seed, int.from_bytes(digest[:8], "little")])
+        return [
+            (int(rng.integers(0, h - s + 1)), int(rng.integers(0, w - s + 1))) for _ in range(self.per_image)
+        ]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """All crops of a uint8 batch, image by image."""
+        h, w = images.shape[-2:]
+        if h < self.size or w < self.size:
+            raise FIDInputError(
+                f"patch FID needs images of at least {self.size}x{self.size}, got {h}x{w}: "
+                "use whole-image FID for small images or a smaller patch size"
+            )
+        crops = [
+            img[:, y : y + self.size, x : x + self.size]
+            for img in images.cpu()
+            for y, x in self._offsets(img)
+        ]
+        return torch.stack(crops)
+
+
+# ----------------------------------------------------------------------------- the metric
+
+
+@dataclass
+class ReferenceStats:
+    """Gaussian statistics of a reference set and what they were computed with."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+    n: int
+    extractor_id: str
+    protocol: str
+    images_hash: str
+    sha256: str = ""  # of the cached .npz file
+    from_cache: bool = False
+
+
+class FID(Metric):
+    """Fréchet distance between generated and reference images in a pluggable feature space.
+
+    ``update(images)`` adds generated images, ``update(images, real=True)`` (or
+    ``update_reference``) reference images; ``reference=`` supplies precomputed
+    :class:`ReferenceStats` instead. Images: (B, 3, H, W) uint8 or float in [-1, 1].
+    ``patches`` turns it into patch FID. States are float64 running sums reduced by sum
+    across ranks.
+    """
+
+    higher_is_better = False
+    is_differentiable = False
+    full_state_update = False
+
+    def __init__(
+        self,
+        extractor: Callable[[torch.Tensor], torch.Tensor],
+        *,
+        dim: int | None = None,
+        patches: PatchCrops | None = None,
+        reference: ReferenceStats | None = None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.extractor = extractor
+        self.patches = patches
+        d = dim if dim is not None else getattr(extractor, "dim", None)
+        if d is None:
+            raise UserError("FID needs the feature dimension: pass dim= or an extractor with a .dim")
+        self.dim = int(d)
+        if reference is not None and (reference.extractor_id, reference.protocol) != (
+            self.extractor_id,
+            self.protocol,
+        ):
+            raise UserError(
+                f"reference statistics were computed with {reference.extractor_id} ({reference.protocol}), "
+                f"this metric uses {self.extractor_id} ({self.protocol}): recompute them"
+            )
+        self.reference = reference
+        for side in ("fake", "real"):
+            self.add_state(f"{side}_sum", torch.zeros(self.dim, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(
+                f"{side}_outer", torch.zeros(self.dim, self.dim, dtype=torch.float64), dist_reduce_fx="sum"
+            )
+            self.add_state(f"{side}_n", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+
+    @property
+    def extractor_id(self) -> str:
+        """The extractor's id (its weights), or its type name for a plain callable."""
+        return getattr(self.extractor, "id", type(self.extractor).__name__)
+
+    @property
+    def protocol(self) -> str:
+        """Resize and crop protocol, e.g. ``resize=clean`` or ``resize=clean;patch=grid299``."""
+        resize = f"resize={getattr(self.extractor, 'resize', 'none')}"
+        return resize + (f";{self.patches.id}" if self.patches else "")
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Validated features of an image batch (crops first for patch FID)."""
+        x = check_images(images)
+        if self.patches is not None:
+            x = self.patches(x)
+        return check_features(self.extractor(x), "extracted features")
+
+    def update(self, images: torch.Tensor | None = None, real: bool = False, *, features=None) -> None:
+        """Add a batch of generated images (reference images with ``real=True``) or their ``features``."""
+        if (images is None) == (features is None):
+            raise UserError("FID.update takes images or features=, exactly one of them")
+        if real and self.reference is not None:
+            raise UserError("this FID already has reference statistics: do not add reference images too")
+        f = self.features(images) if features is None else check_features(features)
+        if f.shape[1] != self.dim:
+            raise FIDInputError(f"features have dimension {f.shape[1]}, the metric expects {self.dim}")
+        f = f.to(self.fake_sum.device)
+        side = "real" if real else "fake"
+        setattr(self, f"{side}_sum", getattr(self, f"{side}_sum") + f.sum(0))
+        setattr(self, f"{side}_outer", getattr(self, f"{side}_outer") + f.T @ f)
+        setattr(self, f"{side}_n", getattr(self, f"{side}_n") + len(f))
+
+    def update_reference(self, images: torch.Tensor) -> None:
+        """Add a batch of reference images."""
+        self.update(images, real=True)
+
+    def update_features(self, features, real: bool = False) -> None:
+        """Add precomputed (N, dim) features (through :meth:`update`, so compute() is not stale)."""
+        self.update(features=features, real=real)
+
+    def statistics(self, real: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(mu, sigma) of one side from the (synchronised) running sums."""
+        if real and self.reference is not None:
+            return self.reference.mu, self.reference.sigma
+        side = "real" if real else "fake"
+        n = int(round(float(getattr(self, f"{side}_n"))))
+        return statistics_from_sums(getattr(self, f"{side}_sum"), getattr(self, f"{side}_outer"), n)
+
+    def describe(self) -> dict:
+        """The protocol to store next to a FID value: extractor, resize / crops, counts, reference, versions.
+
+        Counts are summed over ranks, like the value itself: under torch.distributed this is a
+        collective, to be called on every rank (as ``compute()`` is).
+        """
+        import torchmetrics
+
+        with self.sync_context():
+            n_gen, n_ref = int(round(float(self.fake_n))), int(round(float(self.real_n)))
+        ref = self.reference
+        return {
+            "metric": "fid",
+            "extractor": self.extractor_id,
+            "protocol": self.protocol,
+            "n_generated": n_gen,
+            "n_reference": ref.n if ref else n_ref,
+            "reference_images_sha256": ref.images_hash if ref else None,
+            "reference_stats_sha256": ref.sha256 if ref else None,
+            "torchmetrics": torchmetrics.__version__,
+            "torch": torch.__version__,
+        }
+
+    def compute(self) -> torch.Tensor:
+        """FID between everything added so far, as a float64 scalar tensor."""
+        return torch.tensor(
+            frechet_distance(*self.statistics(False), *self.statistics(True)), dtype=torch.float64
+        )
+
+
+# ----------------------------------------------------------------------------- folders, FID-T, cache
+
+
+def iter_folder_images(folder: str | Path, batch_size: int = 256) -> Iterable[torch.Tensor]:
+    """uint8 (B, 3, H, W) batches of a sample folder, in manifest order (never all in memory)."""
+    folder = Path(folder)
+    records = read_manifest(folder)
+    if not records:
+        raise MissingArtefactError(f"{folder / 'manifest.jsonl'} is missing or empty: generate samples first")
+    for i in range(0, len(records), batch_size):
+        arrays = [
+            np.asarray(Image.open(folder / r["file"]).convert("RGB")) for r in records[i : i + batch_size]
+        ]
+        yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+
+def folder_hash(folder: str | Path) -> str:
+    """sha256 over (file name, sha256 of its bytes) of a sample folder, in manifest order."""
+    folder = Path(folder)
+    h = hashlib.sha256()
+    for r in read_manifest(folder):
+        h.update(f"{r['file']}:{_file_sha256(folder / r['file'])}\n".encode())
+    return h.hexdigest()
+
+
+def check_pairing(generated: str | Path, teacher: str | Path) -> int:
+    """FID-T pairing: both manifests hold the same prompt ids, each with the same prompt and seed.
+
+    Returns the number of pairs; the first mismatch raises :class:`UserError` naming it.
+    """
+    gen = {r["id"]: r for r in read_manifest(generated)}
+    ref = {r["id"]: r for r in read_manifest(teacher)}
+    if not gen or not ref:
+        empty = generated if not gen else teacher
+        raise MissingArtefactError(
+            f"{Path(empty) / 'manifest.jsonl'} is missing or empty: generate samples first"
+        )
+    if gen.keys() != ref.keys():
+        only = sorted(gen.keys() ^ ref.keys())
+        raise UserError(
+            f"FID-T pairs by prompt id, but {len(only)} ids are in only one of {generated} and {teacher} "
+            f"(e.g. {only[0]}): sample both on the same prompt list"
+        )
+    for pid, g in gen.items():
+        for key in ("prompt", "seed"):
+            if g.get(key) != ref[pid].get(key):
+                raise UserError(
+                    f"FID-T pairing: prompt id {pid} has {key} {g.get(key)!r} in {generated} but "
+                    f"{ref[pid].get(key)!r} in {teacher}: sample both with the same prompts and base seed"
+                )
+    return len(gen)
+
+
+def fid_t(generated: str | Path, teacher: str | Path, extractor, *, batch_size: int = 256) -> float:
+    """FID-T (SenseFlow): FID of a sample folder against teacher samples of the same prompts and seeds."""
+    check_pairing(generated, teacher)
+    metric = FID(extractor)
+    for batch in iter_folder_images(generated, batch_size):
+        metric.update(batch)
+    for batch in iter_folder_images(teacher, batch_size):
+        metric.update(batch, real=True)
+    return float(metric.compute())
+
+
+def _npz_bytes(stats: ReferenceStats) -> bytes:
+    buf = io.BytesIO()
+    meta = {"extractor_id": stats.extractor_id, "protocol": stats.protocol, "images_hash": stats.images_hash}
+    np.savez(buf, mu=stats.mu, sigma=stats.sigma, n=np.int64(stats.n), meta=np.array(json.dumps(meta)))
+    return buf.getvalue()
+
+
+def _load_cache(path: Path, key: dict[str, str]) -> ReferenceStats | None:
+    """The cached statistics if they match protocol and image set and the file is intact, else None."""
+    sidecar = path.with_name(path.name + ".sha256")
+    if not path.is_file():
+        return None
+    sha = _file_sha256(path)
+    recorded = sidecar.read_text().split()[0] if sidecar.is_file() else ""
+    if sha != recorded:
+        log.warning("%s: sha256 %s does not match %s; recomputing", path, sha[:12], sidecar)
+        return None
+    with np.load(path) as z:
+        meta = json.loads(str(z["meta"]))
+        stats = ReferenceStats(
+            z["mu"],
+            z["sigma"],
+            int(z["n"]),
+            meta["extractor_id"],
+            meta["protocol"],
+            meta["images_hash"],
+            sha,
+            True,
+        )
+    for field, want in key.items():
+        if getattr(stats, field) != want:
+            log.warning(
+                "%s: cached %s %r differs from %r; recomputing", path, field, getattr(stats, field), want
+            )
+            return None
+    return stats
+
+
+def reference_statistics(
+    images: torch.Tensor | str | Path,
+    extractor,
+    cache: str | Path,
+    *,
+    patches: PatchCrops | None = None,
+    batch_size: int = 256,
+) -> ReferenceStats:
+    """Reference statistics of an image tensor or sample folder, cached in ``cache`` (.npz).
+
+    The .npz holds mu, sigma, n, the extractor id, the resize / crop protocol and the hash
+    of the image set; ``<cache>.sha256`` records the file's own sha256. A cache whose
+    protocol or image hash differs, or whose bytes do not match the recorded sha256, is
+    recomputed and overwritten, never reused.
+    """
+    cache = Path(cache)
+    metric = FID(extractor, patches=patches)
+    is_folder = isinstance(images, (str, Path))
+    want_hash = folder_hash(images) if is_folder else images_hash(images)
+    key = {"extractor_id": metric.extractor_id, "protocol": metric.protocol, "images_hash": want_hash}
+    hit = _load_cache(cache, key)
+    if hit is not None:
+        return hit
+    batches = iter_folder_images(images, batch_size) if is_folder else images.split(batch_size)
+    for batch in batches:
+        metric.update(batch, real=True)
+    mu, sigma = metric.statistics(real=True)
+    stats = ReferenceStats(mu, sigma, int(metric.real_n), **key)
+    data = _npz_bytes(stats)
+    stats.sha256 = hashlib.sha256(data).hexdigest()
+    atomic_write_bytes(cache, data)
+    atomic_write_text(cache.with_name(cache.name + ".sha256"), f"{stats.sha256}  {cache.name}\n")
+    return stats

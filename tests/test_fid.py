@@ -1,0 +1,280 @@
+"""FID metric: independent scipy reference, self-distance, two-rank reduction, cache, variants, bad input."""
+
+import json
+from unittest import mock
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from eval.metrics import (
+    FID,
+    FIDInputError,
+    InceptionFeatures,
+    PatchCrops,
+    ProbeFeatures,
+    check_pairing,
+    fid_from_features,
+    fid_t,
+    reference_statistics,
+)
+from senseflow.errors import MissingArtefactError, UserError
+from senseflow.samples import png_bytes, write_manifest
+from senseflow.world.probes import AttributeProbe
+from senseflow.world.scenes import sample_batch, to_tensor_range
+
+
+def scipy_fid(a: np.ndarray, b: np.ndarray) -> float:
+    """The textbook formula, written independently: sqrtm of the product, real part."""
+    m1, m2 = a.mean(0), b.mean(0)
+    s1, s2 = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    return float(((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real))
+
+
+class PoolFeatures:
+    """A cheap deterministic extractor: 2x2 average-pooled pixels in [0, 1] (12-d); counts its calls.
+
+    Fewer dimensions than images, so covariances have full rank and FID(x, x) is 0 to round-off.
+    """
+
+    dim, resize = 12, "none"
+
+    def __init__(self, tag: str = "pool"):
+        self.id, self.calls = tag, 0
+
+    def __call__(self, images):
+        self.calls += 1
+        return torch.nn.functional.adaptive_avg_pool2d(images.double() / 255, 2).flatten(1)
+
+
+def scenes(n: int, seed: int) -> torch.Tensor:
+    images, _ = sample_batch(np.random.default_rng(seed), n, resolution=16, digit_counts={1: 0.5, 2: 0.5})
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+
+def small_probe() -> AttributeProbe:
+    torch.manual_seed(0)
+    return AttributeProbe(width=8, feature_dim=16).eval()
+
+
+# ----------------------------------------------------------------------------- maths
+
+
+def test_matches_independent_scipy_fid_batched_and_one_shot():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(300, 16))
+    b = rng.normal(size=(260, 16)) @ rng.normal(size=(16, 16)) * 0.3 + 0.5
+    ref = scipy_fid(a, b)
+    metric = FID(PoolFeatures(), dim=16)
+    for chunk in np.array_split(a, 7):
+        metric.update_features(chunk)
+    for chunk in np.array_split(b, 3):
+        metric.update_features(torch.from_numpy(chunk).float().double(), real=True)
+    assert float(metric.compute()) == pytest.approx(ref, rel=1e-6)
+    assert fid_from_features(a, b) == pytest.approx(ref, rel=1e-6)
+
+
+def test_fid_of_a_set_against_itself_is_zero_with_probe_features():
+    images = scenes(64, 1)
+    metric = FID(ProbeFeatures(small_probe()))
+    metric.update(images)
+    metric.update_reference(to_tensor_range(images.permute(0, 2, 3, 1).numpy()))  # float [-1, 1] form
+    assert float(metric.compute()) == pytest.approx(0.0, abs=1e-6)
+    assert metric.higher_is_better is False
+    metric.reset()
+    assert float(metric.fake_n) == 0 and float(metric.real_sum.abs().sum()) == 0
+
+
+def _rank_worker(rank: int, store_path: str, out_path: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=2)
+    fake, real = scenes(48, 2), scenes(40, 3)
+    metric = FID(ProbeFeatures(small_probe()))
+    metric.update(fake[rank::2])  # each rank sees half of each set
+    metric.update(real[rank::2], real=True)
+    value, record = float(metric.compute()), metric.describe()  # both collectives: every rank calls them
+    if rank == 0:
+        with open(out_path, "w") as f:
+            json.dump({"fid": value, "n": record["n_generated"]}, f)
+    dist.destroy_process_group()
+
+
+def test_states_reduce_across_two_gloo_processes(tmp_path):
+    out = tmp_path / "fid.json"
+    # spawn, not fork: a forked child of a process that already ran torch ops can hang in gloo
+    mp.spawn(_rank_worker, args=(str(tmp_path / "store"), str(out)), nprocs=2, join=True)
+    metric = FID(ProbeFeatures(small_probe()))
+    metric.update(scenes(48, 2))
+    metric.update(scenes(40, 3), real=True)
+    got = json.loads(out.read_text())
+    assert got["n"] == 48  # describe() reports counts summed over ranks
+    assert got["fid"] == pytest.approx(float(metric.compute()), rel=1e-9)
+
+
+# ----------------------------------------------------------------------------- reference cache
+
+
+def test_reference_cache_hit_miss_and_corruption(tmp_path, caplog):
+    images, cache = scenes(32, 4), tmp_path / "ref.npz"
+    ext = PoolFeatures()
+    first = reference_statistics(images, ext, cache, batch_size=8)
+    assert not first.from_cache and ext.calls == 4 and first.n == 32
+    assert (tmp_path / "ref.npz.sha256").read_text().split()[0] == first.sha256
+    again = reference_statistics(images, ext, cache)
+    assert again.from_cache and ext.calls == 4 and again.sha256 == first.sha256
+    np.testing.assert_array_equal(again.sigma, first.sigma)
+    # each part of the key invalidates: another image set, another extractor, another crop protocol
+    assert not reference_statistics(scenes(32, 5), ext, cache).from_cache
+    assert not reference_statistics(scenes(32, 5), PoolFeatures("other"), cache).from_cache
+    cache.write_bytes(cache.read_bytes()[:-1] + b"x")  # bytes no longer match the recorded sha256
+    assert not reference_statistics(scenes(32, 5), PoolFeatures("other"), cache).from_cache
+    assert "recomputing" in caplog.text
+    # the cached reference plugs into the metric, which refuses a mismatched one
+    stats = reference_statistics(images, ext, cache)
+    metric = FID(ext, reference=stats)
+    metric.update(images)
+    assert float(metric.compute()) == pytest.approx(0.0, abs=1e-6)
+    record = metric.describe()
+    assert record["extractor"] == "pool" and record["protocol"] == "resize=none"
+    assert (record["n_generated"], record["n_reference"]) == (32, 32)
+    assert (
+        record["reference_stats_sha256"]
+        == stats.sha256
+        == (tmp_path / "ref.npz.sha256").read_text().split()[0]
+    )
+    with pytest.raises(UserError, match="this FID already has reference statistics"):
+        metric.update(images, real=True)
+    with pytest.raises(UserError, match="recompute them"):
+        FID(PoolFeatures("other"), reference=stats)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize(
+    ("images", "match"),
+    [
+        (torch.zeros(2, 3, 8, 8, dtype=torch.int64), "dtype torch.int64"),
+        (torch.zeros(2, 1, 8, 8), r"must be \(B, 3, H, W\), got shape \(2, 1, 8, 8\)"),
+        (torch.zeros(8, 8, 3, dtype=torch.uint8), r"got shape \(8, 8, 3\)"),
+        (torch.full((2, 3, 8, 8), 255.0), r"range is \[255, 255\], expected \[-1, 1\]"),
+        (torch.full((2, 3, 8, 8), float("nan")), "non-finite pixels"),
+    ],
+)
+def test_bad_images_are_named(images, match):
+    with pytest.raises(FIDInputError, match=match):
+        FID(PoolFeatures()).update(images)
+
+
+def test_bad_features_are_named():
+    feats = np.ones((4, 12))
+    feats[2, 5] = np.nan
+    with pytest.raises(FIDInputError, match=r"non-finite features .* 1 of 4 rows \(first row 2\)"):
+        FID(PoolFeatures()).update_features(feats)
+    with pytest.raises(FIDInputError, match="dimension 5, the metric expects 12"):
+        FID(PoolFeatures()).update_features(np.ones((4, 5)))
+    with pytest.raises(FIDInputError, match="at least 2 images"):
+        metric = FID(PoolFeatures())
+        metric.update_features(np.ones((1, 12)))
+        metric.update_features(np.ones((3, 12)), real=True)
+        metric.compute()
+
+
+# ----------------------------------------------------------------------------- patch FID
+
+
+def test_patch_crops_grid_random_and_small_images():
+    images = torch.randint(
+        0, 256, (2, 3, 320, 700), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    grid = PatchCrops("grid", size=299)(images)
+    assert grid.shape == (2 * 2 * 3, 3, 299, 299)  # ceil(320/299) x ceil(700/299) per image
+    torch.testing.assert_close(grid[5], images[0, :, 21:, 401:])  # last tile touches the corner
+    rand = PatchCrops("random", per_image=3, seed=1)
+    one_by_one = torch.cat([rand(images[i : i + 1]) for i in range(2)])
+    torch.testing.assert_close(rand(images), one_by_one)  # offsets do not depend on batching
+    assert not torch.equal(rand(images), PatchCrops("random", per_image=3, seed=2)(images))
+    assert PatchCrops("center")(images).shape == (2, 3, 299, 299)
+    with pytest.raises(FIDInputError, match="at least 299x299, got 16x16"):
+        FID(PoolFeatures(), patches=PatchCrops("grid")).update(scenes(2, 0))
+    with pytest.raises(UserError, match="unknown patch mode 'tiles'"):
+        PatchCrops("tiles")
+
+
+# ----------------------------------------------------------------------------- FID-T pairing
+
+
+def _folder(path, images, seeds, prompts=None):
+    path.mkdir()
+    records = []
+    for i, (img, seed) in enumerate(zip(images.permute(0, 2, 3, 1).numpy(), seeds, strict=True)):
+        (path / f"p{i}.png").write_bytes(png_bytes(img))
+        prompt = prompts[i] if prompts else f"prompt {i}"
+        records.append({"id": f"p{i}", "prompt": prompt, "seed": seed, "file": f"p{i}.png"})
+    write_manifest(path, records)
+    return path
+
+
+def test_fid_t_pairs_by_prompt_id_and_seed(tmp_path):
+    seeds = list(range(16))
+    student = _folder(tmp_path / "student", scenes(16, 6), seeds)
+    teacher = _folder(tmp_path / "teacher", scenes(16, 7), seeds)
+    assert check_pairing(student, teacher) == 16
+    ext = PoolFeatures()
+    assert fid_t(student, teacher, ext, batch_size=5) == pytest.approx(
+        fid_from_features(ext(scenes(16, 6)), ext(scenes(16, 7))), rel=1e-6
+    )
+    other_seed = _folder(tmp_path / "seed", scenes(16, 6), [*seeds[:3], 99, *seeds[4:]])
+    with pytest.raises(UserError, match="prompt id p3 has seed 99 in .*seed but 3 in .*teacher"):
+        fid_t(other_seed, teacher, ext)
+    fewer = _folder(tmp_path / "fewer", scenes(15, 6), seeds[:15])
+    with pytest.raises(UserError, match="1 ids are in only one of .* \\(e.g. p15\\)"):
+        check_pairing(fewer, teacher)
+    with pytest.raises(MissingArtefactError, match="manifest.jsonl is missing"):
+        check_pairing(tmp_path / "nowhere", teacher)
+
+
+# ----------------------------------------------------------------------------- Inception
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory):
+    """Random-init Inception weights saved to a local file (the real file is never downloaded)."""
+    fe = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
+    torch.manual_seed(0)
+    # the constructor always loads a state dict: skip that to keep the random initialisation
+    with (
+        mock.patch.object(fe, "load_state_dict_from_url", lambda *a, **k: {}),
+        mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None),
+    ):
+        net = fe.FeatureExtractorInceptionV3("inception", ["2048"])
+    path = tmp_path_factory.mktemp("weights") / "pt_inception-2015-12-05-6726825d.pth"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def test_inception_reads_the_local_file_and_resize_protocols_differ(inception_weights):
+    image = torch.randint(
+        0, 256, (1, 3, 40, 40), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    clean = InceptionFeatures(inception_weights, resize="clean")
+    bilinear = InceptionFeatures(inception_weights, resize="torchmetrics")
+    state = torch.load(inception_weights)
+    torch.testing.assert_close(
+        clean.net.Mixed_7c.branch_pool.conv.weight, state["Mixed_7c.branch_pool.conv.weight"]
+    )
+    a, b = clean(image), bilinear(image)
+    assert a.shape == (1, 2048) and torch.isfinite(a).all()
+    torch.testing.assert_close(clean(image), a, rtol=0, atol=0)
+    torch.testing.assert_close(bilinear(image), b, rtol=0, atol=0)
+    assert not torch.allclose(a, b, rtol=1e-3, atol=0)  # random weights: tiny features, so relative
+    assert FID(clean).protocol == "resize=clean" and FID(bilinear).protocol == "resize=torchmetrics"
+
+
+def test_inception_missing_weights_and_bad_protocol(tmp_path):
+    with pytest.raises(MissingArtefactError, match=r"missing at .*nowhere\.pth: put pt_inception-2015-12-05"):
+        InceptionFeatures(tmp_path / "nowhere.pth")
+    with pytest.raises(UserError, match="unknown FID resize protocol 'lanczos'"):
+        InceptionFeatures(tmp_path / "nowhere.pth", resize="lanczos")
