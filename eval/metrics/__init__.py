@@ -1,54 +1,48 @@
-"""Metric functions and classes of the evaluation suite."""
+"""Metric functions and classes of the evaluation suite.
 
-from eval.metrics.clip_score import CLIPScore, OpenClipScorer, clip_scores, load_clip_scorer
-from eval.metrics.fid import (
-    FID,
-    FIDInputError,
-    InceptionFeatures,
-    PatchCrops,
-    ProbeFeatures,
-    ReferenceStats,
-    check_pairing,
-    fid_from_features,
-    fid_t,
-    reference_statistics,
-)
-from eval.metrics.frechet import feature_statistics, frechet_distance
-from eval.metrics.hpsv2 import HPSv2Score, hpsv2_scores, load_hpsv2_scorer
-from eval.metrics.imagereward import (
-    ImageReward,
-    ImageRewardScorer,
-    imagereward_scores,
-    load_imagereward_scorer,
-)
-from eval.metrics.pickscore import PickScore, PickScoreScorer, load_pickscore_scorer, pickscores
+Names are imported lazily (PEP 562): ``from eval.metrics import frechet_distance`` must not
+pay for open_clip, transformers and torch-fidelity, which the learned metrics import.
+"""
 
-__all__ = [
-    "CLIPScore",
-    "FID",
-    "FIDInputError",
-    "HPSv2Score",
-    "ImageReward",
-    "ImageRewardScorer",
-    "InceptionFeatures",
-    "OpenClipScorer",
-    "PatchCrops",
-    "PickScore",
-    "PickScoreScorer",
-    "ProbeFeatures",
-    "ReferenceStats",
-    "check_pairing",
-    "clip_scores",
-    "feature_statistics",
-    "fid_from_features",
-    "fid_t",
-    "frechet_distance",
-    "hpsv2_scores",
-    "imagereward_scores",
-    "load_clip_scorer",
-    "load_hpsv2_scorer",
-    "load_imagereward_scorer",
-    "load_pickscore_scorer",
-    "pickscores",
-    "reference_statistics",
-]
+from __future__ import annotations
+
+import importlib
+
+# public name -> submodule that defines it
+_WHERE = {
+    "CLIPScore": "clip_score",
+    "OpenClipScorer": "clip_score",
+    "clip_scores": "clip_score",
+    "load_clip_scorer": "clip_score",
+    "FID": "fid",
+    "FIDInputError": "fid",
+    "InceptionFeatures": "fid",
+    "PatchCrops": "fid",
+    "ProbeFeatures": "fid",
+    "ReferenceStats": "fid",
+    "check_pairing": "fid",
+    "fid_from_features": "fid",
+    "fid_t": "fid",
+    "reference_statistics": "fid",
+    "feature_statistics": "frechet",
+    "frechet_distance": "frechet",
+    "HPSv2Score": "hpsv2",
+    "hpsv2_scores": "hpsv2",
+    "load_hpsv2_scorer": "hpsv2",
+    "ImageReward": "imagereward",
+    "ImageRewardScorer": "imagereward",
+    "imagereward_scores": "imagereward",
+    "load_imagereward_scorer": "imagereward",
+    "PickScore": "pickscore",
+    "PickScoreScorer": "pickscore",
+    "load_pickscore_scorer": "pickscore",
+    "pickscores": "pickscore",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"eval.metrics.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'eval.metrics' has no attribute {name!r}")
