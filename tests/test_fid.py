@@ -278,3 +278,33 @@ def test_inception_missing_weights_and_bad_protocol(tmp_path):
         InceptionFeatures(tmp_path / "nowhere.pth")
     with pytest.raises(UserError, match="unknown FID resize protocol 'lanczos'"):
         InceptionFeatures(tmp_path / "nowhere.pth", resize="lanczos")
+
+
+def test_fid_runs_through_senseflow_eval_evaluate(inception_weights, tmp_path, monkeypatch, world_dir):
+    import json
+    import shutil
+
+    from eval.evaluate import evaluate
+    from senseflow.world.prompts import load_prompt_file
+    from tests.test_eval_cli import make_folder, noise, rendered
+
+    root = tmp_path / "weights"
+    (root / "inception_fid").mkdir(parents=True)
+    shutil.copy(inception_weights, root / "inception_fid" / inception_weights.name)
+    monkeypatch.setenv("SENSEFLOW_WEIGHTS", str(root))
+    import dataclasses
+
+    records = load_prompt_file(world_dir / "prompts" / "test.jsonl")[:8]
+    real = [dataclasses.replace(r, scene=None) for r in records]  # Inception FID is for real-image sets
+    samples = make_folder(tmp_path / "samples", real, noise(records, 0))
+    reference = make_folder(tmp_path / "reference", real, rendered(records))
+    evaluate(samples, ["fid"], tmp_path / "out", reference=reference, n_boot_set=5)
+    got = json.loads((tmp_path / "out" / "summary.json").read_text())["metrics"]["fid"]
+    ex = InceptionFeatures(inception_weights, resize="clean")
+
+    def feats(images):
+        return ex(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()).double().numpy()
+
+    expected = fid_from_features(feats(noise(records, 0)), feats(rendered(records)))
+    assert got["value"] == pytest.approx(expected, rel=1e-6, abs=1e-12)
+    assert got["protocol"]["resize"].startswith("clean") and got["n"] == 8

@@ -36,6 +36,7 @@ from PIL import Image
 from torchmetrics import Metric
 
 from eval.metrics.frechet import feature_statistics, frechet_distance
+from eval.registry import MetricResult
 from senseflow.errors import MissingArtefactError, UserError
 from senseflow.io import atomic_write_bytes, atomic_write_text
 from senseflow.samples import read_manifest
@@ -589,3 +590,44 @@ def reference_statistics(
     atomic_write_bytes(cache, data)
     atomic_write_text(cache.with_name(cache.name + ".sha256"), f"{stats.sha256}  {cache.name}\n")
     return stats
+
+
+# ----------------------------------------------------------------------------- senseflow-eval evaluate
+def fid_metric(ctx) -> MetricResult:
+    """``fid``: Inception FID of the samples against ``--reference`` (real images, or teacher samples: FID-T).
+
+    Inception weights come from the weights directory (``senseflow weights fetch``), the
+    clean-fid resize protocol; the interval resamples both sets (percentile bootstrap).
+    """
+    from eval.registry import MetricError, protocol_card
+    from eval.stats import bootstrap_set_ci
+    from eval.weights import require
+
+    if ctx.reference is None:
+        raise MetricError("fid needs --reference DIR: real images (or the teacher's samples, for FID-T)")
+    extractor = InceptionFeatures(require("inception_fid"), resize="clean")
+
+    def feats(images: np.ndarray) -> np.ndarray:
+        return extractor(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()).double().numpy()
+
+    fs, fr = feats(ctx.samples.images), feats(ctx.reference.images)
+    n = min(len(fs), len(fr))
+    value = fid_from_features(fs, fr)
+    ci = bootstrap_set_ci(n, lambda k: fid_from_features(fs[k % len(fs)], fr[k % len(fr)]),
+                          n_boot=ctx.n_boot_set, seed=ctx.seed)  # fmt: skip
+    ref_hash = hashlib.sha256("".join(r["sha256"] for r in ctx.reference.records).encode()).hexdigest()
+    card = protocol_card(
+        ctx, metric="FID (Inception-v3 pool3, TF 2015-12-05 weights)", version="fid/1", backbone=extractor.id,
+        weights_sha256=extractor.id.split(":")[-1], image_count=len(fs), resize="clean: PIL bicubic to 299",
+        reference_stats_sha256=ref_hash, n_boot=ctx.n_boot_set,
+    )  # fmt: skip
+    return MetricResult(card, higher_is_better=False, value=value, ci95=ci, n=len(fs))
+
+
+def _register() -> None:
+    from eval.registry import register
+
+    register("fid", lambda: fid_metric)
+
+
+_register()
