@@ -24,6 +24,7 @@ from senseflow.teacher import load_teacher
 from senseflow.train import distill
 from senseflow.world.adherence import adherence
 from senseflow.world.probes import load_probe, run_probe
+from senseflow.world.scenes import to_tensor_range, to_uint8
 
 DISCRIMINATOR_WIDTH = 32  # heads' width on the embedded probe (its taps are 32-128 channels)
 
@@ -98,7 +99,11 @@ class EmbeddedEvaluator:
         self.ref_stats = feature_statistics(run_probe(probe, images[: len(self.records)]).features)
 
     def images(self, student, anchors: list[float]) -> torch.Tensor:
-        """The student's samples for the reference prompts and seeds, in [-1, 1]."""
+        """The student's samples for the reference prompts and seeds, in [-1, 1], rounded to 8 bits.
+
+        Rounded like a saved PNG, so the curve's numbers equal what ``senseflow-eval`` measures
+        on the same samples written to a folder (the reference is read from PNGs too).
+        """
         cond = student.text.encode([r["prompt"] for r in self.records])
         seeds = [int(r["seed"]) for r in self.records]
         from senseflow.samplers import prompt_noise
@@ -107,7 +112,7 @@ class EmbeddedEvaluator:
         x, _ = student_sample(
             student, cond, prompt_noise(seeds, shape), anchors, sampler=self.sampler, seeds=seeds
         )
-        return student.codec.decode(x).clamp(-1, 1)
+        return to_tensor_range(to_uint8(student.codec.decode(x)))
 
     def __call__(self, student, iteration: int, anchors: list[float] | None = None) -> dict:
         """Metrics of ``student`` (a backbone) sampled at its anchors."""
