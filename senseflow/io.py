@@ -50,6 +50,28 @@ def _atomic_target(path: Path):
         raise
 
 
+@contextmanager
+def atomic_folder(folder: str | Path):
+    """Yield a temporary sibling folder; on success it replaces ``folder``, on error it is removed.
+
+    Readers never see a half-written model folder: the old one stays until the new one is
+    complete (then one rename).
+    """
+    import shutil
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        yield tmp
+        if folder.exists():
+            shutil.rmtree(folder)
+        tmp.rename(folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
 def atomic_write(path: str | Path, writer: Callable[[Path], None]) -> None:
     """Call ``writer(tmp_path)`` then rename the temporary file to ``path``."""
     with _atomic_target(Path(path)) as tmp:

@@ -18,8 +18,6 @@ already-shifted anchors would shift them twice (method.md section 6).
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -28,7 +26,7 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 from senseflow.backbones.flow import SD3FlowBackbone
 from senseflow.distill import renoise_step
 from senseflow.errors import MissingArtefactError, UserError
-from senseflow.io import atomic_write_text
+from senseflow.io import atomic_folder, atomic_write_text
 from senseflow.samplers import prompt_noise, prompt_seed
 from senseflow.world.text import WorldTextEncoder
 
@@ -137,10 +135,7 @@ def export_student(
     embedded = hasattr(teacher.text, "save")
     if not embedded and base is None:
         raise ValueError("a real-family student needs `base` (its teacher's pretrained settings)")
-    folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with atomic_folder(folder) as tmp:
         net = teacher.trainable_copy()
         net.load_state_dict(generator_state)
         sub = _network_folder(teacher)
@@ -170,13 +165,7 @@ def export_student(
         atomic_write_text(tmp / RECIPE, json.dumps(full, indent=2) + "\n")
         if config_yaml is not None:
             atomic_write_text(tmp / "config.yaml", config_yaml)
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return folder
+    return Path(folder)
 
 
 class Student:

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from senseflow.backbones.conversions import flow_add_noise, flow_velocity
 from senseflow.backbones.flow import SD3FlowBackbone, tiny_sd3_transformer
 from senseflow.errors import MissingArtefactError, UserError
-from senseflow.io import atomic_torch_save, atomic_write_text, ensure_writable_dir
+from senseflow.io import atomic_folder, atomic_torch_save, atomic_write_text, ensure_writable_dir
+from senseflow.run_state import config_differences, run_fingerprint
 from senseflow.schedules import sample_train_sigmas
 from senseflow.world.scenes import caption, sample_batch, to_tensor_range
 from senseflow.world.text import WorldTextEncoder
@@ -49,17 +50,11 @@ def load_checkpoint(path: Path) -> dict:
         ) from exc
 
 
-def _fingerprint(config: dict) -> dict:
-    """JSON-normal form of a run's settings (tuples become lists, keys strings) for comparison."""
-    return json.loads(json.dumps(config, sort_keys=True, default=str))
-
-
 def _check_same_run(path: Path, saved: dict | None, current: dict) -> None:
     """Refuse to resume a checkpoint written under other settings (it would silently mix runs)."""
-    if saved is None or saved == current:
+    diffs = config_differences(saved, current) if saved is not None else []
+    if not diffs:
         return
-    diffs = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(saved) | set(current))
-             if saved.get(k) != current.get(k)]  # fmt: skip
     raise CheckpointError(
         f"checkpoint {path} was written by a different configuration ({'; '.join(diffs)}); "
         "delete it to train from scratch, or restore those values to resume"
@@ -103,7 +98,7 @@ def train_teacher(
     ``E_{x0, eps, s} || v_theta((1 - s) x0 + s eps, s, c) - (eps - x0) ||^2``.
     """
     # everything that shapes the trained weights; a checkpoint resumes only under the same values
-    run_config = _fingerprint(
+    run_config = run_fingerprint(
         {
             k: v
             for k, v in locals().items()
@@ -228,22 +223,12 @@ def train_teacher(
 
 def export_teacher(model: SD3Transformer2DModel, ema: EMAModel, folder: Path, recipe: dict) -> Path:
     """Write the EMA weights as a diffusers folder plus ``recipe.json``; atomic via a temp folder."""
-    import shutil
-    import tempfile
-
     ema_model = SD3Transformer2DModel.from_config(model.config)
     ema_model.load_state_dict(model.state_dict())
     ema.copy_to(ema_model.parameters())
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
+    with atomic_folder(folder) as tmp:
         ema_model.save_pretrained(tmp / "transformer")
         atomic_write_text(tmp / "recipe.json", json.dumps(recipe, indent=2) + "\n")
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     return folder
 
 

@@ -59,6 +59,7 @@ from senseflow.distributed import (
 from senseflow.errors import UserError
 from senseflow.io import atomic_write_text, ensure_writable_dir
 from senseflow.losses import ida_update
+from senseflow.run_state import config_differences, run_fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +90,10 @@ class DistillResult:
     lora_state: dict[str, torch.Tensor] | None = None  # LoRA weights alone (peft names), LoRA runs
 
 
-def _fingerprint(config: dict) -> dict:
-    return json.loads(json.dumps(config, sort_keys=True, default=str))
-
-
 def _check_same_run(path: Path, saved: dict, current: dict) -> None:
-    if saved == current:
+    diffs = config_differences(saved, current)
+    if not diffs:
         return
-    diffs = [f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in sorted(set(saved) | set(current))
-             if saved.get(k) != current.get(k)]  # fmt: skip
     raise ResumeError(
         f"{path} holds a checkpoint of a different configuration ({'; '.join(diffs)}); "
         "use another output folder, delete it to start over, or restore those values to resume"
@@ -223,7 +219,7 @@ def distill(
     ``checkpoint/`` (DCP), ``state.json``, ``dvclive/`` and ``eval_curve.jsonl`` in ``out_dir``.
     """
     settings = {k: v for k, v in locals().items() if k not in _NOT_FINGERPRINTED}
-    fingerprint = _fingerprint({**settings, **(run_config or {})})
+    fingerprint = run_fingerprint({**settings, **(run_config or {})})
     if len(anchors) < 1 or list(anchors) != sorted(anchors, reverse=True) or len(set(anchors)) < len(anchors):
         raise UserError(f"anchors must be strictly decreasing, noisiest first; got {list(anchors)}")
     if gan and gan_head == "vfm" and discriminator is None:

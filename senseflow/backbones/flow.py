@@ -11,7 +11,8 @@ import torch
 from diffusers import SD3Transformer2DModel
 
 from senseflow.backbones.base import IdentityCodec, LatentCodec, PromptEncoder
-from senseflow.backbones.conversions import cfg_combine, flow_add_noise, flow_x0_from_velocity
+from senseflow.backbones.conversions import flow_add_noise, flow_x0_from_velocity
+from senseflow.backbones.guidance import batched_cfg, per_sample
 from senseflow.schedules import NUM_TRAIN_TIMESTEPS
 from senseflow.world.text import PromptEmbeds
 
@@ -70,9 +71,7 @@ class SD3FlowBackbone:
 
     def predict(self, x_t: torch.Tensor, sigma: torch.Tensor, cond: PromptEmbeds) -> torch.Tensor:
         """One transformer call returning the velocity; ``sigma`` is (B,) or a scalar."""
-        sigma = torch.as_tensor(sigma, device=x_t.device, dtype=torch.float32)
-        if sigma.ndim == 0:
-            sigma = sigma.expand(x_t.shape[0])
+        sigma = per_sample(sigma, x_t)
         dt = self.dtype
         out = self.transformer(
             hidden_states=x_t.to(dt),
@@ -91,17 +90,8 @@ class SD3FlowBackbone:
         uncond: PromptEmbeds | None,
         scale: float | torch.Tensor,
     ) -> torch.Tensor:
-        """CFG velocity ``v_u + w (v_c - v_u)``; a single call when ``uncond`` is None or ``w == 1``."""
-        if uncond is None or (not torch.is_tensor(scale) and scale == 1.0):
-            return self.predict(x_t, sigma, cond)
-        sigma = torch.as_tensor(sigma, device=x_t.device, dtype=torch.float32)
-        if sigma.ndim == 0:
-            sigma = sigma.expand(x_t.shape[0])
-        both = self.predict(
-            torch.cat([x_t, x_t]), torch.cat([sigma, sigma]), PromptEmbeds.cat([cond, uncond])
-        )
-        v_c, v_u = both.chunk(2)
-        return cfg_combine(v_c, v_u, scale)
+        """CFG velocity ``v_u + w (v_c - v_u)``, one batched call (plain without ``uncond`` or at w = 1)."""
+        return batched_cfg(self.predict, x_t, sigma, cond, uncond, scale)
 
     def x0(self, x_t: torch.Tensor, v: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
         """``x0 = x_t - s v``."""
