@@ -13,15 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from senseflow.backbones.base import Backbone
+from senseflow.discriminator.fake_head import FakeFeatureHead
 from senseflow.losses import (
-    d_hinge_loss,
     dmd_loss,
     fake_score_loss,
-    g_hinge_loss,
+    gan_losses,
     gan_weight,
     isg_loss,
     isg_loss_ddim,
@@ -260,82 +259,6 @@ def isg_term(
 
 
 # ----------------------------------------------------------------------------- adversarial
-def g_logistic_loss(fake_logits: torch.Tensor, weight: torch.Tensor | float | None = None) -> torch.Tensor:
-    """Non-saturating generator loss ``mean(w * softplus(-D(fake)))`` (Goodfellow et al. 2014; DMD2)."""
-    per = F.softplus(-fake_logits.float())
-    if weight is None:
-        return per.mean()
-    w = torch.as_tensor(weight, device=per.device, dtype=per.dtype)
-    return (w.view(-1, *[1] * (per.ndim - 1)) * per).mean() if w.ndim else (w * per).mean()
-
-
-def d_logistic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """Discriminator loss ``mean(softplus(-D(real))) + mean(softplus(D(fake)))`` (DMD2's classifier)."""
-    return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()
-
-
-def gan_losses(kind: str) -> tuple[Callable, Callable]:
-    """``(generator_loss, discriminator_loss)`` for ``"hinge"`` (SenseFlow) or ``"logistic"`` (DMD2)."""
-    if kind == "hinge":
-        return g_hinge_loss, d_hinge_loss
-    if kind == "logistic":
-        return g_logistic_loss, d_logistic_loss
-    raise ValueError(f"unknown GAN loss {kind!r}; expected 'hinge' or 'logistic'")
-
-
-class FakeFeatureHead(nn.Module):
-    """DMD2's discriminator: a small head on the fake score model's middle features.
-
-    A forward hook on the middle block of the fake network (a transformer block's image
-    tokens, reshaped to a map, or a UNet's mid block output) captures its features on a
-    noised input; the head turns them into a logit map. The fake network is shared with
-    the DMD term, so the discriminator costs one extra fake forward per step.
-    """
-
-    def __init__(self, network: nn.Module, width: int | None = None):
-        super().__init__()
-        block, channels = _middle_block(network)
-        self._features: torch.Tensor | None = None
-        self._handle = block.register_forward_hook(self._capture)
-        width = width or channels
-        self.head = nn.Sequential(
-            nn.GroupNorm(1, channels),
-            nn.SiLU(),
-            nn.Conv2d(channels, width, 3, padding=1),
-            nn.SiLU(),
-            nn.Conv2d(width, 1, 1),
-        )
-
-    def _capture(self, module, args, output) -> None:
-        out = output[-1] if isinstance(output, tuple) else output
-        if out.ndim == 3:  # (B, N, C) image tokens -> (B, C, h, w)
-            b, n, c = out.shape
-            side = int(round(n**0.5))
-            out = out.transpose(1, 2).reshape(b, c, side, n // side)
-        self._features = out
-
-    def logits(self, fake: Backbone, x_t: torch.Tensor, t: torch.Tensor, cond: PromptEmbeds) -> torch.Tensor:
-        """Run ``fake`` on ``x_t`` and return the head's logits (B, h * w)."""
-        self._features = None
-        fake.predict(x_t, t, cond)
-        if self._features is None:
-            raise RuntimeError("the fake network's middle block did not run: is it the hooked network?")
-        return self.head(self._features.float()).flatten(1)
-
-
-def _middle_block(network: nn.Module) -> tuple[nn.Module, int]:
-    """The block whose output DMD2's head reads, and its channel count."""
-    net = getattr(network, "module", network)
-    blocks = getattr(net, "transformer_blocks", None)
-    if blocks is not None and len(blocks):
-        cfg = net.config
-        return blocks[len(blocks) // 2], cfg.num_attention_heads * cfg.attention_head_dim
-    mid = getattr(net, "mid_block", None)
-    if mid is not None:
-        return mid, net.config.block_out_channels[-1]
-    raise TypeError(f"no middle block to hook on a {type(net).__name__} (DMD2 discriminator head)")
-
-
 def vfm_generator_gan(
     discriminator: nn.Module,
     generator: Backbone,

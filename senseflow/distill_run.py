@@ -18,6 +18,7 @@ from senseflow.data import WorldData
 from senseflow.discriminator.model import build_discriminator
 from senseflow.errors import UserError
 from senseflow.io import atomic_write_text
+from senseflow.samplers import prompt_noise
 from senseflow.samples import load_folder_images, scenes_of
 from senseflow.student import export_student, student_sample
 from senseflow.teacher import load_teacher
@@ -106,8 +107,6 @@ class EmbeddedEvaluator:
         """
         cond = student.text.encode([r["prompt"] for r in self.records])
         seeds = [int(r["seed"]) for r in self.records]
-        from senseflow.samplers import prompt_noise
-
         shape = tuple(student.latent_shape(student_resolution(student)))
         x, _ = student_sample(
             student, cond, prompt_noise(seeds, shape), anchors, sampler=self.sampler, seeds=seeds

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 from senseflow import distill as terms
 from senseflow.backbones.base import Backbone
 from senseflow.data import TrainData
+from senseflow.discriminator.fake_head import FakeFeatureHead
 from senseflow.distributed import (
     DistInfo,
     all_true,
@@ -251,12 +252,12 @@ def distill(
         for net in (g_net, f_net):
             if hasattr(net, "enable_gradient_checkpointing"):
                 net.enable_gradient_checkpointing()
-    head: terms.FakeFeatureHead | None = None
+    head: FakeFeatureHead | None = None
     d_module: nn.Module | None = None
     if gan and gan_head == "fake_features":
         with torch.random.fork_rng(devices=[]):  # the head's init must not depend on earlier RNG use
             torch.manual_seed(seed)
-            head = terms.FakeFeatureHead(f_net).to(info.device)
+            head = FakeFeatureHead(f_net).to(info.device)
         d_module = head
     elif gan:
         d_module = discriminator.to(info.device)
@@ -301,7 +302,6 @@ def distill(
 
     # ---------------------------------------------------------------- loop
     uncond_one = teacher.text.encode([""])
-    g_loss_fn, _ = terms.gan_losses(gan_loss)
     amp = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
     timer = _Timer()
     acc: dict[str, float] = defaultdict(float)

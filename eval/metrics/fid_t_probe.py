@@ -13,7 +13,7 @@ import hashlib
 import numpy as np
 
 from eval.metrics.adherence import probe_protocol_card
-from eval.metrics.frechet import feature_statistics, frechet_distance
+from eval.metrics.fid import fid_from_features
 from eval.registry import EvalContext, MetricError, MetricResult, embedded_only, register
 from eval.stats import bootstrap_set_ci
 from senseflow.world.probes import run_probe
@@ -29,7 +29,7 @@ def _features(ctx: EvalContext, images: np.ndarray) -> np.ndarray:
 def fid(a: np.ndarray, b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two (N, D) feature sets (never below 0)."""
     # identical sets give -1e-6 from float64 round-off in the traces; a distance is >= 0
-    return max(0.0, frechet_distance(*feature_statistics(a), *feature_statistics(b)))
+    return max(0.0, fid_from_features(a, b))
 
 
 def fid_t_probe_metric(ctx: EvalContext) -> MetricResult:

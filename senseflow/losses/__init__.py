@@ -1,6 +1,14 @@
 """SenseFlow's losses as pure functions over tensors (docs/architecture.md, "Losses")."""
 
-from senseflow.losses.adversarial import GAN_WEIGHT_CURVES, d_hinge_loss, g_hinge_loss, gan_weight
+from senseflow.losses.adversarial import (
+    GAN_WEIGHT_CURVES,
+    d_hinge_loss,
+    d_logistic_loss,
+    g_hinge_loss,
+    g_logistic_loss,
+    gan_losses,
+    gan_weight,
+)
 from senseflow.losses.dmd import dmd_gradient, dmd_loss
 from senseflow.losses.fake_score import (
     PREDICTIONS,
@@ -26,12 +34,15 @@ __all__ = [
     "ISG_DISTANCES",
     "PREDICTIONS",
     "d_hinge_loss",
+    "d_logistic_loss",
     "dmd_gradient",
     "dmd_loss",
     "epsilon_fake_score_loss",
     "fake_score_loss",
     "flow_fake_score_loss",
     "g_hinge_loss",
+    "g_logistic_loss",
+    "gan_losses",
     "gan_weight",
     "ida_update",
     "isg_distance",

@@ -7,7 +7,10 @@ of the sigma of the anchor its sample came from, ``(1 - sigma)^2`` in the paper.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 
 from senseflow.backbones.conversions import _bcast, _up
 
@@ -57,3 +60,26 @@ def gan_weight(sigma: torch.Tensor | float, curve: str = "one_minus_sigma_sq") -
     if curve == "constant":
         return torch.ones_like(s)
     raise ValueError(f"unknown GAN weight curve {curve!r}; expected one of {', '.join(GAN_WEIGHT_CURVES)}")
+
+
+def g_logistic_loss(fake_logits: torch.Tensor, weight: torch.Tensor | float | None = None) -> torch.Tensor:
+    """Non-saturating generator loss ``mean(w * softplus(-D(fake)))`` (Goodfellow et al. 2014; DMD2)."""
+    per = F.softplus(-fake_logits.float())
+    if weight is None:
+        return per.mean()
+    w = torch.as_tensor(weight, device=per.device, dtype=per.dtype)
+    return (w.view(-1, *[1] * (per.ndim - 1)) * per).mean() if w.ndim else (w * per).mean()
+
+
+def d_logistic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """Discriminator loss ``mean(softplus(-D(real))) + mean(softplus(D(fake)))`` (DMD2's classifier)."""
+    return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()
+
+
+def gan_losses(kind: str) -> tuple[Callable, Callable]:
+    """``(generator_loss, discriminator_loss)`` for ``"hinge"`` (SenseFlow) or ``"logistic"`` (DMD2)."""
+    if kind == "hinge":
+        return g_hinge_loss, d_hinge_loss
+    if kind == "logistic":
+        return g_logistic_loss, d_logistic_loss
+    raise ValueError(f"unknown GAN loss {kind!r}; expected 'hinge' or 'logistic'")
