@@ -250,6 +250,20 @@ def _script(world_dir, out, iterations, *extra, launcher=None, wait=True):
     return res
 
 
+def _torchrun(port: int) -> list[str]:
+    """Launcher prefix for two CPU processes (its own port per test: they may run back to back)."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+        "-m",
+    ]
+
+
 def _weights(path):
     return torch.load(path, weights_only=True)
 
@@ -279,16 +293,7 @@ def test_sigkill_then_rerun_ends_with_the_uninterrupted_weights(world_dir, tmp_p
 
 @pytest.mark.slow
 def test_two_process_ddp_ranks_agree_and_checkpoints_move_between_world_sizes(world_dir, tmp_path):
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29531",
-        "-m",
-    ]
+    torchrun = _torchrun(29531)
     _script(world_dir, tmp_path / "ddp", 4, launcher=torchrun)
     r0, r1 = _weights(tmp_path / "ddp" / "final-rank0.pt"), _weights(tmp_path / "ddp" / "final-rank1.pt")
     _assert_same(r0, r1)
@@ -308,16 +313,7 @@ def test_two_process_ddp_ranks_agree_and_checkpoints_move_between_world_sizes(wo
 
 @pytest.mark.slow
 def test_two_process_fsdp2_ranks_agree_and_resume_in_one_process(world_dir, tmp_path):
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        "29532",
-        "-m",
-    ]
+    torchrun = _torchrun(29532)
     _script(world_dir, tmp_path / "fsdp", 4, "--parallel", "fsdp", launcher=torchrun)
     r0, r1 = _weights(tmp_path / "fsdp" / "final-rank0.pt"), _weights(tmp_path / "fsdp" / "final-rank1.pt")
     _assert_same(r0, r1)
