@@ -122,8 +122,14 @@ def gate_cmd(
     baseline: Annotated[
         Path | None, typer.Option(help="summary.json of the baseline to compare with.")
     ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Also write the verdict as JSON here (results/gate.json).")
+    ] = None,
 ) -> None:
     """Check candidates against floors / ceilings and allowed regression; exit 1 on any failure.
+
+    --summary takes a candidate's summary.json (senseflow-eval evaluate) or the pipeline's
+    aggregated results/summary.json (rules per candidate under `candidates:` in the thresholds).
 
     Failures: a violated bound or regression, a missing metric, an unreadable file, a
     protocol mismatch with the baseline.
@@ -137,6 +143,14 @@ def gate_cmd(
         typer.echo(f"gate: FAILED: {exc}", err=True)
         raise typer.Exit(1) from None
     typer.echo(render_gate(rows))
+    if out is not None:
+        import json
+
+        from eval.gate import gate_json
+        from senseflow.io import atomic_write_text
+
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(out, json.dumps(gate_json(rows, thresholds), indent=2) + "\n")
     if not all(r.passed for r in rows):
         raise typer.Exit(1)
 

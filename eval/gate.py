@@ -16,13 +16,14 @@ metric with the same protocol card (keys in ``ignore_protocol_keys`` excepted).
 
 from __future__ import annotations
 
+import fnmatch
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from senseflow.errors import UserError
 
@@ -52,7 +53,28 @@ class Thresholds(BaseModel):
 
     description: str = ""
     ignore_protocol_keys: list[str] = []
-    metrics: dict[str, MetricRule]
+    # rules of a single candidate's summary (``senseflow-eval evaluate``), and of every candidate of
+    # an aggregated ``results/summary.json`` when ``candidates`` is empty
+    metrics: dict[str, MetricRule] = {}
+    # aggregated summaries: rules per candidate name (fnmatch patterns, e.g. "senseflow_*");
+    # a pattern that matches no candidate of the summary is a failure (the candidate is missing)
+    candidates: dict[str, dict[str, MetricRule]] = {}
+
+    @model_validator(mode="after")
+    def _some_rule(self) -> Thresholds:
+        if not self.metrics and not self.candidates:
+            raise ValueError("needs 'metrics' or 'candidates' rules")
+        return self
+
+    def rules_for(self, candidate: str, aggregated: bool) -> dict[str, MetricRule]:
+        """The metric rules that apply to ``candidate`` (patterns merged in file order)."""
+        if not aggregated or not self.candidates:
+            return dict(self.metrics)
+        out: dict[str, MetricRule] = {}
+        for pattern, rules in self.candidates.items():
+            if fnmatch.fnmatchcase(candidate, pattern):
+                out.update(rules)
+        return out
 
 
 @dataclass(frozen=True)
@@ -129,9 +151,28 @@ def check_metric(
 
 
 def _read_summary(path: Path) -> dict:
+    """A per-candidate summary (``metrics``) or an aggregated one (``candidates``)."""
+    import json
+
     from eval.evaluate import read_summary
 
+    path = Path(path)
+    if path.is_dir():
+        path = path / "summary.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        data = None
+    if isinstance(data, dict) and isinstance(data.get("candidates"), dict):
+        return data
     return read_summary(path)
+
+
+def _per_candidate(summary: dict, path: Path) -> tuple[dict[str, dict], bool]:
+    """``{candidate: metrics}`` of a summary, and whether it was an aggregated one."""
+    if "candidates" in summary:
+        return {name: c.get("metrics", {}) for name, c in summary["candidates"].items()}, True
+    return {summary.get("candidate") or str(path): summary["metrics"]}, False
 
 
 def run_gate(
@@ -139,7 +180,9 @@ def run_gate(
 ) -> list[GateRow]:
     """Every (candidate, metric) verdict; unreadable summaries become failing rows."""
     rules = load_thresholds(thresholds)
-    base_metrics = _read_summary(Path(baseline))["metrics"] if baseline else None
+    base_by_candidate = None
+    if baseline:
+        base_by_candidate, base_aggregated = _per_candidate(_read_summary(Path(baseline)), Path(baseline))
     rows = []
     for path in summaries:
         try:
@@ -147,13 +190,44 @@ def run_gate(
         except UserError as exc:
             rows.append(GateRow(str(path), "*", None, None, (f"unreadable: {exc}",)))
             continue
-        candidate = summary.get("candidate") or str(path)
-        for name, rule in rules.metrics.items():
-            base = None if base_metrics is None else base_metrics.get(name, {"status": "missing"})
-            value, problems = check_metric(name, rule, summary["metrics"].get(name), base, rules)
-            b = base.get("value") if base else None
-            rows.append(GateRow(candidate, name, value, b, tuple(problems)))
+        per_candidate, aggregated = _per_candidate(summary, Path(path))
+        if aggregated:
+            for pattern in rules.candidates:
+                if not any(fnmatch.fnmatchcase(c, pattern) for c in per_candidate):
+                    rows.append(
+                        GateRow(pattern, "*", None, None, ("missing: no such candidate in the summary",))
+                    )
+        for candidate, metrics in per_candidate.items():
+            base_metrics = None
+            if base_by_candidate is not None:
+                # a single-candidate baseline stands for whichever candidate is gated
+                base_metrics = (
+                    base_by_candidate.get(candidate, {})
+                    if base_aggregated
+                    else next(iter(base_by_candidate.values()))
+                )
+            for name, rule in rules.rules_for(candidate, aggregated).items():
+                base = None if base_metrics is None else base_metrics.get(name, {"status": "missing"})
+                value, problems = check_metric(name, rule, metrics.get(name), base, rules)
+                b = base.get("value") if base else None
+                rows.append(GateRow(candidate, name, value, b, tuple(problems)))
+    if not rows:
+        rows.append(GateRow("*", "*", None, None, ("no rule applies to any candidate of the summary",)))
     return rows
+
+
+def gate_json(rows: list[GateRow], thresholds: str | Path) -> dict:
+    """What ``--out results/gate.json`` holds: the verdict and every row, failures first."""
+    ordered = sorted(rows, key=lambda r: r.passed)
+    return {
+        "passed": all(r.passed for r in rows),
+        "thresholds": str(thresholds),
+        "rows": [
+            {"candidate": r.candidate, "metric": r.metric, "value": r.value, "baseline": r.baseline,
+             "passed": r.passed, "problems": list(r.problems)}
+            for r in ordered
+        ],
+    }  # fmt: skip
 
 
 def render_gate(rows: list[GateRow]) -> str:

@@ -34,6 +34,14 @@ weights_app = typer.Typer(
 app.add_typer(config_app, name="config")
 app.add_typer(world_app, name="world")
 app.add_typer(weights_app, name="weights")
+pipeline_app = typer.Typer(
+    help=(
+        "The stages `dvc repro` runs (dvc.yaml calls these; run `make run`, not them). "
+        "`senseflow pipeline list` shows what a profile trains, samples and skips."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(pipeline_app, name="pipeline")
 
 Profile = Annotated[str, typer.Option("--profile", "-p", help="Profile name in experiments/ or a YAML path.")]
 Sets = Annotated[
@@ -515,6 +523,112 @@ def weights_check(profile: WeightsProfile, weights_dir: WeightsDir = None) -> No
     typer.echo(render_check(rows, resolve(weights_dir), profile))
     if any(r.failed for r in rows):
         raise typer.Exit(1)
+
+
+# ----------------------------------------------------------------------------- pipeline
+Ablations = Annotated[
+    str, typer.Option(help="Train the ablations too: true or false (params.yaml `ablations`).")
+]
+
+
+def _flag(value: str) -> bool:
+    v = value.strip().lower()
+    if v not in ("true", "false", "1", "0", "yes", "no"):
+        raise typer.BadParameter(f"--ablations {value!r}: expected true or false")
+    return v in ("true", "1", "yes")
+
+
+@pipeline_app.command("list")
+def pipeline_list(profile: Profile = "embedded", set_: Sets = None, ablations: Ablations = "false") -> None:
+    """Which methods and candidates PROFILE runs, and why the others are skipped."""
+    from senseflow import pipeline as pl
+
+    cfg = _cfg(profile, set_)
+    for m in pl.METHODS:
+        typer.echo(f"distill  {m:16s} {pl.method_inactive(cfg, m, _flag(ablations)) or 'runs'}")
+    for c in pl.CANDIDATES:
+        typer.echo(f"generate {c:16s} {pl.candidate_inactive(cfg, c, _flag(ablations)) or 'runs'}")
+
+
+@pipeline_app.command("preflight")
+def pipeline_preflight(
+    profile: Profile = "embedded", set_: Sets = None, weights_dir: WeightsDir = None
+) -> None:
+    """First stage: validate the profile; real profiles stop here when weights are missing."""
+    from senseflow.stages import preflight
+
+    typer.echo(json.dumps(preflight(_cfg(profile, set_), weights_dir)))
+
+
+@pipeline_app.command("distill")
+def pipeline_distill(
+    method: Annotated[
+        str, typer.Argument(help="senseflow, dmd2, lcm, hyper_sd, senseflow_1step or an ablation.")
+    ],
+    profile: Profile = "embedded",
+    set_: Sets = None,
+    ablations: Ablations = "false",
+    quiet: Quiet = False,
+) -> None:
+    """Train METHOD into build/distill/METHOD (resumes; skipped when the profile does not run it)."""
+    from senseflow.stages import distill
+
+    cfg = _cfg(profile, set_)
+    _threads(cfg)
+    typer.echo(json.dumps(distill(cfg, method, ablations=_flag(ablations), progress=not quiet)))
+
+
+@pipeline_app.command("export")
+def pipeline_export(
+    method: Annotated[str, typer.Argument(help="A method of `senseflow pipeline list`.")],
+    profile: Profile = "embedded",
+    set_: Sets = None,
+    ablations: Ablations = "false",
+) -> None:
+    """Publish METHOD's student to build/students/METHOD."""
+    from senseflow.stages import export
+
+    typer.echo(str(export(_cfg(profile, set_), method, ablations=_flag(ablations))))
+
+
+@pipeline_app.command("generate")
+def pipeline_generate(
+    candidate: Annotated[str, typer.Argument(help="A candidate of `senseflow pipeline list`.")],
+    profile: Profile = "embedded",
+    set_: Sets = None,
+    ablations: Ablations = "false",
+    quiet: Quiet = False,
+) -> None:
+    """Sample CANDIDATE on the profile's prompts into build/samples/CANDIDATE (resumable)."""
+    from senseflow.stages import generate
+
+    cfg = _cfg(profile, set_)
+    _threads(cfg)
+    typer.echo(str(generate(cfg, candidate, ablations=_flag(ablations), progress=not quiet)))
+
+
+@pipeline_app.command("evaluate")
+def pipeline_evaluate(
+    candidate: Annotated[str, typer.Argument(help="A candidate of `senseflow pipeline list`.")],
+    profile: Profile = "embedded",
+    set_: Sets = None,
+) -> None:
+    """Score build/samples/CANDIDATE with the profile's metrics into build/eval/CANDIDATE."""
+    from senseflow.stages import evaluate
+
+    cfg = _cfg(profile, set_)
+    _threads(cfg)
+    res = evaluate(cfg, candidate)
+    typer.echo(json.dumps({k: v for k, v in res.items() if k in ("skipped", "n_images", "candidate")}))
+
+
+@pipeline_app.command("report")
+def pipeline_report(profile: Profile = "embedded", set_: Sets = None, ablations: Ablations = "false") -> None:
+    """Write results/summary.json and results/tables/PROFILE/ (main, ablation, speed, steps)."""
+    from eval.report import write_report
+
+    summary = write_report(_cfg(profile, set_), ablations=_flag(ablations))
+    typer.echo(f"{len(summary['candidates'])} candidates -> results/summary.json, results/tables/{profile}/")
 
 
 def main() -> None:

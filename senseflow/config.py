@@ -290,6 +290,27 @@ class RuntimeConfig(Strict):
     parallel: Literal["auto", "ddp", "fsdp"] = "auto"
 
 
+class PipelineConfig(Strict):
+    """What ``dvc repro`` produces for a profile: methods trained, candidates sampled, metrics.
+
+    Candidate names are fixed (``senseflow.pipeline.CANDIDATES``) so ``dvc.yaml`` can list them;
+    this section decides which of them a profile actually runs (the others are skipped).
+    """
+
+    # trained by every `dvc repro` (embedded: SenseFlow and the in-world baselines)
+    methods: list[str] = ["senseflow", "dmd2", "senseflow_1step"]
+    # trained only with `dvc exp run -S ablations=true` (params.yaml)
+    ablations: list[str] = ["no_ida", "no_isg", "no_gan", "vanilla_dmd"]
+    student_steps: list[PositiveInt] = [4, 2, 1]  # every student is sampled at these step counts
+    teacher_steps: list[PositiveInt] = [4, 2, 1]  # plus teacher.sample.steps ("teacher_full", the reference)
+    metrics: list[str] = ["fid_t_probe", "adherence"]
+    noise_floor: bool = True  # also sample the teacher with other seeds: FID-T's noise floor
+    registry_baselines: list[str] = []  # real profiles: names in experiments/baselines.yaml
+    n_boot: PositiveInt = 1000  # bootstrap resamples of the per-image metrics
+    n_boot_set: PositiveInt = 200  # subsamples of the set metrics (FID-T)
+    eval_seed: int = 0
+
+
 class ProfileConfig(Strict):
     """A whole profile: the recipe of one row of the product (embedded, smoke, sdxl, ...)."""
 
@@ -304,6 +325,7 @@ class ProfileConfig(Strict):
     # (e.g. no_ida: ["ida.enabled=false"]); `senseflow distill --variant NAME`
     variants: dict[str, list[str]] = {}
     runtime: RuntimeConfig = RuntimeConfig()
+    pipeline: PipelineConfig = PipelineConfig()
 
     @model_validator(mode="after")
     def _embedded_needs_world(self) -> ProfileConfig:

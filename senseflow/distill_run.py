@@ -261,3 +261,31 @@ def _state_network(teacher, state: dict) -> torch.nn.Module:
     net = teacher.trainable_copy()
     net.load_state_dict(state)
     return net.eval().requires_grad_(False)
+
+
+def distill_method(cfg: ProfileConfig, out_dir: str | Path, method: str, **kwargs) -> dict:
+    """Train pipeline method ``method`` (a SenseFlow-loop variant, or an in-world baseline)."""
+    return distill_embedded(cfg, out_dir, variant=method, **kwargs)
+
+
+def export_method(
+    cfg: ProfileConfig, run_dir: str | Path, out: str | Path, method: str, *, world_dir, teacher_dir
+) -> Path:
+    """Publish pipeline method ``method``'s student from ``run_dir`` to ``out``.
+
+    A finished run already exported its final generator (EMA applied) to ``run_dir/student``:
+    that folder is copied as is. A run without one (stopped early) is exported from its
+    latest checkpoint.
+    """
+    import shutil
+
+    from senseflow.io import atomic_folder
+
+    final = Path(run_dir) / "student"
+    if not (final / "recipe.json").is_file():
+        return export_from_run(
+            cfg, run_dir, out, variant=method, world_dir=world_dir, teacher_dir=teacher_dir
+        )
+    with atomic_folder(out) as tmp:
+        shutil.copytree(final, tmp, dirs_exist_ok=True)
+    return Path(out)

@@ -1,0 +1,203 @@
+"""The ``dvc repro`` pipeline's plan: which methods and candidates a profile runs.
+
+Also where each stage writes, and the skip markers of the stages a profile does not run.
+
+``dvc.yaml`` cannot take its ``foreach`` lists from the profile file (DVC refuses interpolated
+``vars``), so it lists every method and candidate name once (:data:`METHODS`,
+:data:`CANDIDATES`; a test keeps the two in step) and each stage asks this module whether the
+profile runs it. A stage the profile does not run writes ``skipped.json`` with the reason into
+its output folder and returns at once, so a profile switch costs a second per skipped stage and
+the report shows what was left out and why.
+
+Layout (fixed paths, so DVC can track them)::
+
+    build/distill/<method>/      training run: checkpoint/ (persisted), dvclive/, summary.json
+    build/students/<method>/     exported student folder (load_student)
+    build/samples/<candidate>/   PNGs + manifest.jsonl + generation.json + speed.json
+    build/eval/<candidate>/      summary.json + scores.parquet
+    results/                     summary.json, tables/<profile>/, gate.json
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from senseflow.config import ConfigError, ProfileConfig
+from senseflow.errors import UserError
+from senseflow.io import atomic_write_text, ensure_writable_dir
+
+SKIPPED = "skipped.json"
+REFERENCE = "teacher_full"  # the teacher at its full step count: FID-T's reference set
+NOISE_FLOOR = "teacher_reseed"  # the same teacher, other seeds: FID-T's noise floor
+
+# Everything dvc.yaml lists. A profile runs a subset (PipelineConfig); the rest is skipped.
+METHODS: tuple[str, ...] = (
+    "senseflow", "dmd2", "lcm", "hyper_sd", "senseflow_1step",
+    "no_ida", "no_isg", "no_gan", "vanilla_dmd",
+)  # fmt: skip
+STUDENT_METHODS = ("senseflow", "dmd2", "lcm", "hyper_sd")
+ABLATION_METHODS = ("no_ida", "no_isg", "no_gan", "vanilla_dmd")
+CANDIDATES: tuple[str, ...] = (
+    REFERENCE, NOISE_FLOOR, "teacher_4", "teacher_2", "teacher_1",
+    *(f"{m}_{s}" for m in STUDENT_METHODS for s in (4, 2, 1)),
+    *(f"{m}_4" for m in ABLATION_METHODS),
+)  # fmt: skip
+
+Kind = Literal["teacher", "student", "baseline", "ablation"]
+LABELS = {
+    "senseflow": "SenseFlow",
+    "dmd2": "DMD2",
+    "lcm": "LCM",
+    "hyper_sd": "Hyper-SD (TSCD)",
+    "no_ida": "SenseFlow w/o IDA",
+    "no_isg": "SenseFlow w/o ISG",
+    "no_gan": "SenseFlow w/o GAN",
+    "vanilla_dmd": "DMD (no IDA, ISG, GAN)",
+    "teacher": "Teacher",
+}
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One generated sample set: who made it (method), with how many steps, and from what."""
+
+    name: str
+    kind: Kind
+    method: str  # "teacher" or a distillation method
+    steps: int | None  # None: the teacher's full step count (profile teacher.sample.steps)
+    source_method: str | None = None  # the distill run whose student generates (students only)
+    seed_offset: int = 0  # the noise-floor set uses other seeds than the reference
+
+    @property
+    def label(self) -> str:
+        """Human name for tables: ``SenseFlow (4 steps)``."""
+        base = LABELS.get(self.method, self.method)
+        if self.name == NOISE_FLOOR:
+            return "Teacher, other seeds (noise floor)"
+        return f"{base} ({'full' if self.steps is None else self.steps} step{'s' * (self.steps != 1)})"
+
+
+def method_kind(method: str) -> Kind:
+    """Where a method's rows go in the tables."""
+    if method == "teacher":
+        return "teacher"
+    if method in ("senseflow", "senseflow_1step"):
+        return "student"
+    return "ablation" if method in ABLATION_METHODS else "baseline"
+
+
+def parse_candidate(name: str) -> Candidate:
+    """``teacher_full`` / ``teacher_4`` / ``senseflow_2`` ... -> :class:`Candidate`."""
+    if name not in CANDIDATES:
+        raise UserError(f"unknown candidate {name!r} (known: {', '.join(CANDIDATES)})")
+    if name == REFERENCE:
+        return Candidate(name, "teacher", "teacher", None)
+    if name == NOISE_FLOOR:
+        return Candidate(name, "teacher", "teacher", None, seed_offset=1)
+    method, steps = re.fullmatch(r"(.+)_(\d+)", name).groups()
+    steps = int(steps)
+    if method == "teacher":
+        return Candidate(name, "teacher", "teacher", steps)
+    # the 1-step SenseFlow row comes from its own 1-step fine-tune (paper appendix)
+    source = "senseflow_1step" if (method, steps) == ("senseflow", 1) else method
+    return Candidate(name, method_kind(method), method, steps, source_method=source)
+
+
+def check_method(method: str) -> str:
+    """A known method name (clear error otherwise)."""
+    if method not in METHODS:
+        raise UserError(f"unknown method {method!r} (known: {', '.join(METHODS)})")
+    return method
+
+
+def method_inactive(cfg: ProfileConfig, method: str, ablations: bool) -> str | None:
+    """Why profile ``cfg`` does not train ``method`` (None: it does)."""
+    check_method(method)
+    p = cfg.pipeline
+    if method in p.methods:
+        return None
+    if method in p.ablations:
+        return (
+            None
+            if ablations
+            else "an ablation: run with `dvc exp run -S ablations=true` (make run-ablations)"
+        )
+    return f"not in pipeline.methods of profile {cfg.name!r}"
+
+
+def candidate_inactive(cfg: ProfileConfig, name: str, ablations: bool) -> str | None:
+    """Why profile ``cfg`` does not generate candidate ``name`` (None: it does)."""
+    c = parse_candidate(name)
+    p = cfg.pipeline
+    if c.method == "teacher":
+        if c.name == NOISE_FLOOR and not p.noise_floor:
+            return "pipeline.noise_floor is false"
+        if c.steps is not None and c.steps not in p.teacher_steps:
+            return f"{c.steps} is not in pipeline.teacher_steps {p.teacher_steps}"
+        return None
+    if c.kind != "ablation" and c.steps not in p.student_steps:
+        return f"{c.steps} is not in pipeline.student_steps {p.student_steps}"
+    if c.source_method == "senseflow_1step" and method_inactive(cfg, "senseflow_1step", ablations):
+        return "the 1-step SenseFlow row needs the senseflow_1step method in pipeline.methods"
+    return method_inactive(cfg, c.source_method, ablations)
+
+
+def active_candidates(cfg: ProfileConfig, ablations: bool) -> list[Candidate]:
+    """The candidates this profile generates and evaluates, in table order."""
+    return [parse_candidate(n) for n in CANDIDATES if candidate_inactive(cfg, n, ablations) is None]
+
+
+def validate_pipeline(cfg: ProfileConfig) -> None:
+    """Every method / metric name in ``pipeline:`` is one the pipeline knows (clear error)."""
+    for key in ("methods", "ablations"):
+        for m in getattr(cfg.pipeline, key):
+            if m not in METHODS:
+                raise ConfigError(
+                    f"experiments/{cfg.name}.yaml: pipeline.{key}: unknown method {m!r} "
+                    f"(known: {', '.join(METHODS)})"
+                )
+
+
+# ----------------------------------------------------------------------------- paths
+def distill_dir(method: str) -> Path:
+    """Training run folder of ``method``."""
+    return Path("build/distill") / method
+
+
+def student_dir(method: str) -> Path:
+    """Exported student of ``method``."""
+    return Path("build/students") / method
+
+
+def samples_dir(candidate: str) -> Path:
+    """Sample folder of ``candidate``."""
+    return Path("build/samples") / candidate
+
+
+def eval_dir(candidate: str) -> Path:
+    """Evaluation folder of ``candidate``."""
+    return Path("build/eval") / candidate
+
+
+# ----------------------------------------------------------------------------- skip markers
+def write_skipped(folder: str | Path, reason: str) -> Path:
+    """Mark a stage output folder as deliberately empty (the report shows the reason)."""
+    folder = ensure_writable_dir(folder)
+    path = folder / SKIPPED
+    atomic_write_text(path, json.dumps({"skipped": True, "reason": reason}, indent=2) + "\n")
+    return path
+
+
+def skipped_reason(folder: str | Path) -> str | None:
+    """The reason recorded in ``folder/skipped.json`` (None when the stage ran)."""
+    path = Path(folder) / SKIPPED
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text()).get("reason", "skipped")
+    except (OSError, json.JSONDecodeError):
+        return "skipped (unreadable skipped.json)"

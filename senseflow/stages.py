@@ -1,0 +1,161 @@
+"""What each ``dvc.yaml`` stage runs (``senseflow pipeline STAGE ...``).
+
+The glue between the profile, the fixed layout of :mod:`senseflow.pipeline` and the commands that do the work.
+
+Each function either does its stage's work or, when the profile does not run it, writes the
+skip marker. Training stages resume an interrupted run and start over when DVC reruns a
+finished one (DVC only reruns a stage whose code or params changed, so a finished run found
+at the start of the stage is stale by construction).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from senseflow import pipeline as pl
+from senseflow.config import ProfileConfig
+from senseflow.errors import UserError
+from senseflow.io import atomic_write_text, ensure_writable_dir
+
+log = logging.getLogger(__name__)
+
+PREFLIGHT = Path("build/preflight.json")
+WORLD = Path("build/world")
+TEACHER = Path("build/teacher/teacher")
+PROBE = Path("build/probes/probe.safetensors")
+CLIP = Path("build/clip")
+CACHE = Path("build/cache")
+
+
+def preflight(cfg: ProfileConfig, weights_dir: str | Path | None = None) -> dict:
+    """First stage: the profile is valid and every artefact it needs is present, or stop here.
+
+    Real profiles check the weights manifest (``senseflow weights check``) so a machine without
+    the weights stops before any stage writes anything, with the command that fetches them.
+    """
+    pl.validate_pipeline(cfg)
+    record = {"profile": cfg.name, "family": cfg.family}
+    if cfg.family != "embedded":
+        from eval.weights import check, render_check
+        from eval.weights import weights_dir as resolve
+
+        rows = check(cfg.name, weights_dir)
+        if any(r.failed for r in rows):
+            from senseflow.errors import MissingArtefactError
+
+            raise MissingArtefactError(
+                f"profile {cfg.name!r} needs pretrained weights this machine does not have:\n"
+                + render_check(rows, resolve(weights_dir), cfg.name)
+            )
+    PREFLIGHT.parent.mkdir(parents=True, exist_ok=True)
+    # deterministic content: an unchanged preflight never invalidates the stages after it
+    atomic_write_text(PREFLIGHT, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    return record
+
+
+def _stale_run(folder: Path) -> bool:
+    """A finished run (summary.json written after export) or a foreign checkpoint."""
+    return (folder / "summary.json").is_file()
+
+
+def _clear(folder: Path) -> None:
+    for child in folder.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+
+
+def distill(cfg: ProfileConfig, method: str, *, ablations: bool, progress: bool = True) -> dict:
+    """Train ``method`` into ``build/distill/<method>`` (or record why the profile skips it)."""
+    out = pl.distill_dir(method)
+    reason = pl.method_inactive(cfg, method, ablations)
+    if reason:
+        if out.is_dir():
+            _clear(out)
+        pl.write_skipped(out, reason)
+        return {"skipped": reason}
+    if cfg.family != "embedded":
+        raise UserError(
+            f"profile {cfg.name!r}: the pipeline trains real teachers through `torchrun senseflow distill` "
+            "on a GPU cluster (experiments/launch/); this machine runs the embedded profiles"
+        )
+    out = ensure_writable_dir(out)
+    if _stale_run(out) or (out / pl.SKIPPED).is_file():
+        log.info("%s holds a finished run of other code or params: starting over", out)
+        _clear(out)
+    from senseflow.distill_run import distill_method
+    from senseflow.train import ResumeError
+
+    kwargs = dict(
+        world_dir=WORLD, teacher_dir=TEACHER, probe_path=PROBE,
+        reference_dir=pl.samples_dir(pl.REFERENCE), cache_dir=CACHE, progress=progress,
+    )  # fmt: skip
+    try:
+        return distill_method(cfg, out, method, **kwargs)
+    except ResumeError as exc:
+        # the interrupted run was started under other settings: DVC asked for the new ones
+        log.warning("%s; starting over", exc)
+        _clear(out)
+        return distill_method(cfg, out, method, **kwargs)
+
+
+def export(cfg: ProfileConfig, method: str, *, ablations: bool) -> Path:
+    """Export ``method``'s trained generator to ``build/students/<method>``."""
+    out = pl.student_dir(method)
+    reason = pl.method_inactive(cfg, method, ablations)
+    if reason:
+        return pl.write_skipped(out, reason).parent
+    from senseflow.distill_run import export_method
+
+    return export_method(cfg, pl.distill_dir(method), out, method, world_dir=WORLD, teacher_dir=TEACHER)
+
+
+def generation_prompts(cfg: ProfileConfig) -> Path:
+    """The prompt file every candidate of the profile is sampled on."""
+    if cfg.family == "embedded":
+        return WORLD / "prompts" / "test.jsonl"
+    raise UserError(f"profile {cfg.name!r}: real-profile prompt sets come from `pipeline.prompts`")
+
+
+def generate(cfg: ProfileConfig, name: str, *, ablations: bool, progress: bool = True) -> Path:
+    """Sample candidate ``name`` on the profile's prompts into ``build/samples/<name>``."""
+    out = pl.samples_dir(name)
+    reason = pl.candidate_inactive(cfg, name, ablations)
+    if reason:
+        if out.is_dir():
+            _clear(out)
+        return pl.write_skipped(out, reason).parent
+    from senseflow.generate import generate_candidate
+
+    c = pl.parse_candidate(name)
+    s = cfg.teacher.sample
+    source = TEACHER if c.method == "teacher" else pl.student_dir(c.source_method)
+    generate_candidate(
+        str(source), prompts=generation_prompts(cfg), out=out, profile=cfg,
+        steps=c.steps, seed=s.seed + c.seed_offset, limit=s.n_prompts, batch_size=s.batch_size,
+        world_dir=WORLD, progress=progress,
+    )  # fmt: skip
+    return out
+
+
+def evaluate(cfg: ProfileConfig, name: str) -> dict:
+    """Score ``build/samples/<name>`` with the profile's metrics into ``build/eval/<name>``."""
+    out = pl.eval_dir(name)
+    reason = pl.skipped_reason(pl.samples_dir(name))
+    if reason:
+        pl.write_skipped(out, reason)
+        return {"skipped": reason}
+    from eval.evaluate import evaluate as run_evaluate
+
+    p = cfg.pipeline
+    reference = None if name == pl.REFERENCE else pl.samples_dir(pl.REFERENCE)
+    extra = {}
+    if cfg.family == "embedded":
+        extra = {"probe": PROBE}
+        if "clip_score_embedded" in p.metrics:
+            extra["clip"] = CLIP
+    return run_evaluate(
+        pl.samples_dir(name), list(p.metrics), out, reference=reference,
+        seed=p.eval_seed, n_boot=p.n_boot, n_boot_set=p.n_boot_set, **extra,
+    )  # fmt: skip
