@@ -1,6 +1,7 @@
 """The ``report`` stage: results/summary.json and the paper-style tables.
 
-Every candidate's evaluation gathered into ``results/summary.json`` and the paper-style tables (main, ablation, speed, step curve) as Markdown and CSV.
+Every candidate's evaluation gathered into ``results/summary.json`` and the paper-style
+tables (main, ablation, speed, step curve) as Markdown and CSV.
 
 Table builders are pure functions of the summary (a dict) and the paper's rows, so the
 dashboard and the tests use them without touching files. The paper's numbers sit beside the
