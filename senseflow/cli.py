@@ -198,6 +198,13 @@ def train_teacher_cmd(
     profile: Profile = "embedded",
     set_: Sets = None,
     quiet: Quiet = False,
+    restart_stale: Annotated[
+        bool,
+        typer.Option(
+            help="Start over when OUT's checkpoint is finished or from other settings (dvc repro reruns "
+            "a stage only when its inputs changed); otherwise such a checkpoint is an error."
+        ),
+    ] = False,
 ) -> None:
     """Train the embedded teacher by rectified flow (rerun the same command to resume)."""
     from senseflow.config import dump_profile
@@ -221,6 +228,7 @@ def train_teacher_cmd(
         sample_steps=cfg.teacher.sample.steps,
         sample_cfg=cfg.teacher.sample.cfg,
         progress=not quiet,
+        restart_stale=restart_stale,
     )
     typer.echo(f"teacher exported to {folder}")
 

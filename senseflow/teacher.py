@@ -91,6 +91,7 @@ def train_teacher(
     sample_steps: int = 32,  # recipe: Euler steps at "full" quality
     sample_cfg: float = 4.0,  # recipe: CFG scale
     progress: bool = True,  # tqdm progress bar
+    restart_stale: bool = False,  # a finished or foreign checkpoint restarts training (dvc stages)
 ) -> Path:
     """Train the teacher by rectified flow with CFG dropout and EMA; return the export folder.
 
@@ -102,7 +103,7 @@ def train_teacher(
         {
             k: v
             for k, v in locals().items()
-            if k not in ("out_dir", "world_dir", "progress", "checkpoint_every", "log_every")
+            if k not in ("out_dir", "world_dir", "progress", "checkpoint_every", "log_every", "restart_stale")
         }
     )
     out_dir = ensure_writable_dir(out_dir)
@@ -128,6 +129,14 @@ def train_teacher(
 
     start = 0
     ckpt_path = out_dir / CHECKPOINT
+    if ckpt_path.exists() and restart_stale:
+        # dvc reruns a stage only when its code or params changed: a finished checkpoint, or one
+        # written under other settings, is stale then; an unfinished one of the same run resumes
+        state = load_checkpoint(ckpt_path)
+        saved = state.get("config")
+        if int(state.get("step", 0)) >= steps or (saved is not None and config_differences(saved, run_config)):
+            log.warning("%s is finished or from other settings: training the teacher from scratch", ckpt_path)
+            ckpt_path.unlink()
     if ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
         _check_same_run(ckpt_path, state.get("config"), run_config)

@@ -60,6 +60,28 @@ def test_checkpoint_of_another_configuration_is_refused(tmp_path, world_dir):
     train_teacher(run, world_dir=world_dir, steps=2, checkpoint_every=2, **{**TINY, "log_every": 1})
 
 
+def test_restart_stale_retrains_finished_or_foreign_checkpoints(tmp_path, world_dir, monkeypatch):
+    import senseflow.teacher as teacher
+
+    run = tmp_path / "run"
+    train_teacher(run, world_dir=world_dir, steps=2, checkpoint_every=1, **TINY)
+    first = _weights(run)
+    steps_run = []
+    real_save = teacher.atomic_torch_save
+    monkeypatch.setattr(teacher, "atomic_torch_save", lambda o, p: (steps_run.append(o["step"]), real_save(o, p)))
+    # a finished checkpoint: without the flag nothing is trained again, with it everything is
+    train_teacher(run, world_dir=world_dir, steps=2, checkpoint_every=1, **TINY)
+    assert steps_run == []
+    train_teacher(run, world_dir=world_dir, steps=2, checkpoint_every=1, restart_stale=True, **TINY)
+    assert steps_run == [1, 2]
+    b = _weights(run)
+    assert all(torch.equal(first[k], b[k]) for k in first)  # same settings: same weights again
+    # other settings: retrained under the new ones instead of refused
+    steps_run.clear()
+    train_teacher(run, world_dir=world_dir, steps=3, checkpoint_every=1, restart_stale=True, **TINY)
+    assert steps_run == [1, 2, 3]
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, world_dir):
     out = tmp_path / "run"
     out.mkdir()
