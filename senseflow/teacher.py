@@ -134,7 +134,8 @@ def train_teacher(
         # written under other settings, is stale then; an unfinished one of the same run resumes
         state = load_checkpoint(ckpt_path)
         saved = state.get("config")
-        if int(state.get("step", 0)) >= steps or (saved is not None and config_differences(saved, run_config)):
+        foreign = saved is not None and config_differences(saved, run_config)
+        if int(state.get("step", 0)) >= steps or foreign:
             log.warning("%s is finished or from other settings: training the teacher from scratch", ckpt_path)
             ckpt_path.unlink()
     if ckpt_path.exists():

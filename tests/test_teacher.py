@@ -68,7 +68,9 @@ def test_restart_stale_retrains_finished_or_foreign_checkpoints(tmp_path, world_
     first = _weights(run)
     steps_run = []
     real_save = teacher.atomic_torch_save
-    monkeypatch.setattr(teacher, "atomic_torch_save", lambda o, p: (steps_run.append(o["step"]), real_save(o, p)))
+    monkeypatch.setattr(
+        teacher, "atomic_torch_save", lambda o, p: (steps_run.append(o["step"]), real_save(o, p))
+    )
     # a finished checkpoint: without the flag nothing is trained again, with it everything is
     train_teacher(run, world_dir=world_dir, steps=2, checkpoint_every=1, **TINY)
     assert steps_run == []
