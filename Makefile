@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # dvc stages call the `senseflow` console scripts: put the venv first on PATH
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup run test test-fast lint format clean
+.PHONY: setup run run-ablations smoke test test-fast lint format clean
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,12 @@ setup: $(STAMP)  ## create .venv and install everything
 
 run: setup  ## the main job: dvc repro of the profile in params.yaml (embedded by default)
 	$(VENV)/bin/dvc repro
+
+run-ablations: setup  ## the same plus the ablations (no-IDA, no-ISG, no-GAN, vanilla DMD)
+	$(VENV)/bin/dvc exp run -S ablations=true
+
+smoke: setup  ## the smoke profile end to end in a temporary copy, then the gate (what CI runs)
+	.ci/smoke
 
 test: setup  ## the whole test suite
 	$(PY) -m pytest
