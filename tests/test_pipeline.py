@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,73 +14,110 @@ from .conftest import ROOT
 
 pytestmark = pytest.mark.slow
 
-SKIP = {".venv", ".git", "build", "results", ".pytest_cache", ".ruff_cache", "__pycache__", "tmp", "cache"}
+# from nothing: no build outputs, no lock file, no DVC cache
+SKIP = {".venv", ".git", "build", "results", ".pytest_cache", ".ruff_cache", "__pycache__", "tmp", "cache",
+        "dvc.lock"}  # fmt: skip
 
 
-def _copy_repo(dest: Path) -> Path:
+def _copy_repo(dest: Path, profile: str = "smoke") -> Path:
     shutil.copytree(ROOT, dest, ignore=lambda d, names: [n for n in names if n in SKIP])
     params = dest / "params.yaml"
-    params.write_text(params.read_text().replace("profile: embedded", "profile: smoke"))
-    subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
-    subprocess.run(["git", "add", "-A"], cwd=dest, check=True)
+    params.write_text(params.read_text().replace("profile: embedded", f"profile: {profile}"))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"]):  # fmt: skip
+        subprocess.run(cmd, cwd=dest, check=True)
     subprocess.run(
-        ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"], cwd=dest, check=True
+        [str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=dest, check=True, env=_env(dest)
     )
     return dest
 
 
-def _env() -> dict:
+def _env(repo: Path) -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["PYTHONPATH"] = str(repo)  # the copy's code, not the editable install's
     env["DVC_NO_ANALYTICS"] = "1"
     env["HF_HUB_OFFLINE"] = "1"
     return env
 
 
+def _dvc(repo: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["dvc", *args], cwd=repo, env=_env(repo), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _ran(out: str) -> set[str]:
+    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
+
+
 def test_smoke_pipeline_end_to_end(tmp_path):
     repo = _copy_repo(tmp_path / "repo")
-    run = subprocess.run(["dvc", "repro"], cwd=repo, env=_env(), capture_output=True, text=True, timeout=900)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    t0 = time.perf_counter()
+    run = _dvc(repo, "repro")
+    print(f"smoke dvc repro from nothing: {time.perf_counter() - t0:.0f} s")
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
 
-    probe = json.loads((repo / "build/probes/probe_report.json").read_text())
-    assert set(probe) >= {"digit", "colour", "position", "background", "all"}
-    manifest = [
-        json.loads(x) for x in (repo / "build/samples/teacher/manifest.jsonl").read_text().splitlines()
-    ]
-    assert len(manifest) == 64 and all(
-        (repo / "build/samples/teacher" / m["file"]).is_file() for m in manifest
-    )
-    assert manifest[0]["nfe"] == 16  # 8 Euler steps with CFG
-    adherence = json.loads((repo / "results/teacher_adherence.json").read_text())
-    assert 0.0 <= adherence["all"] <= 1.0 and adherence["n"] == 64
-    curve = json.loads((repo / "results/teacher_curve.json").read_text())
-    assert [r["steps"] for r in curve["rows"]] == [1, 4, 8]
+    summary = json.loads((repo / "results/summary.json").read_text())
+    cands = summary["candidates"]
+    expected = {"teacher_full", "teacher_4", "senseflow_4", "senseflow_1", "dmd2_4", "dmd2_1",
+                "lcm_4", "lcm_1", "hyper_sd_4", "hyper_sd_1"}  # fmt: skip
+    assert set(cands) == expected, sorted(cands)
+    assert "ablations=true" in summary["skipped"]["no_ida_4"]
+    s4 = cands["senseflow_4"]
+    assert s4["nfe"] == 4 and s4["steps"] == 4 and s4["speedup"] > 1
+    assert s4["metrics"]["fid_t_probe"]["status"] == "ok" and "protocol" in s4["metrics"]["adherence"]
+    assert cands["teacher_full"]["metrics"]["fid_t_probe"]["status"] == "not_applicable"
+    manifest = (repo / "build/samples/senseflow_4/manifest.jsonl").read_text().splitlines()
+    assert len(manifest) == 64 and json.loads(manifest[0])["nfe"] == 4
+    tables = repo / "results/tables/smoke"
+    for name in ("main", "ablation", "speed", "steps"):
+        assert (tables / f"{name}.md").is_file() and (tables / f"{name}.csv").is_file()
+    assert "| senseflow_4 |" in (tables / "main.md").read_text()
+    gate = json.loads((repo / "results/gate.json").read_text())
+    assert gate["passed"] is True and gate["rows"]
+    metrics = _dvc(repo, "metrics", "show", "--json")
+    assert "senseflow_4" in metrics.stdout
 
     # nothing changed: a second repro runs no stage
-    again = subprocess.run(
-        ["dvc", "repro"], cwd=repo, env=_env(), capture_output=True, text=True, timeout=300
-    )
-    assert again.returncode == 0 and "Running stage" not in again.stdout
+    t0 = time.perf_counter()
+    again = _dvc(repo, "repro", timeout=300)
+    print(f"second dvc repro, nothing changed: {time.perf_counter() - t0:.1f} s")
+    assert again.returncode == 0 and not _ran(again.stdout), again.stdout[-2000:]
 
-    # a knob of the sampling recipe reruns only the stages that read it
-    subprocess.run(
-        ["dvc", "exp", "run", "-S", "experiments/smoke.yaml:teacher.sample.n_prompts=32"],
-        cwd=repo, env=_env(), capture_output=True, text=True, timeout=600, check=True,
-    )  # fmt: skip
-    status = (repo / "dvc.lock").read_text()
-    assert "n_prompts: 32" in status
-    manifest = (repo / "build/samples/teacher/manifest.jsonl").read_text().splitlines()
-    assert len(manifest) == 32
+    # an evaluation knob reruns only the evaluation stages, the report and the gate
+    exp = _dvc(repo, "exp", "run", "-S", "experiments/smoke.yaml:pipeline.n_boot=100", timeout=600)
+    assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-2000:]
+    ran = _ran(exp.stdout)
+    assert ran and all(s.startswith("evaluate@") or s in ("report", "gate") for s in ran), ran
+
+
+def test_broken_dmd_sign_fails_the_gate(tmp_path):
+    # the distillation loss pushed the wrong way: the pipeline runs, the gate catches the result
+    repo = _copy_repo(tmp_path / "repo")
+    dmd = repo / "senseflow/losses/dmd.py"
+    src = dmd.read_text()
+    assert "grad = (fake - real) / w" in src
+    dmd.write_text(src.replace("grad = (fake - real) / w", "grad = (real - fake) / w"))
+    run = _dvc(repo, "repro")
+    out = run.stdout + run.stderr
+    assert run.returncode != 0 and "failed to reproduce 'gate'" in out, out[-4000:]
+    gate = json.loads((repo / "results/gate.json").read_text())
+    failed = {(r["candidate"], r["metric"]) for r in gate["rows"] if not r["passed"]}
+    assert gate["passed"] is False and any(c.startswith("senseflow") for c, _ in failed), failed
 
 
 def test_real_profile_stops_at_the_first_stage(tmp_path):
-    # The pipeline so far builds the embedded world only: a real profile stops at the first
-    # stage, naming the profile file, before anything is written.
-    repo = _copy_repo(tmp_path / "repo")
-    params = repo / "params.yaml"
-    params.write_text(params.read_text().replace("profile: smoke", "profile: sdxl"))
-    run = subprocess.run(["dvc", "repro"], cwd=repo, env=_env(), capture_output=True, text=True, timeout=300)
+    # no weights on this machine: the first stage names what is missing and how to fetch it,
+    # before any stage writes anything
+    repo = _copy_repo(tmp_path / "repo", profile="sdxl")
+    env_weights = tmp_path / "no-weights"
+    run = subprocess.run(
+        ["dvc", "repro"], cwd=repo, env={**_env(repo), "SENSEFLOW_WEIGHTS": str(env_weights)},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
     assert run.returncode != 0
     out = run.stderr + run.stdout
-    assert "failed to reproduce 'world'" in out and "experiments/sdxl.yaml" in out
+    assert "failed to reproduce 'preflight'" in out and "senseflow weights fetch sdxl" in out, out[-3000:]
+    assert _ran(run.stdout) == {"preflight"}
     assert not (repo / "build").exists() or not any((repo / "build").iterdir())
