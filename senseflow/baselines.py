@@ -229,8 +229,11 @@ def resolve_weight(ref: WeightRef, weights_dir: str | Path | None, what: str) ->
         try:
             if ref.file:
                 sub = ref.subfolder
-                return Path(hf_hub_download(ref.repo, ref.file, subfolder=sub, revision=ref.revision,
-                                            local_files_only=True))  # fmt: skip
+                return Path(
+                    hf_hub_download(
+                        ref.repo, ref.file, subfolder=sub, revision=ref.revision, local_files_only=True
+                    )
+                )
             snap = Path(snapshot_download(ref.repo, revision=ref.revision, local_files_only=True))
             if (snap / rel).is_dir():
                 return snap / rel
@@ -278,13 +281,18 @@ def _replace_network(pipe, attr: str, ref: WeightRef, weights_dir, dtype, name: 
 
 # ----------------------------------------------------------------------------- LoRA
 LORA_SUFFIXES = (
-    ".lora_A.weight", ".lora_B.weight", ".lora.down.weight", ".lora.up.weight",
-    ".lora_linear_layer.down.weight", ".lora_linear_layer.up.weight", ".alpha",
-)  # fmt: skip
+    ".lora_A.weight",
+    ".lora_B.weight",
+    ".lora.down.weight",
+    ".lora.up.weight",
+    ".lora_linear_layer.down.weight",
+    ".lora_linear_layer.up.weight",
+    ".alpha",
+)
 
 
 def lora_targets(state: dict[str, torch.Tensor], pipe) -> dict[str, list[tuple[str, str, torch.Tensor]]]:
-    """Group a (diffusers-format) LoRA state dict by pipeline component: ``{component: [(module, suffix, tensor)]}``."""
+    """Group a diffusers-format LoRA state dict: ``{component: [(module, suffix, tensor)]}``."""
     out: dict[str, list] = {}
     for key, value in state.items():
         component, _, rest = key.partition(".")
@@ -366,7 +374,9 @@ def build_pipeline(recipe: Recipe, *, weights_dir=None, device: torch.device | s
     if recipe.family is not None:
         from senseflow.backbones.loading import check_components
 
-        check_components(folder, recipe.family, _hint(recipe.base, Path(weights_dir) if weights_dir else None))
+        check_components(
+            folder, recipe.family, _hint(recipe.base, Path(weights_dir) if weights_dir else None)
+        )
     cls = getattr(diffusers, recipe.pipeline)
     pipe = cls.from_pretrained(folder, dtype=dtype, local_files_only=True)
     if recipe.unet is not None:

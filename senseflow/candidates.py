@@ -61,15 +61,22 @@ class EmbeddedTeacher(Candidate):
 
     kind = "teacher"
 
-    def __init__(self, backbone, shape: tuple[int, int, int], *, steps: int, cfg: float, name: str = "teacher"):
+    def __init__(
+        self, backbone, shape: tuple[int, int, int], *, steps: int, cfg: float, name: str = "teacher"
+    ):
         super().__init__()
         self.backbone, self.shape, self.steps, self.cfg, self.name = backbone, shape, steps, cfg, name
         self.resolution = shape[-1]
 
     def identity(self) -> dict:
         """Name, kind, sampler, steps and CFG scale."""
-        return {"candidate": self.name, "kind": self.kind, "sampler": "euler", "steps": self.steps,
-                "cfg": self.cfg}  # fmt: skip
+        return {
+            "candidate": self.name,
+            "kind": self.kind,
+            "sampler": "euler",
+            "steps": self.steps,
+            "cfg": self.cfg,
+        }
 
     def record_extra(self) -> dict:
         """The CFG scale, as ``senseflow sample`` always recorded it."""
@@ -81,8 +88,15 @@ class EmbeddedTeacher(Candidate):
 
     def render(self, prompts, seeds):
         """Euler-sample, decode, round to 8 bits."""
-        x, nfe = sample_prompts(self.backbone, prompts, seeds, steps=self.steps, cfg=self.cfg,
-                                shape=self.shape, batch_size=len(prompts))  # fmt: skip
+        x, nfe = sample_prompts(
+            self.backbone,
+            prompts,
+            seeds,
+            steps=self.steps,
+            cfg=self.cfg,
+            shape=self.shape,
+            batch_size=len(prompts),
+        )
         from senseflow.schedules import euler_sigmas
 
         self.last_schedule = {"sigmas": euler_sigmas(self.steps, self.backbone.shift).tolist()}
@@ -94,8 +108,15 @@ class StudentCandidate(Candidate):
 
     kind = "student"
 
-    def __init__(self, student, *, name: str, steps: int | None = None, sampler: str | None = None,
-                 recipe_hash: str | None = None):  # fmt: skip
+    def __init__(
+        self,
+        student,
+        *,
+        name: str,
+        steps: int | None = None,
+        sampler: str | None = None,
+        recipe_hash: str | None = None,
+    ):
         from senseflow.student import anchors_for_steps
 
         super().__init__()
@@ -108,8 +129,14 @@ class StudentCandidate(Candidate):
 
     def identity(self) -> dict:
         """Name, kind, sampler, steps, the anchors used and a hash of the student's recipe."""
-        return {"candidate": self.name, "kind": self.kind, "sampler": self.sampler, "steps": self.steps,
-                "times": self.times, "recipe_sha256": self.recipe_hash}  # fmt: skip
+        return {
+            "candidate": self.name,
+            "kind": self.kind,
+            "sampler": self.sampler,
+            "steps": self.steps,
+            "times": self.times,
+            "recipe_sha256": self.recipe_hash,
+        }
 
     def record_extra(self) -> dict:
         """The student sampler."""
@@ -123,8 +150,9 @@ class StudentCandidate(Candidate):
 
     def render(self, prompts, seeds):
         """The student's few steps from each prompt's noise, decoded, 8-bit."""
-        images = self.student.generate(prompts, seeds, steps=self.steps, sampler=self.sampler,
-                                       batch_size=len(prompts))  # fmt: skip
+        images = self.student.generate(
+            prompts, seeds, steps=self.steps, sampler=self.sampler, batch_size=len(prompts)
+        )
         self.last_schedule = {"sigmas": list(self.student.last_times)}
         return to_uint8(images), len(self.times)
 
@@ -137,7 +165,12 @@ class PipelineCandidate(Candidate):
 
         super().__init__()
         self.pipe, self.recipe, self.device = pipe, recipe, device
-        self.name, self.kind, self.steps, self.resolution = recipe.name, recipe.kind, recipe.steps, recipe.resolution
+        self.name, self.kind, self.steps, self.resolution = (
+            recipe.name,
+            recipe.kind,
+            recipe.steps,
+            recipe.resolution,
+        )
         self.dtype = str(runtime_dtype(recipe, device)).removeprefix("torch.")
         self._rows = 0
         # NFE is counted, not assumed: rows through the network per image (CFG doubles the batch)
@@ -149,8 +182,12 @@ class PipelineCandidate(Candidate):
 
     def identity(self) -> dict:
         """Name, kind, steps and a hash of the full recipe (scheduler, weights, guidance...)."""
-        return {"candidate": self.name, "kind": self.kind, "steps": self.steps,
-                "recipe_sha256": _sha(self.recipe.model_dump(by_alias=True))}  # fmt: skip
+        return {
+            "candidate": self.name,
+            "kind": self.kind,
+            "steps": self.steps,
+            "recipe_sha256": _sha(self.recipe.model_dump(by_alias=True)),
+        }
 
     def record_extra(self) -> dict:
         """The guidance scale."""
@@ -162,8 +199,14 @@ class PipelineCandidate(Candidate):
 
         gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
         self._rows = 0
-        out = self.pipe(prompt=list(prompts), generator=gens, output_type="np", height=self.resolution,
-                        width=self.resolution, **call_kwargs(self.recipe))  # fmt: skip
+        out = self.pipe(
+            prompt=list(prompts),
+            generator=gens,
+            output_type="np",
+            height=self.resolution,
+            width=self.resolution,
+            **call_kwargs(self.recipe),
+        )
         sched = self.pipe.scheduler
         self.last_schedule = {"scheduler": type(sched).__name__, "timesteps": sched.timesteps.tolist()}
         if getattr(sched, "sigmas", None) is not None:
@@ -180,12 +223,18 @@ def recipe_student(recipe, *, weights_dir, device: torch.device) -> StudentCandi
     from senseflow.student import Student
 
     pipe = build_pipeline(recipe, weights_dir=weights_dir, device=device)
-    cfg = PretrainedConfig(model_id=recipe.base.repo, revision=recipe.base.revision, dtype="float32"
-                           if device.type != "cuda" else recipe.dtype, resolution=recipe.resolution,
-                           max_sequence_length=recipe.max_sequence_length or 256, licence=recipe.licence)  # fmt: skip
+    cfg = PretrainedConfig(
+        model_id=recipe.base.repo,
+        revision=recipe.base.revision,
+        dtype="float32" if device.type != "cuda" else recipe.dtype,
+        resolution=recipe.resolution,
+        max_sequence_length=recipe.max_sequence_length or 256,
+        licence=recipe.licence,
+    )
     backbone = backbone_from_pipeline(recipe.family, pipe, cfg)
-    student = Student(backbone, {"anchors": list(recipe.sigmas), "sampler": recipe.sampler,
-                                 "resolution": recipe.resolution})  # fmt: skip
+    student = Student(
+        backbone, {"anchors": list(recipe.sigmas), "sampler": recipe.sampler, "resolution": recipe.resolution}
+    )
     cand = StudentCandidate(student, name=recipe.name, recipe_hash=_sha(recipe.model_dump(by_alias=True)))
     cand.kind, cand.device = recipe.kind, device
     return cand

@@ -532,7 +532,9 @@ def baselines_list() -> None:
 
 
 @baselines_app.command("show")
-def baselines_show(name: Annotated[str, typer.Argument(help="Candidate name (`senseflow baselines list`).")]) -> None:
+def baselines_show(
+    name: Annotated[str, typer.Argument(help="Candidate name (`senseflow baselines list`).")],
+) -> None:
     """Print one recipe in full (YAML)."""
     from senseflow.baselines import get_recipe, show_recipe
 
@@ -542,14 +544,19 @@ def baselines_show(name: Annotated[str, typer.Argument(help="Candidate name (`se
 @app.command("generate")
 def generate_cmd(
     candidate: Annotated[
-        str, typer.Option(help="`teacher`, a registry name (`senseflow baselines list`) or an exported folder.")
+        str,
+        typer.Option(help="`teacher`, a registry name (`senseflow baselines list`) or an exported folder."),
     ],
-    prompts: Annotated[str, typer.Option(help="Prompt file (.txt/.jsonl) or set name (world_test, coco5k, ...).")],
+    prompts: Annotated[
+        str, typer.Option(help="Prompt file (.txt/.jsonl) or set name (world_test, coco5k, ...).")
+    ],
     out: Out,
     steps: Annotated[
         int | None, typer.Option(min=1, help="Teacher: Euler steps; student: 1/2/4 of its anchors.")
     ] = None,
-    seed: Annotated[int | None, typer.Option(help="Base seed [default: profile's teacher.sample.seed].")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Base seed [default: profile's teacher.sample.seed].")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward batch.")] = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N prompts.")] = None,
     world: WorldDir = Path("build/world"),
@@ -571,14 +578,15 @@ def generate_cmd(
 
     Under `torchrun --nproc_per_node N` the prompts are split across ranks.
 
-    Example: senseflow generate --candidate teacher --steps 4 --prompts world_test --out build/samples/teacher_4
+    Example: senseflow generate --candidate teacher --steps 4 --prompts world_test
+    --out build/samples/teacher_4
     """
     from senseflow.generate import generate
 
     summary = generate(
-        candidate, prompts, out, steps=steps, profile=profile, overrides=set_, seed=seed, batch_size=batch_size,
-        limit=limit, world_dir=world, teacher_dir=teacher, weights_dir=weights_dir, prompt_source=prompt_source,
-        device=device, progress=not quiet,
+        candidate, prompts, out, steps=steps, profile=profile, overrides=set_, seed=seed,
+        batch_size=batch_size, limit=limit, world_dir=world, teacher_dir=teacher, weights_dir=weights_dir,
+        prompt_source=prompt_source, device=device, progress=not quiet,
     )  # fmt: skip
     if summary["rank"] == 0:
         typer.echo(json.dumps(summary))

@@ -27,8 +27,13 @@ class Prompts:
     sha256: str
 
 
-def resolve_prompts(spec: str, *, source: str | Path | None = None, world_dir: str | Path = "build/world",
-                    limit: int | None = None) -> Prompts:  # fmt: skip
+def resolve_prompts(
+    spec: str,
+    *,
+    source: str | Path | None = None,
+    world_dir: str | Path = "build/world",
+    limit: int | None = None,
+) -> Prompts:
     """A prompt file (``.txt`` / ``.jsonl``) or a prompt-set name (``world_test``, ``coco5k``, ...).
 
     Named sets read their local source: ``world_test`` the world folder, the others
@@ -94,20 +99,44 @@ def generate(
     info = init_distributed(device)
     try:
         ps = resolve_prompts(prompts, source=prompt_source, world_dir=world_dir, limit=limit)
-        cand = load_candidate(candidate, steps=steps, cfg=plan.cfg, teacher_steps=plan.steps,
-                              world_dir=world_dir, teacher_dir=teacher_dir, weights_dir=weights_dir,
-                              device=info.device, registry=registry, recipe_overrides=recipe_overrides)  # fmt: skip
+        cand = load_candidate(
+            candidate,
+            steps=steps,
+            cfg=plan.cfg,
+            teacher_steps=plan.steps,
+            world_dir=world_dir,
+            teacher_dir=teacher_dir,
+            weights_dir=weights_dir,
+            device=info.device,
+            registry=registry,
+            recipe_overrides=recipe_overrides,
+        )
         if batch_size is None:
             batch_size = PIPELINE_BATCH if isinstance(cand, PipelineCandidate) else plan.batch_size
         seed = plan.seed if seed is None else seed
         records = generate_to_folder(
-            cand, ps.records, out, seed=seed, batch_size=batch_size, progress=progress,
-            identity_extra={"prompt_set_sha256": ps.sha256}, rank=info.rank, world_size=info.world_size,
+            cand,
+            ps.records,
+            out,
+            seed=seed,
+            batch_size=batch_size,
+            progress=progress,
+            identity_extra={"prompt_set_sha256": ps.sha256},
+            rank=info.rank,
+            world_size=info.world_size,
             on_batch=on_batch,
-        )  # fmt: skip
+        )
     finally:
         if owned and dist.is_initialized():
             dist.destroy_process_group()
-    return {"candidate": cand.name, "images": len(records), "steps": cand.steps,
-            "nfe": records[0]["nfe"] if records else None, "out": str(out), "prompts": ps.name,
-            "prompt_set_sha256": ps.sha256, "seed": seed, "rank": info.rank}  # fmt: skip
+    return {
+        "candidate": cand.name,
+        "images": len(records),
+        "steps": cand.steps,
+        "nfe": records[0]["nfe"] if records else None,
+        "out": str(out),
+        "prompts": ps.name,
+        "prompt_set_sha256": ps.sha256,
+        "seed": seed,
+        "rank": info.rank,
+    }

@@ -162,8 +162,8 @@ def generate_to_folder(
     candidate.check_prompts([r.prompt for r in records])
     barrier()  # every rank has checked the folder before rank 0 (re)writes its header
     if rank == 0 and not (out_dir / HEADER).is_file():
-        atomic_write_text(out_dir / HEADER, json.dumps({"identity": identity, "resolution": candidate.resolution,
-                                                        "n_prompts": len(records)}, indent=2) + "\n")  # fmt: skip
+        header = {"identity": identity, "resolution": candidate.resolution, "n_prompts": len(records)}
+        atomic_write_text(out_dir / HEADER, json.dumps(header, indent=2) + "\n")
     mine = records[rank::world_size]
     todo = [r for r in mine if r.id not in done]
     own = {r.id: done[r.id] for r in mine if r.id in done}

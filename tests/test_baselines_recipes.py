@@ -57,7 +57,9 @@ def tiny_lora(network: nn.Module, prefix: str, path, *, rank: int = 2, seed: int
     for name, module in network.named_modules():
         if isinstance(module, nn.Linear) and name.endswith(TARGETS):
             state[f"{prefix}.{name}.lora_A.weight"] = 0.5 * torch.randn(rank, module.in_features, generator=g)
-            state[f"{prefix}.{name}.lora_B.weight"] = 0.5 * torch.randn(module.out_features, rank, generator=g)
+            state[f"{prefix}.{name}.lora_B.weight"] = 0.5 * torch.randn(
+                module.out_features, rank, generator=g
+            )
     assert state, "no attention projection found"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(state, str(path))
@@ -95,8 +97,19 @@ def run(name, weights, prompts, out, registry, **kw):
 
     cands.load_candidate = spy
     try:
-        summary = generate(name, str(prompts), out, profile="smoke", weights_dir=weights, batch_size=2,
-                           device="cpu", progress=False, registry=registry, recipe_overrides=overrides, **kw)  # fmt: skip
+        summary = generate(
+            name,
+            str(prompts),
+            out,
+            profile="smoke",
+            weights_dir=weights,
+            batch_size=2,
+            device="cpu",
+            progress=False,
+            registry=registry,
+            recipe_overrides=overrides,
+            **kw,
+        )
     finally:
         cands.load_candidate = real
     return summary, captured["cand"]
@@ -197,7 +210,9 @@ def test_sd3_lora_fused_at_one_eighth(weights, prompts, tmp_path, registry):
 
     base_dir = weights / "stabilityai/stable-diffusion-3-medium-diffusers"
     base = SD3Transformer2DModel.from_pretrained(base_dir / "transformer")
-    state = tiny_lora(base, "transformer", weights / "ByteDance/Hyper-SD/Hyper-SD3-4steps-CFG-lora.safetensors")
+    state = tiny_lora(
+        base, "transformer", weights / "ByteDance/Hyper-SD/Hyper-SD3-4steps-CFG-lora.safetensors"
+    )
     recipe = get_recipe("hyper_sd3_4", registry)
     assert recipe.lora.scale == 0.125
     _, cand = run("hyper_sd3_4", weights, prompts, tmp_path / "sd3", registry)
@@ -222,7 +237,9 @@ def _flux_mu(scheduler, seq_len: int) -> float:
 def test_flux_lora_with_dynamic_shift_sigmas(weights, prompts, tmp_path, registry):
     base_dir = weights / "black-forest-labs/FLUX.1-dev"
     base = FluxTransformer2DModel.from_pretrained(base_dir / "transformer")
-    state = tiny_lora(base, "transformer", weights / "ByteDance/Hyper-SD/Hyper-FLUX.1-dev-8steps-lora.safetensors")
+    state = tiny_lora(
+        base, "transformer", weights / "ByteDance/Hyper-SD/Hyper-FLUX.1-dev-8steps-lora.safetensors"
+    )
     _, cand = run("hyper_flux_8", weights, prompts, tmp_path / "flux", registry)
     assert_fused(cand.pipe.transformer, base, state, "transformer", 0.125)
     # FluxPipeline's schedule: linspace(1, 1/8, 8) shifted by mu of the image's token count
@@ -242,7 +259,9 @@ def test_flux_schnell_style_runs_without_guidance(weights, prompts, tmp_path, re
     with seeded(7):
         pipe.transformer = FluxTransformer2DModel.from_config(cfg).eval()
     # schnell's published scheduler: shift 1, no resolution-dependent shift
-    pipe.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False)
+    pipe.scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False
+    )
     pipe.save_pretrained(weights / "black-forest-labs/FLUX.1-schnell")
     seen = []
     _, cand = None, None
@@ -252,14 +271,18 @@ def test_flux_schnell_style_runs_without_guidance(weights, prompts, tmp_path, re
 
     def init(self, pipe, recipe, device):
         real(self, pipe, recipe, device)
-        pipe.transformer.register_forward_pre_hook(lambda m, a, k: seen.append(k.get("guidance")), with_kwargs=True)
+        pipe.transformer.register_forward_pre_hook(
+            lambda m, a, k: seen.append(k.get("guidance")), with_kwargs=True
+        )
 
     cands.PipelineCandidate.__init__ = init
     try:
         _, cand = run("flux_schnell_4", weights, prompts, tmp_path / "schnell", registry)
     finally:
         cands.PipelineCandidate.__init__ = real
-    assert seen and all(g is None for g in seen), "a guidance value reached a network without guidance embedding"
+    assert seen and all(g is None for g in seen), (
+        "a guidance value reached a network without guidance embedding"
+    )
     np.testing.assert_allclose(cand.last_schedule["sigmas"][:-1], np.linspace(1.0, 0.25, 4), rtol=1e-6)
     manifest, _ = _check_folder(tmp_path / "schnell")
     assert manifest[0]["nfe"] == 4
@@ -286,7 +309,9 @@ def test_authors_senseflow_flux_replaced_transformer_at_its_anchors(weights, pro
 def test_lora_for_another_model_is_refused_before_anything_is_written(weights, prompts, tmp_path, registry):
     from diffusers import SD3Transformer2DModel
 
-    other = SD3Transformer2DModel.from_pretrained(weights / "stabilityai/stable-diffusion-3-medium-diffusers/transformer")
+    other = SD3Transformer2DModel.from_pretrained(
+        weights / "stabilityai/stable-diffusion-3-medium-diffusers/transformer"
+    )
     path = weights / "ByteDance/Hyper-SD/Hyper-SDXL-2steps-lora.safetensors"
     tiny_lora(other, "unet", path)  # SD3 module names under the UNet prefix
     with pytest.raises(UserError, match="has no layer .*made for another model"):
@@ -316,7 +341,11 @@ def test_registry_rejects_unknown_classes_and_bad_schedules(tmp_path):
     cases = [
         ("class: LCMScheduler", "class: LCMSchedular", "scheduler class 'LCMSchedular' does not exist"),
         ("pipeline: FluxPipeline", "pipeline: FluxPipelin", "pipeline class 'FluxPipelin' does not exist"),
-        ("kwargs: {timestep_spacing: trailing}", "kwargs: {spacing: trailing}", "takes no argument 'spacing'"),
+        (
+            "kwargs: {timestep_spacing: trailing}",
+            "kwargs: {spacing: trailing}",
+            "takes no argument 'spacing'",
+        ),
         ("timesteps: [399]", "timesteps: [399, 199]", "steps is 1 but the explicit schedule has 2"),
     ]
     for old, new, message in cases:
@@ -341,7 +370,19 @@ def test_registry_covers_the_papers_rows(registry):
     assert covered <= rows, covered - rows
     # rows with public weights (PCM, Flash, FLUX-Turbo-Alpha and the SDXL / SD3.5 SenseFlow are not
     # in the list; SenseFlow-SD3.5 comes from our own distillation)
-    for row in ("SDXL (teacher)", "LCM-SDXL", "SDXL-Lightning", "Hyper-SDXL", "DMD2-SDXL", "SD 3.5 Large (teacher)",
-                "SD 3.5 Large Turbo", "FLUX.1 dev (teacher)", "FLUX.1 dev 25 steps", "FLUX.1-schnell",
-                "Hyper-FLUX", "SenseFlow-FLUX", "SenseFlow-FLUX (Euler)"):  # fmt: skip
+    for row in (
+        "SDXL (teacher)",
+        "LCM-SDXL",
+        "SDXL-Lightning",
+        "Hyper-SDXL",
+        "DMD2-SDXL",
+        "SD 3.5 Large (teacher)",
+        "SD 3.5 Large Turbo",
+        "FLUX.1 dev (teacher)",
+        "FLUX.1 dev 25 steps",
+        "FLUX.1-schnell",
+        "Hyper-FLUX",
+        "SenseFlow-FLUX",
+        "SenseFlow-FLUX (Euler)",
+    ):
         assert row in covered, row

@@ -40,8 +40,12 @@ def students(tmp_path_factory, world_dir):
     teacher = tiny_teacher(str(world_dir))
     root = tmp_path_factory.mktemp("students")
     return {
-        s: export_student(root / s, teacher.network.state_dict(), teacher,
-                          {"anchors": ANCHORS, "sampler": s, "resolution": 16})  # fmt: skip
+        s: export_student(
+            root / s,
+            teacher.network.state_dict(),
+            teacher,
+            {"anchors": ANCHORS, "sampler": s, "resolution": 16},
+        )
         for s in ("x0", "euler")
     }
 
@@ -53,8 +57,17 @@ def prompts(world_dir):
 
 def _gen(candidate, prompts, out, world_dir, teacher_dir, **kw):
     kw = {"steps": 2, "batch_size": 4, "limit": N, **kw}
-    return generate(candidate, prompts, out, profile="smoke", world_dir=world_dir, teacher_dir=teacher_dir,
-                    device="cpu", progress=False, **kw)  # fmt: skip
+    return generate(
+        candidate,
+        prompts,
+        out,
+        profile="smoke",
+        world_dir=world_dir,
+        teacher_dir=teacher_dir,
+        device="cpu",
+        progress=False,
+        **kw,
+    )
 
 
 def _manifest(folder):
@@ -71,7 +84,17 @@ def test_teacher_folder_is_complete_and_byte_identical_on_rerun(tmp_path, world_
     assert a["images"] == N and a["nfe"] == 4  # 2 Euler steps, CFG 4.0 of the smoke profile: 2 passes each
     assert _files(tmp_path / "a") == _files(tmp_path / "b") and len(_files(tmp_path / "a")) == N
     rec = _manifest(tmp_path / "a")[0]
-    assert set(rec) >= {"id", "prompt", "seed", "file", "sha256", "steps", "nfe", "seconds_per_image", "scene"}
+    assert set(rec) >= {
+        "id",
+        "prompt",
+        "seed",
+        "file",
+        "sha256",
+        "steps",
+        "nfe",
+        "seconds_per_image",
+        "scene",
+    }
     header = json.loads((tmp_path / "a" / "generation.json").read_text())["identity"]
     assert header["candidate"] == "teacher" and header["steps"] == 2 and header["seed"] == 0
     assert len(header["prompt_set_sha256"]) == 64
@@ -99,7 +122,9 @@ def test_interrupted_run_resumes_without_rewriting(tmp_path, world_dir, teacher_
     assert _files(out) == _files(tmp_path / "straight")
 
 
-def test_folder_of_another_candidate_steps_or_seed_is_refused(tmp_path, world_dir, teacher_dir, prompts, students):
+def test_folder_of_another_candidate_steps_or_seed_is_refused(
+    tmp_path, world_dir, teacher_dir, prompts, students
+):
     out = tmp_path / "o"
     _gen("teacher", prompts, out, world_dir, teacher_dir)
     before = _files(out)
@@ -115,7 +140,9 @@ def test_folder_of_another_candidate_steps_or_seed_is_refused(tmp_path, world_di
     assert _files(out) == before
 
 
-def test_students_sample_at_their_anchors_with_their_sampler(tmp_path, world_dir, teacher_dir, prompts, students):
+def test_students_sample_at_their_anchors_with_their_sampler(
+    tmp_path, world_dir, teacher_dir, prompts, students
+):
     import senseflow.candidates as cands
 
     seen = {}
@@ -130,14 +157,18 @@ def test_students_sample_at_their_anchors_with_their_sampler(tmp_path, world_dir
     try:
         for sampler, folder in students.items():
             for steps in (4, 2, 1):
-                res = _gen(str(folder), prompts, tmp_path / f"{sampler}{steps}", world_dir, teacher_dir, steps=steps)
+                res = _gen(
+                    str(folder), prompts, tmp_path / f"{sampler}{steps}", world_dir, teacher_dir, steps=steps
+                )
                 assert res["nfe"] == steps
         with pytest.raises(UserError, match="samples at \\[1, 2, 4\\] steps, not 3"):
             _gen(str(students["x0"]), prompts, tmp_path / "bad", world_dir, teacher_dir, steps=3)
     finally:
         cands.StudentCandidate.render = real
     for sampler in students:
-        assert seen[(sampler, 4)] == ANCHORS and seen[(sampler, 2)] == [1.0, 0.5] and seen[(sampler, 1)] == [1.0]
+        assert (
+            seen[(sampler, 4)] == ANCHORS and seen[(sampler, 2)] == [1.0, 0.5] and seen[(sampler, 1)] == [1.0]
+        )
     rec = _manifest(tmp_path / "x04")[0]
     assert rec["sampler"] == "x0" and rec["nfe"] == 4 and "scene" in rec
     assert _files(tmp_path / "x04") != _files(tmp_path / "euler4")  # x0 re-noises with fresh noise
@@ -157,18 +188,46 @@ def test_duplicate_prompt_ids_are_refused(tmp_path, world_dir, teacher_dir):
 def _cli(*args, env=None):
     return subprocess.run(
         [sys.executable, "-c", "from senseflow.cli import main; main()", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env,
-    )  # fmt: skip
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 def test_cli_generate_unknown_candidate_and_baselines_commands(tmp_path, world_dir, prompts):
-    r = _cli("generate", "--candidate", "nope", "--prompts", prompts, "--out", str(tmp_path / "o"),
-             "--profile", "smoke", "--world", str(world_dir))  # fmt: skip
+    r = _cli(
+        "generate",
+        "--candidate",
+        "nope",
+        "--prompts",
+        prompts,
+        "--out",
+        str(tmp_path / "o"),
+        "--profile",
+        "smoke",
+        "--world",
+        str(world_dir),
+    )
     assert r.returncode == 2
     line = r.stderr.strip().splitlines()
     assert len(line) == 1 and "unknown candidate 'nope'; known: teacher, sdxl_teacher_40" in line[0]
-    r = _cli("generate", "--candidate", "teacher", "--prompts", prompts, "--out", str(tmp_path / "o"),
-             "--profile", "smoke", "--world", str(world_dir), "--teacher", str(tmp_path / "none"))  # fmt: skip
+    r = _cli(
+        "generate",
+        "--candidate",
+        "teacher",
+        "--prompts",
+        prompts,
+        "--out",
+        str(tmp_path / "o"),
+        "--profile",
+        "smoke",
+        "--world",
+        str(world_dir),
+        "--teacher",
+        str(tmp_path / "none"),
+    )
     assert r.returncode == 2 and "recipe.json is missing" in r.stderr
     runner = CliRunner()
     res = runner.invoke(app, ["baselines", "list"])
@@ -180,17 +239,44 @@ def test_cli_generate_unknown_candidate_and_baselines_commands(tmp_path, world_d
 
 @pytest.mark.slow
 def test_two_ranks_split_the_prompts_and_merge_one_manifest(tmp_path, world_dir, teacher_dir, prompts):
-    args = ["generate", "--candidate", "teacher", "--teacher", str(teacher_dir), "--steps", "2", "--prompts", prompts,
-            "--limit", str(N), "--batch-size", "2", "--profile", "smoke", "--world", str(world_dir),
-            "--device", "cpu", "--quiet"]  # fmt: skip
+    args = [
+        "generate",
+        "--candidate",
+        "teacher",
+        "--teacher",
+        str(teacher_dir),
+        "--steps",
+        "2",
+        "--prompts",
+        prompts,
+        "--limit",
+        str(N),
+        "--batch-size",
+        "2",
+        "--profile",
+        "smoke",
+        "--world",
+        str(world_dir),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([*_torchrun(29541), "senseflow.cli", *args, "--out", str(tmp_path / "two")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    res = subprocess.run(
+        [*_torchrun(29541), "senseflow.cli", *args, "--out", str(tmp_path / "two")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     one = _cli(*args, "--out", str(tmp_path / "one"), env=env)
     assert one.returncode == 0, one.stderr[-3000:]
     assert _files(tmp_path / "two") == _files(tmp_path / "one") and len(_files(tmp_path / "two")) == N
     strip = lambda recs: [{k: v for k, v in r.items() if k != "seconds_per_image"} for r in recs]  # noqa: E731
     assert strip(_manifest(tmp_path / "two")) == strip(_manifest(tmp_path / "one"))
-    assert not list((tmp_path / "two").glob("manifest.rank*")) and not list((tmp_path / "two").glob(".speed*"))
+    assert not list((tmp_path / "two").glob("manifest.rank*")) and not list(
+        (tmp_path / "two").glob(".speed*")
+    )
     assert json.loads((tmp_path / "two" / "speed.json").read_text())["ranks"] == 2
