@@ -13,6 +13,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 from safetensors.torch import save_file
 from torch import nn
@@ -97,13 +98,13 @@ def run(name, weights, prompts, out, registry, **kw):
 
     cands.load_candidate = spy
     try:
+        kw = {"batch_size": 2, **kw}
         summary = generate(
             name,
             str(prompts),
             out,
             profile="smoke",
             weights_dir=weights,
-            batch_size=2,
             device="cpu",
             progress=False,
             registry=registry,
@@ -157,6 +158,15 @@ def test_sdxl_ddim_trailing_with_fused_lora(weights, prompts, tmp_path, registry
     assert not any("lora" in n for n, _ in cand.pipe.unet.named_modules()), "adapter layers left after fusing"
     manifest, _ = _check_folder(tmp_path / "hyper")
     assert manifest[0]["nfe"] == 4
+    # same candidate, prompts and seed: byte-identical PNGs (a fresh load of everything)
+    run("hyper_sdxl_4", weights, prompts, tmp_path / "again", registry)
+    for rec in manifest:
+        assert (tmp_path / "again" / rec["file"]).read_bytes() == (tmp_path / "hyper" / rec["file"]).read_bytes()
+    # another batch split: each prompt keeps its own noise; only float rounding of batched kernels differs
+    run("hyper_sdxl_4", weights, prompts, tmp_path / "split", registry, batch_size=3)
+    for rec in manifest:
+        a, b = (np.asarray(Image.open(tmp_path / d / rec["file"])).astype(int) for d in ("hyper", "split"))
+        assert np.abs(a - b).max() <= 2
 
 
 def test_sdxl_tcd_runs_with_the_recipe_eta(weights, prompts, tmp_path, registry, monkeypatch):
