@@ -42,6 +42,10 @@ pipeline_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(pipeline_app, name="pipeline")
+baselines_app = typer.Typer(
+    help="The baseline registry (experiments/baselines.yaml): public inference recipes.", no_args_is_help=True
+)
+app.add_typer(baselines_app, name="baselines")
 
 Profile = Annotated[str, typer.Option("--profile", "-p", help="Profile name in experiments/ or a YAML path.")]
 Sets = Annotated[
@@ -637,6 +641,75 @@ def pipeline_report(profile: Profile = "embedded", set_: Sets = None, ablations:
 
     summary = write_report(_cfg(profile, set_), ablations=_flag(ablations))
     typer.echo(f"{len(summary['candidates'])} candidates -> results/summary.json, results/tables/{profile}/")
+# ----------------------------------------------------------------------------- baselines / generate
+@baselines_app.command("list")
+def baselines_list() -> None:
+    """One line per registry candidate: kind, pipeline, steps, scheduler, guidance, extra weights."""
+    from senseflow.baselines import load_registry
+
+    for recipe in load_registry().values():
+        typer.echo(recipe.summary())
+
+
+@baselines_app.command("show")
+def baselines_show(
+    name: Annotated[str, typer.Argument(help="Candidate name (`senseflow baselines list`).")],
+) -> None:
+    """Print one recipe in full (YAML)."""
+    from senseflow.baselines import get_recipe, show_recipe
+
+    typer.echo(show_recipe(get_recipe(name)), nl=False)
+
+
+@app.command("generate")
+def generate_cmd(
+    candidate: Annotated[
+        str,
+        typer.Option(help="`teacher`, a registry name (`senseflow baselines list`) or an exported folder."),
+    ],
+    prompts: Annotated[
+        str, typer.Option(help="Prompt file (.txt/.jsonl) or set name (world_test, coco5k, ...).")
+    ],
+    out: Out,
+    steps: Annotated[
+        int | None, typer.Option(min=1, help="Teacher: Euler steps; student: 1/2/4 of its anchors.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Base seed [default: profile's teacher.sample.seed].")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per forward batch.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N prompts.")] = None,
+    world: WorldDir = Path("build/world"),
+    teacher: Annotated[Path, typer.Option(help="Exported teacher folder for `teacher`.")] = Path(
+        "build/teacher/teacher"
+    ),
+    weights_dir: Annotated[
+        Path | None, typer.Option(help="Weights directory searched before the Hugging Face cache.")
+    ] = None,
+    prompt_source: Annotated[
+        Path | None, typer.Option(help="Source file/folder of a named prompt set (coco, hpsv2, parti).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    profile: Profile = "embedded",
+    set_: Sets = None,
+    quiet: Quiet = False,
+) -> None:
+    """Generate a candidate's images: PNGs, manifest.jsonl, generation.json, speed.json (resumable).
+
+    Under `torchrun --nproc_per_node N` the prompts are split across ranks.
+
+    Example: senseflow generate --candidate teacher --steps 4 --prompts world_test
+    --out build/samples/teacher_4
+    """
+    from senseflow.generate import generate
+
+    summary = generate(
+        candidate, prompts, out, steps=steps, profile=profile, overrides=set_, seed=seed,
+        batch_size=batch_size, limit=limit, world_dir=world, teacher_dir=teacher, weights_dir=weights_dir,
+        prompt_source=prompt_source, device=device, progress=not quiet,
+    )  # fmt: skip
+    if summary["rank"] == 0:
+        typer.echo(json.dumps(summary))
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from senseflow.errors import UserError
 
 PROFILES_DIR = "experiments"
+NOT_PROFILES = frozenset({"baselines"})  # experiments/baselines.yaml is the baseline registry
 
 
 class ConfigError(UserError, ValueError):
@@ -374,7 +375,7 @@ def find_profiles_dir(start: Path | None = None) -> Path:
 
 def known_profiles(profiles_dir: Path) -> list[str]:
     """Profile names defined in ``profiles_dir`` (each ``NAME.yaml``)."""
-    return sorted(p.stem for p in profiles_dir.glob("*.yaml"))
+    return sorted(p.stem for p in profiles_dir.glob("*.yaml") if p.stem not in NOT_PROFILES)
 
 
 def resolve_profile_path(profile: str) -> Path:

@@ -126,15 +126,15 @@ def generate(cfg: ProfileConfig, name: str, *, ablations: bool, progress: bool =
         if out.is_dir():
             _clear(out)
         return pl.write_skipped(out, reason).parent
-    from senseflow.generate import generate_candidate
+    from senseflow.generate import generate as run_generate
 
     c = pl.parse_candidate(name)
     s = cfg.teacher.sample
-    source = TEACHER if c.method == "teacher" else pl.student_dir(c.source_method)
-    generate_candidate(
-        str(source), prompts=generation_prompts(cfg), out=out, profile=cfg,
-        steps=c.steps, seed=s.seed + c.seed_offset, limit=s.n_prompts, batch_size=s.batch_size,
-        world_dir=WORLD, progress=progress,
+    source = "teacher" if c.method == "teacher" else str(pl.student_dir(c.source_method))
+    run_generate(
+        source, str(generation_prompts(cfg)), out, profile=cfg, steps=c.steps,
+        seed=s.seed + c.seed_offset, limit=s.n_prompts, batch_size=s.batch_size,
+        world_dir=WORLD, teacher_dir=TEACHER, progress=progress,
     )  # fmt: skip
     return out
 

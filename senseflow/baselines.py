@@ -1,0 +1,407 @@
+"""The baseline registry (``experiments/baselines.yaml``) and building a pipeline from one recipe.
+
+Every row of the paper's tables is a public inference recipe stored as data: pipeline class,
+base model, extra weights (UNet / transformer / LoRA with its fuse scale), scheduler class and
+kwargs, steps or explicit timesteps / sigmas, guidance, dtype, max sequence length,
+resolution and licence. :func:`load_registry` validates the file with pydantic and checks
+that every pipeline and scheduler class exists in the installed diffusers, so a typo fails
+when the registry is read, not hours into a run. :func:`build_pipeline` loads a recipe's
+weights offline (local folders or the Hugging Face cache, ``local_files_only``; never a
+download) and applies it verbatim.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import torch
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from senseflow.errors import MissingArtefactError, UserError
+
+REGISTRY = Path(__file__).resolve().parent.parent / "experiments" / "baselines.yaml"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# the pipeline class decides the family (its adapter, components and denoising network)
+FAMILY_OF_PIPELINE = {
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusion3Pipeline": "sd3",
+    "FluxPipeline": "flux",
+}
+
+
+class RegistryError(UserError, ValueError):
+    """The registry file is invalid, or a name is not in it; the message names the entry and fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class WeightRef(_Strict):
+    """Weights on the Hub (or a local path): a single ``file``, or a diffusers folder (``subfolder``)."""
+
+    repo: str
+    revision: str = "main"
+    file: str | None = None
+    subfolder: str | None = None
+    artefact: str | None = None  # name in eval/weights_manifest.yaml (`senseflow weights fetch`)
+
+
+class LoraRef(WeightRef):
+    """A LoRA file and the scale it is fused at (``fuse_lora(lora_scale=scale)``)."""
+
+    file: str
+    scale: Annotated[float, Field(gt=0)] = 1.0
+
+
+class SchedulerSpec(_Strict):
+    """A diffusers scheduler class built ``from_config(base scheduler config, **kwargs)``."""
+
+    class_name: str = Field(alias="class")
+    kwargs: dict[str, Any] = {}
+
+    @model_validator(mode="after")
+    def _exists(self) -> SchedulerSpec:
+        import diffusers
+        from diffusers import SchedulerMixin
+
+        cls = getattr(diffusers, self.class_name, None)
+        if not (inspect.isclass(cls) and issubclass(cls, SchedulerMixin)):
+            raise ValueError(
+                f"scheduler class {self.class_name!r} does not exist in diffusers {diffusers.__version__}"
+            )
+        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
+        unknown = sorted(set(self.kwargs) - accepted)
+        if unknown:
+            raise ValueError(f"{self.class_name} takes no argument {unknown[0]!r}")
+        return self
+
+
+class Recipe(_Strict):
+    """One candidate's inference recipe, exactly as the model card gives it."""
+
+    name: str = ""
+    label: str
+    kind: Literal["teacher", "baseline", "senseflow"]
+    paper_row: str | None = None
+    pipeline: str
+    base: WeightRef
+    unet: WeightRef | None = None
+    transformer: WeightRef | None = None
+    lora: LoraRef | None = None
+    scheduler: SchedulerSpec | None = None
+    steps: Annotated[int, Field(gt=0)]
+    timesteps: list[int] | None = None
+    sigmas: list[float] | None = None
+    eta: Annotated[float, Field(ge=0)] | None = None
+    guidance: Annotated[float, Field(ge=0)]
+    sampler: Literal["pipeline", "x0", "euler"] = "pipeline"
+    dtype: Literal["float32", "bfloat16", "float16"]
+    max_sequence_length: Annotated[int, Field(gt=0)] | None = None
+    resolution: Annotated[int, Field(gt=0)]
+    licence: str
+
+    @field_validator("pipeline")
+    @classmethod
+    def _pipeline_exists(cls, value: str) -> str:
+        import diffusers
+        from diffusers import DiffusionPipeline
+
+        klass = getattr(diffusers, value, None)
+        if not (inspect.isclass(klass) and issubclass(klass, DiffusionPipeline)):
+            raise ValueError(f"pipeline class {value!r} does not exist in diffusers {diffusers.__version__}")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Recipe:
+        if self.timesteps is not None and self.sigmas is not None:
+            raise ValueError("give timesteps or sigmas, not both")
+        explicit = self.timesteps if self.timesteps is not None else self.sigmas
+        if explicit is not None and len(explicit) != self.steps:
+            raise ValueError(f"steps is {self.steps} but the explicit schedule has {len(explicit)} entries")
+        if self.unet is not None and self.transformer is not None:
+            raise ValueError("replace the unet or the transformer, not both")
+        if self.sampler != "pipeline" and self.sigmas is None:
+            raise ValueError(f"sampler {self.sampler!r} needs `sigmas` (the trained anchors)")
+        if self.sampler != "pipeline" and self.pipeline not in FAMILY_OF_PIPELINE:
+            raise ValueError(f"sampler {self.sampler!r} runs only on {', '.join(FAMILY_OF_PIPELINE)}")
+        return self
+
+    @property
+    def family(self) -> str | None:
+        """``sdxl``, ``sd3`` or ``flux`` for the three families with adapters (None otherwise)."""
+        return FAMILY_OF_PIPELINE.get(self.pipeline)
+
+    def summary(self) -> str:
+        """One line: name, steps, scheduler, guidance, extra weights."""
+        sched = self.scheduler.class_name if self.scheduler else "default"
+        extra = (
+            f"LoRA {self.lora.file} x{self.lora.scale}"
+            if self.lora
+            else (f"UNet {self.unet.repo}" if self.unet else "")
+        )
+        if self.transformer:
+            extra = f"transformer {self.transformer.repo}"
+        return (
+            f"{self.name:24s} {self.kind:9s} {self.pipeline:26s} {self.steps:3d} steps  "
+            f"{sched:24s} guidance {self.guidance:<4g} {extra}"
+        ).rstrip()
+
+
+def _where(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc)
+
+
+def load_registry(path: str | Path | None = None) -> dict[str, Recipe]:
+    """Read and validate the registry; any bad entry is a :class:`RegistryError` naming it."""
+    path = Path(path) if path else REGISTRY
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise RegistryError(f"cannot read the baseline registry {path} ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        raise RegistryError(f"{path}: not valid YAML ({exc})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("candidates"), dict):
+        raise RegistryError(f"{path}: expected a mapping `candidates: {{NAME: recipe}}`")
+    out = {}
+    for name, entry in raw["candidates"].items():
+        if not re.fullmatch(r"[a-z0-9_]+", str(name)):
+            raise RegistryError(f"{path}: candidate name {name!r} must be lower-case letters, digits and _")
+        try:
+            out[name] = Recipe(name=name, **(entry or {}))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            loc = _where(err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            raise RegistryError(f"{path}: candidates.{name}{'.' + loc if loc else ''}: {msg}") from None
+        except TypeError as exc:
+            raise RegistryError(f"{path}: candidates.{name}: {exc}") from None
+    return out
+
+
+def get_recipe(name: str, registry: dict[str, Recipe] | None = None) -> Recipe:
+    """The recipe ``name``; an unknown name lists the known ones."""
+    registry = load_registry() if registry is None else registry
+    if name not in registry:
+        raise RegistryError(f"unknown candidate {name!r}; known: teacher, {', '.join(registry)}")
+    return registry[name]
+
+
+def show_recipe(recipe: Recipe) -> str:
+    """The recipe as YAML (aliases as written in the registry)."""
+    data = recipe.model_dump(by_alias=True, exclude_none=True)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+# ----------------------------------------------------------------------------- weights, offline
+def _hint(ref: WeightRef, weights_dir: Path | None) -> str:
+    target = f" {ref.file}" if ref.file else ""
+    sub = f" --include '{ref.subfolder}/*'" if ref.subfolder and not ref.file else ""
+    local = f" --local-dir {weights_dir / ref.repo}" if weights_dir else ""
+    fetch = f"`senseflow weights fetch` (artefact {ref.artefact}) or " if ref.artefact else ""
+    return f"provide it with {fetch}`hf download {ref.repo}{target}{sub} --revision {ref.revision}{local}`"
+
+
+def resolve_weight(ref: WeightRef, weights_dir: str | Path | None, what: str) -> Path:
+    """Local path of ``ref`` (its file, or its folder): weights dir first, then the HF cache; no download.
+
+    Looked up in order: ``ref.repo`` as a local path; ``<weights_dir>/<artefact>/`` (the layout
+    ``senseflow weights fetch`` writes); ``<weights_dir>/<repo>/``; the Hugging Face cache.
+    """
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    weights_dir = Path(weights_dir).expanduser() if weights_dir else None
+    rel = Path(ref.subfolder or "") / (ref.file or "")
+    roots = [Path(ref.repo).expanduser()] if ref.repo.startswith(("/", ".", "~")) else []
+    if weights_dir is not None:
+        roots += ([weights_dir / ref.artefact] if ref.artefact else []) + [weights_dir / ref.repo]
+    for root in roots:
+        path = root / rel
+        if path.is_file() or (ref.file is None and path.is_dir()):
+            return path
+    tried = ", ".join(str(r / rel) for r in roots)
+    if not roots or weights_dir is not None or not ref.repo.startswith(("/", ".", "~")):
+        try:
+            if ref.file:
+                sub = ref.subfolder
+                return Path(
+                    hf_hub_download(
+                        ref.repo, ref.file, subfolder=sub, revision=ref.revision, local_files_only=True
+                    )
+                )
+            snap = Path(snapshot_download(ref.repo, revision=ref.revision, local_files_only=True))
+            if (snap / rel).is_dir():
+                return snap / rel
+        except (LocalEntryNotFoundError, HFValidationError, FileNotFoundError, OSError):
+            pass
+    where = f"{tried} nor " if tried else ""
+    raise MissingArtefactError(
+        f"{what} {ref.repo}/{rel} is in {where}the Hugging Face cache (revision {ref.revision}); "
+        f"{_hint(ref, weights_dir)}"
+    )
+
+
+def runtime_dtype(recipe: Recipe, device: torch.device) -> torch.dtype:
+    """The recipe's dtype on CUDA; float32 on CPU (half-precision CPU kernels are slow or missing)."""
+    return DTYPES[recipe.dtype] if device.type == "cuda" else torch.float32
+
+
+def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _replace_network(pipe, attr: str, ref: WeightRef, weights_dir, dtype, name: str) -> None:
+    """Swap the pipeline's UNet / transformer for the recipe's (a state dict file or a model folder)."""
+    current = getattr(pipe, attr)
+    path = resolve_weight(ref, weights_dir, f"{name}: {attr}")
+    if ref.file:
+        state = _load_state_dict(path)
+        missing, unexpected = current.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            bad = (unexpected or missing)[0]
+            raise UserError(
+                f"{path}: its {attr} weights do not fit the base {type(current).__name__} "
+                f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {bad!r}); "
+                f"check candidates.{name}.{attr} and base in the registry"
+            )
+        return
+    net = type(current).from_pretrained(path, dtype=dtype, local_files_only=True)
+    setattr(pipe, attr, net)
+    pipe.register_modules(**{attr: net})
+
+
+# ----------------------------------------------------------------------------- LoRA
+LORA_SUFFIXES = (
+    ".lora_A.weight",
+    ".lora_B.weight",
+    ".lora.down.weight",
+    ".lora.up.weight",
+    ".lora_linear_layer.down.weight",
+    ".lora_linear_layer.up.weight",
+    ".alpha",
+)
+
+
+def lora_targets(state: dict[str, torch.Tensor], pipe) -> dict[str, list[tuple[str, str, torch.Tensor]]]:
+    """Group a diffusers-format LoRA state dict: ``{component: [(module, suffix, tensor)]}``."""
+    out: dict[str, list] = {}
+    for key, value in state.items():
+        component, _, rest = key.partition(".")
+        suffix = next((s for s in LORA_SUFFIXES if rest.endswith(s)), None)
+        if not rest or suffix is None or getattr(pipe, component, None) is None:
+            raise ValueError(key)
+        out.setdefault(component, []).append((rest[: -len(suffix)], suffix, value))
+    return out
+
+
+def check_lora_fits(state: dict[str, torch.Tensor], pipe, path: Path) -> int:
+    """Every LoRA key must name an existing layer of the right shape; return the number of layers.
+
+    diffusers only warns (and then does nothing) when no key matches its component, and a
+    LoRA made for another base would load partially or fail deep inside peft: check first.
+    """
+    where = f"LoRA file {path}"
+    try:
+        groups = lora_targets(state, pipe)
+    except ValueError as exc:
+        comps = [c for c in ("unet", "transformer", "text_encoder", "text_encoder_2") if hasattr(pipe, c)]
+        raise UserError(
+            f"{where}: key {exc.args[0]!r} is not a LoRA weight of a component of {type(pipe).__name__} "
+            f"(expected '<{'|'.join(comps)}>.<module>.lora_A.weight'); it was made for another model"
+        ) from None
+    layers = set()
+    for component, items in groups.items():
+        modules = dict(getattr(pipe, component).named_modules())
+        for module, suffix, t in items:
+            layer = modules.get(module)
+            if layer is None:
+                raise UserError(
+                    f"{where}: {component} has no layer {module!r}; the LoRA was made for another "
+                    f"model than {type(getattr(pipe, component)).__name__} of this base"
+                )
+            if suffix == ".alpha":
+                continue
+            fan_in = getattr(layer, "in_features", getattr(layer, "in_channels", None))
+            fan_out = getattr(layer, "out_features", getattr(layer, "out_channels", None))
+            down = suffix in (".lora_A.weight", ".lora.down.weight", ".lora_linear_layer.down.weight")
+            want, got = (fan_in, t.shape[1]) if down else (fan_out, t.shape[0])
+            if want is not None and want != got:
+                raise UserError(
+                    f"{where}: {component}.{module}{suffix} has shape {tuple(t.shape)}, but the layer has "
+                    f"{'input' if down else 'output'} width {want}; the LoRA was made for another model"
+                )
+            layers.add((component, module))
+    return len(layers)
+
+
+def apply_lora(pipe, lora: LoraRef, weights_dir, name: str) -> int:
+    """Load, check and fuse the recipe's LoRA at its scale; the adapter layers are then removed."""
+    path = resolve_weight(lora, weights_dir, f"{name}: LoRA")
+    loaded = pipe.lora_state_dict(str(path))
+    state = loaded[0] if isinstance(loaded, tuple) else loaded
+    n = check_lora_fits(state, pipe, path)
+    pipe.load_lora_weights(str(path), adapter_name="baseline")
+    pipe.fuse_lora(lora_scale=lora.scale, adapter_names=["baseline"])
+    pipe.unload_lora_weights()  # keeps the fused weights, drops the per-layer adapter overhead
+    return n
+
+
+# ----------------------------------------------------------------------------- the pipeline
+def network_of(pipe) -> torch.nn.Module:
+    """The denoising network of a pipeline (its UNet or transformer)."""
+    net = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if net is None:
+        raise UserError(f"{type(pipe).__name__} has neither a unet nor a transformer")
+    return net
+
+
+def build_pipeline(recipe: Recipe, *, weights_dir=None, device: torch.device | str = "cpu"):
+    """Load the recipe's base pipeline offline, swap in its network, fuse its LoRA, set its scheduler."""
+    import diffusers
+
+    device = torch.device(device)
+    dtype = runtime_dtype(recipe, device)
+    folder = resolve_weight(recipe.base, weights_dir, f"{recipe.name}: base model")
+    if recipe.family is not None:
+        from senseflow.backbones.loading import check_components
+
+        check_components(
+            folder, recipe.family, _hint(recipe.base, Path(weights_dir) if weights_dir else None)
+        )
+    cls = getattr(diffusers, recipe.pipeline)
+    pipe = cls.from_pretrained(folder, dtype=dtype, local_files_only=True)
+    if recipe.unet is not None:
+        _replace_network(pipe, "unet", recipe.unet, weights_dir, dtype, recipe.name)
+    if recipe.transformer is not None:
+        _replace_network(pipe, "transformer", recipe.transformer, weights_dir, dtype, recipe.name)
+    if recipe.lora is not None:
+        apply_lora(pipe, recipe.lora, weights_dir, recipe.name)
+    if recipe.scheduler is not None:
+        sched_cls = getattr(diffusers, recipe.scheduler.class_name)
+        pipe.scheduler = sched_cls.from_config(pipe.scheduler.config, **recipe.scheduler.kwargs)
+    pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def call_kwargs(recipe: Recipe) -> dict[str, Any]:
+    """Keyword arguments of the pipeline call that the recipe fixes (prompts, seeds and size aside)."""
+    kw: dict[str, Any] = {"num_inference_steps": recipe.steps, "guidance_scale": recipe.guidance}
+    if recipe.timesteps is not None:
+        kw["timesteps"] = list(recipe.timesteps)
+    if recipe.sigmas is not None:
+        kw["sigmas"] = list(recipe.sigmas)
+    if recipe.eta is not None:
+        kw["eta"] = recipe.eta
+    if recipe.max_sequence_length is not None:
+        kw["max_sequence_length"] = recipe.max_sequence_length
+    return kw
