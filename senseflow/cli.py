@@ -369,12 +369,27 @@ def distill_cmd(
     Rerun the same command to resume from OUT/checkpoint. Under `torchrun --nproc_per_node N`
     the same command trains data-parallel. The student is exported to OUT/student.
 
+    `--variant lcm` / `--variant hyper_sd` train the consistency baselines of the profile's
+    `baselines:` section instead (LCM, Hyper-SD TSCD; their sampler comes from that section).
+
     Example: senseflow distill --profile smoke --variant no_ida --out build/distill/no_ida
     """
+    from senseflow.consistency_run import consistency_embedded, is_consistency_variant
     from senseflow.distill_run import distill_embedded
 
     cfg = _embedded(_cfg(profile, set_))
     _threads(cfg)
+    if is_consistency_variant(cfg, variant):  # LCM / Hyper-SD baselines: their own loop
+        if init_from is not None:
+            from senseflow.errors import UserError
+
+            raise UserError(f"--init-from is not supported by the {variant} baseline")
+        summary = consistency_embedded(
+            cfg, out, variant=variant, world_dir=world, teacher_dir=teacher, probe_path=probe,
+            reference_dir=reference, eval_prompts=eval_prompts, cache_dir=cache, progress=not quiet,
+        )  # fmt: skip
+        typer.echo(json.dumps(summary, indent=2))
+        return
     summary = distill_embedded(
         cfg, out, variant=variant, world_dir=world, teacher_dir=teacher, probe_path=probe,
         reference_dir=reference, eval_prompts=eval_prompts, sampler=sampler, cache_dir=cache,

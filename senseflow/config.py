@@ -281,6 +281,78 @@ class DistillConfig(Strict):
         return [a / scale for a in self.anchors]
 
 
+# ----------------------------------------------------------------------------- consistency baselines
+class ConsistencyBaselineConfig(Strict):
+    """What LCM and Hyper-SD share (senseflow/consistency.py): teacher solver, EMA target, AdamW, sampler."""
+
+    iterations: PositiveInt
+    global_batch: PositiveInt = 64
+    lr: Annotated[float, Field(gt=0)] = 1e-4
+    lr_warmup: Annotated[int, Field(ge=0)] = 0
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: Annotated[float, Field(ge=0)] = 0.0
+    grad_clip: Annotated[float, Field(gt=0)] = 1.0
+    target_ema: Annotated[float, Field(ge=0, lt=1)] = 0.95  # EMA target network theta- (LCM: 0.95)
+    teacher_steps: PositiveInt = 32  # N: the teacher solver's grid (shifted like the teacher)
+    skip: PositiveInt = 1  # k: teacher Euler step from t_{n+k} to t_n, in grid steps
+    guidance: tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]] = (4.0, 4.0)  # w ~ U(lo, hi)
+    export_guidance: Annotated[float, Field(ge=0)] | None = None  # w baked into the export (None: midpoint)
+    distance: Literal["l2", "pseudo_huber"] = "l2"
+    huber_c: Annotated[float, Field(gt=0)] | None = None  # pseudo-Huber c (None: 0.00054 sqrt(d))
+    sampler: Literal["euler", "x0"] = "euler"  # the exported student's sampler (recipe.json)
+    seed: int = 0
+    checkpoint_every: PositiveInt = 100
+    log_every: PositiveInt = 10
+    eval_every: Annotated[int, Field(ge=0)] = 0  # with --reference: curve points (0: end only)
+
+    @model_validator(mode="after")
+    def _check_solver(self) -> ConsistencyBaselineConfig:
+        if self.skip > self.teacher_steps:
+            raise ValueError(f"skip {self.skip} is larger than teacher_steps {self.teacher_steps}")
+        lo, hi = self.guidance
+        if lo > hi:
+            raise ValueError("guidance is a (low, high) range")
+        if self.export_guidance is not None and not lo <= self.export_guidance <= hi:
+            raise ValueError(f"export_guidance {self.export_guidance} lies outside guidance [{lo}, {hi}]")
+        return self
+
+    def export_w(self) -> float:
+        """The guidance weight the exported student is fixed at."""
+        lo, hi = self.guidance
+        return float(self.export_guidance if self.export_guidance is not None else (lo + hi) / 2)
+
+
+class LCMConfig(ConsistencyBaselineConfig):
+    """Latent consistency distillation (Luo et al. 2023): guidance-conditioned student, skipping-step solver."""
+
+    guidance_embedding: bool = True  # w enters the student (zero-initialised embedding, baked at export)
+    embedding_dim: PositiveInt = 256
+    boundary: Literal["flow", "lcm"] = "flow"  # c_skip / c_out of the consistency function
+    sampler: Literal["euler", "x0"] = "x0"  # LCM's multistep sampler: x0 prediction, fresh re-noise
+
+
+class HyperSDConfig(ConsistencyBaselineConfig):
+    """Hyper-SD trajectory-segmented consistency distillation (Ren et al. 2024): S segments per stage."""
+
+    segments: list[PositiveInt] = [8, 4, 2, 1]  # stages share the iterations equally, in order
+
+    @model_validator(mode="after")
+    def _check_segments(self) -> HyperSDConfig:
+        if list(self.segments) != sorted(set(self.segments), reverse=True):
+            raise ValueError(f"segments must be strictly decreasing, got {list(self.segments)}")
+        bad = [s for s in self.segments if self.teacher_steps % s]
+        if bad:
+            raise ValueError(f"segments {bad} do not divide teacher_steps {self.teacher_steps}")
+        return self
+
+
+class BaselinesConfig(Strict):
+    """Baselines distilled in this profile's world with their own loops (`senseflow distill --variant NAME`)."""
+
+    lcm: LCMConfig | None = None
+    hyper_sd: HyperSDConfig | None = None
+
+
 class RuntimeConfig(Strict):
     """Where and how processes run."""
 
@@ -325,6 +397,8 @@ class ProfileConfig(Strict):
     # named variants of the distillation recipe: overrides of keys under `distill`
     # (e.g. no_ida: ["ida.enabled=false"]); `senseflow distill --variant NAME`
     variants: dict[str, list[str]] = {}
+    # consistency baselines (LCM, Hyper-SD): own sections, own loop (senseflow.consistency)
+    baselines: BaselinesConfig = BaselinesConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     pipeline: PipelineConfig = PipelineConfig()
 

@@ -9,6 +9,21 @@ from senseflow.losses.adversarial import (
     gan_losses,
     gan_weight,
 )
+from senseflow.losses.consistency import (
+    CONSISTENCY_BOUNDARIES,
+    CONSISTENCY_DISTANCES,
+    boundary_coefficients,
+    consistency_distance,
+    consistency_fn,
+    lcm_loss,
+    sample_segment_pairs,
+    sample_skip_pairs,
+    segment_edges,
+    stage_segments,
+    teacher_grid,
+    teacher_step,
+    tscd_loss,
+)
 from senseflow.losses.dmd import dmd_gradient, dmd_loss
 from senseflow.losses.fake_score import (
     PREDICTIONS,
@@ -28,6 +43,19 @@ from senseflow.losses.isg import (
 )
 
 __all__ = [
+    "CONSISTENCY_BOUNDARIES",
+    "CONSISTENCY_DISTANCES",
+    "boundary_coefficients",
+    "consistency_distance",
+    "consistency_fn",
+    "lcm_loss",
+    "sample_segment_pairs",
+    "sample_skip_pairs",
+    "segment_edges",
+    "stage_segments",
+    "teacher_grid",
+    "teacher_step",
+    "tscd_loss",
     "CHARBONNIER_C",
     "GAN_WEIGHT_CURVES",
     "IDAMismatchError",
