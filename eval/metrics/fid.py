@@ -608,7 +608,11 @@ def fid_metric(ctx) -> MetricResult:
     extractor = InceptionFeatures(require("inception_fid"), resize="clean")
 
     def feats(images: np.ndarray) -> np.ndarray:
-        return extractor(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()).double().numpy()
+        # each rank extracts the features of its block of images; the rows are gathered
+        def block(idx):
+            return extractor(torch.from_numpy(images[idx]).permute(0, 3, 1, 2).contiguous()).double().numpy()
+
+        return ctx.map_rows(block, n=len(images))
 
     fs, fr = feats(ctx.samples.images), feats(ctx.reference.images)
     n = min(len(fs), len(fr))

@@ -23,7 +23,10 @@ VERSION = "fid-t-probe/1"
 
 
 def _features(ctx: EvalContext, images: np.ndarray) -> np.ndarray:
-    return run_probe(ctx.probe, to_tensor_range(images)).features.double().numpy()
+    """Probe features of ``images``, each rank computing its block of rows (gathered)."""
+    return ctx.map_rows(
+        lambda idx: run_probe(ctx.probe, to_tensor_range(images[idx])).features.double().numpy(), n=len(images)
+    )
 
 
 def fid(a: np.ndarray, b: np.ndarray) -> float:
