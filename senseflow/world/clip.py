@@ -129,7 +129,7 @@ class WorldClip:
 
     def preprocess(self, image) -> torch.Tensor:
         """One PIL image (or HWC uint8 array) -> (3, S, S) float tensor in [-1, 1]."""
-        arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.uint8)
+        arr = np.array(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.uint8)
         if arr.shape[:2] != (self.resolution, self.resolution):
             raise UserError(
                 f"image is {arr.shape[1]}x{arr.shape[0]}; the embedded CLIP takes "
