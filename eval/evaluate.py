@@ -174,6 +174,7 @@ def evaluate(
         "samples": str(folder.path),
         "reference": str(ref.path) if ref else None,
         "n_images": len(folder.records),
+        "ranks": shard.world_size,
         "scores_file": scores_file,
         "seed": seed,
         "skipped": skipped,
