@@ -61,7 +61,8 @@ def evaluate_cmd(
     ] = None,
     probe: Annotated[Path | None, typer.Option(help="Embedded-world probe.safetensors.")] = None,
     clip: Annotated[
-        Path | None, typer.Option(help="Embedded-world CLIP folder of `senseflow world train-clip` (build/clip).")
+        Path | None,
+        typer.Option(help="Embedded-world CLIP folder of `senseflow world train-clip` (build/clip)."),
     ] = None,
     skip_bad: Annotated[
         bool, typer.Option(help="Leave out bad images (recorded in summary.json) instead of failing.")

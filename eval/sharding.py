@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 @dataclass(frozen=True)
 class Shard:
-    """This process's place among the evaluating ranks."""
+    """A rank and the number of evaluating ranks (one process: rank 0 of 1)."""
 
     rank: int = 0
     world_size: int = 1

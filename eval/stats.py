@@ -1,5 +1,7 @@
-"""Seeded confidence intervals: percentile bootstrap of means and paired differences,
-half-sampling (subsampling without replacement) of set-level statistics such as FID.
+"""Seeded confidence intervals: bootstrap of means and differences, half-sampling of sets.
+
+Per-image means and paired differences use the percentile bootstrap; set-level statistics
+such as FID use half-sampling (subsampling without replacement), see :func:`subsample_set_ci`.
 
 Every draw comes from ``numpy.random.default_rng(seed)``, so an interval is a pure function
 of the scores and the seed (two runs of the same evaluation print the same interval).

@@ -106,7 +106,7 @@ def all_true(flag: bool, device: torch.device) -> bool:
 
 
 def close_distributed(wait: bool = True) -> None:
-    """Wait for every rank (unless ``wait`` is False), then leave the process group (no-op for one process)."""
+    """Wait for every rank (unless ``wait`` is False), then leave the process group (no-op alone)."""
     if dist.is_initialized():
         if wait:
             dist.barrier()

@@ -16,7 +16,9 @@ def gaussian_sets():
 def test_fid_interval_contains_the_estimate_where_the_bootstrap_does_not(gaussian_sets):
     a, b = gaussian_sets
     value = fid_from_features(a, b)
-    lo, hi = subsample_set_ci([200, 200], lambda i, j: fid_from_features(a[i], b[j]), value, n_sub=100, seed=1)
+    lo, hi = subsample_set_ci(
+        [200, 200], lambda i, j: fid_from_features(a[i], b[j]), value, n_sub=100, seed=1
+    )
     assert lo < value < hi
     paired_lo, paired_hi = subsample_set_ci(200, lambda k: fid_from_features(a[k], b[k]), value, n_sub=100)
     assert paired_lo < value < paired_hi
@@ -31,7 +33,9 @@ def test_interval_is_seeded(gaussian_sets):
     value = fid_from_features(a, b)
 
     def ci(seed):
-        return subsample_set_ci([200, 200], lambda i, j: fid_from_features(a[i], b[j]), value, n_sub=50, seed=seed)
+        return subsample_set_ci(
+            [200, 200], lambda i, j: fid_from_features(a[i], b[j]), value, n_sub=50, seed=seed
+        )
 
     assert ci(3) == ci(3)
     assert ci(3) != ci(4)

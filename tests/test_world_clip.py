@@ -108,8 +108,8 @@ def test_metric_equals_direct_cosine_and_cli(trained, records, tmp_path):
     # the command line takes --clip
     from eval.cli import app as eval_app
 
-    res = runner.invoke(eval_app, ["evaluate", "--samples", str(folder), "--metrics", "clip_score_embedded",
-                                   "--clip", str(out), "--out", str(tmp_path / "cli"), "--n-boot", "50"])  # fmt: skip
+    args = ["--samples", str(folder), "--metrics", "clip_score_embedded", "--clip", str(out)]
+    res = runner.invoke(eval_app, ["evaluate", *args, "--out", str(tmp_path / "cli"), "--n-boot", "50"])
     assert res.exit_code == 0, res.output
     assert "clip_score_embedded" in res.output
     cli = json.loads((tmp_path / "cli" / "summary.json").read_text())["metrics"]["clip_score_embedded"]

@@ -28,7 +28,9 @@ def adherence_metric(ctx: EvalContext) -> MetricResult:
     """All-correct verdict per image, with the per-attribute accuracies as details."""
     scenes = scenes_of(ctx.samples.records)
     # each rank probes its block of images; the probe outputs of every rank are gathered
-    out = ctx.map_rows(lambda idx: run_probe(ctx.probe, to_tensor_range(ctx.samples.images[idx]).clamp(-1, 1)))
+    out = ctx.map_rows(
+        lambda idx: run_probe(ctx.probe, to_tensor_range(ctx.samples.images[idx]).clamp(-1, 1))
+    )
     verdicts = judge(out, scenes)
     per_image = verdicts["all"].astype(float)
     details = adherence_report(verdicts, scenes)

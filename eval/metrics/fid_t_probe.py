@@ -3,7 +3,8 @@
 FID-T (SenseFlow) compares a student with its teacher on the same prompts: the reference is
 the teacher's sample folder (``--reference``), paired with the candidate by prompt id, and
 both sets are the images of the shared ids. Features are the probe's penultimate layer
-(the embedded stand-in for Inception). The interval half-samples the prompt pairs (``eval.stats.subsample_set_ci``).
+(the embedded stand-in for Inception). The interval half-samples the prompt pairs
+(``eval.stats.subsample_set_ci``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ VERSION = "fid-t-probe/2"  # 2: half-sampling interval (1: with-replacement boot
 def _features(ctx: EvalContext, images: np.ndarray) -> np.ndarray:
     """Probe features of ``images``, each rank computing its block of rows (gathered)."""
     return ctx.map_rows(
-        lambda idx: run_probe(ctx.probe, to_tensor_range(images[idx])).features.double().numpy(), n=len(images)
+        lambda idx: run_probe(ctx.probe, to_tensor_range(images[idx])).features.double().numpy(),
+        n=len(images),
     )
 
 

@@ -120,7 +120,9 @@ class WorldClip:
     def tokenize(self, captions: list[str]) -> torch.Tensor:
         """(B, context_length) token ids, BOS ... EOS then PAD; an unknown word is an error."""
         ctx = self.config["text_cfg"]["context_length"]
-        ids = self.tokenizer(list(captions), padding="max_length", max_length=ctx, truncation=True)["input_ids"]
+        ids = self.tokenizer(list(captions), padding="max_length", max_length=ctx, truncation=True)[
+            "input_ids"
+        ]
         unk = self.tokenizer.unk_token_id
         for text, row in zip(captions, ids, strict=True):
             if unk in row:
@@ -150,7 +152,9 @@ class WorldClip:
         return img, txt
 
 
-def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, captions) -> torch.Tensor:
+def contrastive_loss(
+    img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, captions
+) -> torch.Tensor:
     """Symmetric InfoNCE of CLIP (Radford et al. 2021) with repeated captions as shared positives.
 
     Fresh random scenes repeat captions within a batch (a one-digit world has 600 captions);
