@@ -60,6 +60,10 @@ def evaluate_cmd(
         Path | None, typer.Option(help="Teacher sample folder of the same prompts (FID-T).")
     ] = None,
     probe: Annotated[Path | None, typer.Option(help="Embedded-world probe.safetensors.")] = None,
+    clip: Annotated[
+        Path | None,
+        typer.Option(help="Embedded-world CLIP folder of `senseflow world train-clip` (build/clip)."),
+    ] = None,
     skip_bad: Annotated[
         bool, typer.Option(help="Leave out bad images (recorded in summary.json) instead of failing.")
     ] = False,
@@ -72,20 +76,32 @@ def evaluate_cmd(
     Metrics that do not apply to the folder are written as not applicable, with the reason.
     Bad input (corrupt image, manifest and files disagreeing, wrong size or mode, sha256
     mismatch, NaN score) stops with the file and the problem unless --skip-bad.
+    Under `torchrun --nproc_per_node N` the images are sharded across the ranks (rank 0 writes).
     """
     from eval.evaluate import evaluate
+    from senseflow.distributed import close_distributed, init_distributed
 
-    summary = evaluate(
-        samples,
-        _split(metrics),
-        out,
-        reference=reference,
-        probe=probe,
-        skip_bad=skip_bad,
-        seed=seed,
-        n_boot=n_boot,
-        n_boot_set=n_boot_set,
-    )
+    info = init_distributed("auto")  # joins torchrun's process group; one process: a no-op
+    try:
+        summary = evaluate(
+            samples,
+            _split(metrics),
+            out,
+            reference=reference,
+            probe=probe,
+            clip=clip,
+            skip_bad=skip_bad,
+            seed=seed,
+            n_boot=n_boot,
+            n_boot_set=n_boot_set,
+        )
+    except BaseException:
+        close_distributed(wait=False)  # a failing rank must not wait for the others
+        raise
+    close_distributed()
+    rank = info.rank
+    if rank != 0:
+        return
     for name, m in summary["metrics"].items():
         if m["status"] == "ok":
             lo, hi = m["ci95"]

@@ -25,6 +25,7 @@ from eval import registry
 from eval.gate import protocol_differences
 from eval.prompts import prompt_set_hash
 from eval.sample_folder import SampleFolderError, load_sample_folder
+from eval.sharding import Shard, current_shard
 from eval.stats import bootstrap_mean_ci, paired_difference
 from senseflow.errors import MissingArtefactError, UserError
 from senseflow.io import atomic_write, atomic_write_text, ensure_writable_dir
@@ -43,6 +44,10 @@ def _parquet_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def _scores_name() -> str:
+    return "scores.parquet" if _parquet_available() else "scores.csv"
 
 
 def write_scores(table: pd.DataFrame, out_dir: Path) -> str:
@@ -105,12 +110,19 @@ def evaluate(
     *,
     reference: str | Path | None = None,
     probe: str | Path | None = None,
+    clip: str | Path | None = None,
     skip_bad: bool = False,
     seed: int = 0,
     n_boot: int = 1000,
     n_boot_set: int = 200,
+    shard: Shard | None = None,
 ) -> dict:
-    """Score ``samples`` with ``metrics``; write ``scores.*`` and ``summary.json`` to ``out``."""
+    """Score ``samples`` with ``metrics``; write ``scores.*`` and ``summary.json`` to ``out``.
+
+    Under torchrun (an initialised process group) each rank scores its block of images
+    (:mod:`eval.sharding`); every rank returns the same summary and rank 0 writes the files.
+    """
+    shard = shard or current_shard()
     if not metrics:
         raise UserError("--metrics is empty: name at least one metric (e.g. adherence,fid_t_probe)")
     unknown = [m for m in metrics if m not in registry.known()]
@@ -123,9 +135,11 @@ def evaluate(
         samples=folder,
         reference=ref,
         probe_path=Path(probe) if probe else None,
+        clip_path=Path(clip) if clip else None,
         seed=seed,
         n_boot=n_boot,
         n_boot_set=n_boot_set,
+        shard=shard,
         prompt_set_sha256=prompt_set_hash((r["id"], r["prompt"]) for r in folder.records),
     )
     table = pd.DataFrame({k: [r[k] for r in folder.records] for k in KEYS})
@@ -154,18 +168,20 @@ def evaluate(
                 )
             entry |= {"kind": "set", "value": float(res.value), "ci95": list(res.ci95), "n": res.n}
         results[name] = entry | {"protocol": res.protocol, "details": res.details}
-    scores_file = write_scores(table, out)
+    scores_file = write_scores(table, out) if shard.rank == 0 else _scores_name()
     summary = {
         "candidate": folder.path.name,
         "samples": str(folder.path),
         "reference": str(ref.path) if ref else None,
         "n_images": len(folder.records),
+        "ranks": shard.world_size,
         "scores_file": scores_file,
         "seed": seed,
         "skipped": skipped,
         "metrics": results,
     }
-    atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+    if shard.rank == 0:
+        atomic_write_text(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
     return summary
 
 

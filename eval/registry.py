@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from eval.sharding import Shard, map_rows
 from senseflow.errors import UserError
 
 if TYPE_CHECKING:
@@ -39,13 +40,14 @@ MODULES = {
     "hpsv2": "eval.metrics.hpsv2",
     "pickscore": "eval.metrics.pickscore",
     "imagereward": "eval.metrics.imagereward",
+    "clip_score_embedded": "eval.metrics.clip_score_embedded",
 }
 
 # metrics built on models of real photographs and art: meaningless on the embedded world's
 # 16x16 digit scenes, whose own judges are the probe (adherence) and its features (fid_t_probe)
 REAL_IMAGES_ONLY = {
     "fid": "Inception features of 16x16 digit scenes measure nothing; use fid_t_probe",
-    "clip_score": "CLIP never saw 16x16 digit scenes; use adherence",
+    "clip_score": "CLIP never saw 16x16 digit scenes; use clip_score_embedded (the world's tiny CLIP)",
     "hpsv2": "a human-preference model of real images, not of 16x16 digit scenes; use adherence",
     "pickscore": "a human-preference model of real images, not of 16x16 digit scenes; use adherence",
     "imagereward": "a human-preference model of real images, not of 16x16 digit scenes; use adherence",
@@ -60,16 +62,45 @@ class MetricError(UserError, ValueError):
 
 @dataclass
 class EvalContext:
-    """What a metric sees: the checked sample folder, optional reference folder and probe, seeds."""
+    """What a metric sees: the checked sample folder, optional reference folder, probe and CLIP, seeds.
+
+    ``shard`` is this process's place among the evaluating ranks: metrics run their models
+    through :meth:`map_rows`, which scores this rank's rows and gathers everyone's.
+    """
 
     samples: SampleFolder
     reference: SampleFolder | None = None
     probe_path: Path | None = None
+    clip_path: Path | None = None
     seed: int = 0
     n_boot: int = 1000
     n_boot_set: int = 200
     prompt_set_sha256: str = ""
+    shard: Shard = field(default_factory=Shard)
     cache: dict = field(default_factory=dict)
+
+    def map_rows(self, fn, n: int | None = None):
+        """``fn(indices)`` over all ``n`` rows (default: the samples), sharded across ranks, gathered."""
+        return map_rows(fn, len(self.samples.records) if n is None else n, self.shard)
+
+    @cached_property
+    def clip(self):
+        """The embedded world's tiny CLIP given with ``--clip`` (loaded once)."""
+        from senseflow.world.clip import load_clip
+
+        if self.clip_path is None:
+            raise MetricError(
+                "this metric needs --clip DIR (the folder written by `senseflow world train-clip`, "
+                "e.g. build/clip)"
+            )
+        return load_clip(self.clip_path)
+
+    @cached_property
+    def clip_sha256(self) -> str:
+        """sha256 of the embedded CLIP's weights file."""
+        from eval.weights import sha256_file
+
+        return sha256_file(self.clip.weights_file)
 
     @cached_property
     def probe(self):

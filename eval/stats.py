@@ -1,4 +1,7 @@
-"""Seeded percentile bootstrap: confidence intervals of metrics and paired differences.
+"""Seeded confidence intervals: bootstrap of means and differences, half-sampling of sets.
+
+Per-image means and paired differences use the percentile bootstrap; set-level statistics
+such as FID use half-sampling (subsampling without replacement), see :func:`subsample_set_ci`.
 
 Every draw comes from ``numpy.random.default_rng(seed)``, so an interval is a pure function
 of the scores and the seed (two runs of the same evaluation print the same interval).
@@ -6,7 +9,7 @@ of the scores and the seed (two runs of the same evaluation print the same inter
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -38,22 +41,53 @@ def bootstrap_mean_ci(
     return float(v.mean()), percentile_interval(v[idx].mean(axis=1), level)
 
 
-def bootstrap_set_ci(
-    n: int,
-    statistic: Callable[[np.ndarray], float],
+def subsample_indices(n: int, m: int, n_sub: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_sub, m) indices, each row ``m`` distinct items of ``range(n)`` (without replacement)."""
+    return rng.random((n_sub, n)).argsort(axis=1)[:, :m]
+
+
+def subsample_set_ci(
+    sizes: int | Sequence[int],
+    statistic: Callable[..., float],
+    estimate: float,
     *,
-    n_boot: int = 200,
+    n_sub: int = 200,
     seed: int = 0,
     level: float = LEVEL,
 ) -> tuple[float, float]:
-    """Interval of a set-level statistic (FID) over resampled sets of ``n`` items.
+    """Half-sampling interval of a set-level statistic (FID), around its full-set ``estimate``.
 
-    ``statistic(indices)`` computes the metric on the items at ``indices``. The replicates
-    describe the sampling variability of the set; FID's small-sample bias means they sit
-    above the full-set value, so the interval is reported beside, not around, the estimate.
+    ``statistic(*indices)`` computes the metric on the items at ``indices`` of each set
+    (one set: paired items such as FID-T's prompt pairs; two: independent sets such as FID's
+    samples and references). Each replicate keeps ``m = n // 2`` distinct items of every set
+    (subsampling without replacement, Politis & Romano 1994), never a duplicate: the
+    with-replacement bootstrap repeats items, which inflates FID (fewer distinct items), so
+    its replicates sat far above the estimate (measured: FID-T 209.9, bootstrap interval
+    [271.8, 326.4]).
+
+    Scale: for a smooth statistic, ``Var(theta_m) - Var(theta_n) = (d / m) Var(theta_n)`` with
+    ``d = n - m`` (the delete-d jackknife of Shao & Wu 1989: ``v = (m / d) Var_b(theta_b)``), so
+    ``sqrt(m / d) * (theta_b - centre)`` has the spread of ``theta_n``; ``m = n // 2`` makes the
+    factor 1 for even ``n`` (for several sets it is their average). Centre: the replicates'
+    median, not ``estimate``: FID on ``m`` items carries a larger small-sample bias than on
+    ``n`` (its trace term grows like ``1 / m``), and centring on the replicates removes that
+    shift instead of reading it as uncertainty. The interval is therefore
+    ``estimate + sqrt(m / d) * quantiles(theta_b - median(theta_b))``; the quantiles straddle
+    the median, so it always contains the estimate. Replicates are drawn from
+    ``default_rng(seed)``: the interval is a pure function of the data and the seed.
     """
-    idx = bootstrap_indices(n, n_boot, seed)
-    return percentile_interval(np.array([statistic(row) for row in idx]), level)
+    sizes = [sizes] if isinstance(sizes, int | np.integer) else list(sizes)
+    if min(sizes) < 4:
+        raise ValueError(f"a subsampling interval needs at least 4 items per set, got sizes {sizes}")
+    rng = np.random.default_rng(seed)
+    ms = [n // 2 for n in sizes]
+    draws = [subsample_indices(n, m, n_sub, rng) for n, m in zip(sizes, ms, strict=True)]
+    reps = np.array([statistic(*(d[b] for d in draws)) for b in range(n_sub)], dtype=np.float64)
+    if not np.isfinite(reps).all():
+        raise ValueError("the statistic is not finite on some subsets")
+    scale = np.sqrt(1.0 / np.mean([(n - m) / m for n, m in zip(sizes, ms, strict=True)]))
+    lo, hi = percentile_interval(reps - np.median(reps), level)
+    return float(estimate + scale * lo), float(estimate + scale * hi)
 
 
 def paired_difference(

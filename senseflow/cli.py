@@ -155,6 +155,23 @@ def world_train_probe(
     typer.echo(json.dumps(report, indent=2))
 
 
+@world_app.command("train-clip")
+def world_train_clip(
+    out: Out = Path("build/clip"),
+    world: WorldDir = Path("build/world"),
+    profile: Profile = "embedded",
+    set_: Sets = None,
+    quiet: Quiet = False,
+) -> None:
+    """Train the world's tiny CLIP on real scenes and captions (metric clip_score_embedded)."""
+    from senseflow.world.clip import train_clip_for_profile
+
+    cfg = _embedded(_cfg(profile, set_))
+    _threads(cfg)
+    report = train_clip_for_profile(cfg, world, out, progress=not quiet)
+    typer.echo(json.dumps(report, indent=2))
+
+
 @world_app.command("curve")
 def world_curve(
     model: Annotated[Path, typer.Option(help="Exported model folder (recipe.json + transformer/).")],

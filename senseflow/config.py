@@ -109,6 +109,25 @@ class ProbeConfig(Strict):
     seed: int = 0
 
 
+class ClipConfig(Strict):
+    """The embedded world's tiny CLIP (``senseflow world train-clip``, metric ``clip_score_embedded``)."""
+
+    steps: PositiveInt = 800
+    batch_size: PositiveInt = 128
+    lr: Annotated[float, Field(gt=0)] = 2e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.1
+    warmup_steps: Annotated[int, Field(ge=0)] = 50
+    embed_dim: PositiveInt = 64
+    vision_width: PositiveInt = 64
+    vision_layers: PositiveInt = 2
+    patch_size: PositiveInt = 4
+    text_width: PositiveInt = 64
+    text_layers: PositiveInt = 2
+    heads: PositiveInt = 2
+    eval_scenes: PositiveInt = 256
+    seed: int = 0
+
+
 # ----------------------------------------------------------------------------- teacher
 class TinyTransformerConfig(Strict):
     """Shape of the embedded teacher (an ``SD3Transformer2DModel`` of tiny config)."""
@@ -392,6 +411,7 @@ class ProfileConfig(Strict):
     family: Literal["embedded", "sdxl", "sd3", "flux"]
     world: WorldConfig | None = None
     probe: ProbeConfig | None = None
+    clip: ClipConfig | None = None  # embedded world's tiny CLIP (defaults when absent)
     teacher: TeacherConfig
     distill: DistillConfig
     # named variants of the distillation recipe: overrides of keys under `distill`

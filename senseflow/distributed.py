@@ -103,3 +103,11 @@ def all_true(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MIN)
     return bool(t.item() > 0)
+
+
+def close_distributed(wait: bool = True) -> None:
+    """Wait for every rank (unless ``wait`` is False), then leave the process group (no-op alone)."""
+    if dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()

@@ -11,6 +11,14 @@ import pytest  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def torchrun(port: int, nproc: int = 2) -> list[str]:
+    """Launcher prefix for CPU processes under torchrun (its own port per test: they may run back to back)."""
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+            "--master_port", str(port), "-m"]  # fmt: skip
+
+
 @pytest.fixture(scope="session")
 def world_dir(tmp_path_factory) -> Path:
     """A world folder built from the smoke profile (text encoder, tokenizer, prompt splits)."""

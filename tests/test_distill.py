@@ -23,6 +23,7 @@ from senseflow.losses import d_logistic_loss, g_logistic_loss, isg_loss
 from senseflow.student import anchors_for_steps, export_student, load_student
 from senseflow.train import CHECKPOINT, ResumeError, TrainingDivergedError, _load_checkpoint, distill
 from tests.conftest import ROOT
+from tests.conftest import torchrun as _torchrun
 from tests.distill_script import tiny_teacher
 
 FAST = dict(global_batch=4, ttur=1, generator_lr=1e-3, fake_lr=1e-3, gan_lr=1e-3, log_every=1, progress=False)
@@ -248,20 +249,6 @@ def _script(world_dir, out, iterations, *extra, launcher=None, wait=True):
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     return res
-
-
-def _torchrun(port: int) -> list[str]:
-    """Launcher prefix for two CPU processes (its own port per test: they may run back to back)."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(port),
-        "-m",
-    ]
 
 
 def _weights(path):

@@ -194,7 +194,10 @@ def register_scorer_metric(name: str, loader, version: str) -> None:
 
         def metric(ctx) -> MetricResult:
             prompts = [r["prompt"] for r in ctx.samples.records]
-            per_image = scorer(ctx.samples.images, prompts).numpy().astype(float)
+            # this rank's images only; the rows of every rank are gathered (eval.sharding)
+            per_image = ctx.map_rows(
+                lambda idx: scorer(ctx.samples.images[idx], [prompts[i] for i in idx]).numpy()
+            ).astype(float)
             info = scorer.protocol()
             skip = ("torch", "transformers", "weights_sha256")
             card = protocol_card(

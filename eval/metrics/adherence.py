@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from eval.registry import EvalContext, MetricResult, embedded_only, protocol_card, register
 from senseflow.samples import scenes_of
-from senseflow.world.adherence import adherence
+from senseflow.world.adherence import adherence_report
 from senseflow.world.probes import judge, run_probe
 from senseflow.world.scenes import to_tensor_range
 
@@ -26,10 +26,14 @@ def probe_protocol_card(ctx: EvalContext, *, metric: str, version: str, backbone
 
 def adherence_metric(ctx: EvalContext) -> MetricResult:
     """All-correct verdict per image, with the per-attribute accuracies as details."""
-    images = to_tensor_range(ctx.samples.images)
     scenes = scenes_of(ctx.samples.records)
-    per_image = judge(run_probe(ctx.probe, images.clamp(-1, 1)), scenes)["all"].astype(float)
-    details = adherence(ctx.probe, images, scenes)
+    # each rank probes its block of images; the probe outputs of every rank are gathered
+    out = ctx.map_rows(
+        lambda idx: run_probe(ctx.probe, to_tensor_range(ctx.samples.images[idx]).clamp(-1, 1))
+    )
+    verdicts = judge(out, scenes)
+    per_image = verdicts["all"].astype(float)
+    details = adherence_report(verdicts, scenes)
     card = probe_protocol_card(
         ctx,
         metric="adherence (all attributes right)",

@@ -597,10 +597,10 @@ def fid_metric(ctx) -> MetricResult:
     """``fid``: Inception FID of the samples against ``--reference`` (real images, or teacher samples: FID-T).
 
     Inception weights come from the weights directory (``senseflow weights fetch``), the
-    clean-fid resize protocol; the interval resamples both sets (percentile bootstrap).
+    clean-fid resize protocol; the interval half-samples both sets (``eval.stats.subsample_set_ci``).
     """
     from eval.registry import MetricError, protocol_card
-    from eval.stats import bootstrap_set_ci
+    from eval.stats import subsample_set_ci
     from eval.weights import require
 
     if ctx.reference is None:
@@ -608,16 +608,20 @@ def fid_metric(ctx) -> MetricResult:
     extractor = InceptionFeatures(require("inception_fid"), resize="clean")
 
     def feats(images: np.ndarray) -> np.ndarray:
-        return extractor(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()).double().numpy()
+        # each rank extracts the features of its block of images; the rows are gathered
+        def block(idx):
+            return extractor(torch.from_numpy(images[idx]).permute(0, 3, 1, 2).contiguous()).double().numpy()
+
+        return ctx.map_rows(block, n=len(images))
 
     fs, fr = feats(ctx.samples.images), feats(ctx.reference.images)
-    n = min(len(fs), len(fr))
     value = fid_from_features(fs, fr)
-    ci = bootstrap_set_ci(n, lambda k: fid_from_features(fs[k % len(fs)], fr[k % len(fr)]),
-                          n_boot=ctx.n_boot_set, seed=ctx.seed)  # fmt: skip
+    # half-samples of each set, independently (eval.stats.subsample_set_ci)
+    ci = subsample_set_ci([len(fs), len(fr)], lambda a, b: fid_from_features(fs[a], fr[b]), value,
+                          n_sub=ctx.n_boot_set, seed=ctx.seed)  # fmt: skip
     ref_hash = hashlib.sha256("".join(r["sha256"] for r in ctx.reference.records).encode()).hexdigest()
     card = protocol_card(
-        ctx, metric="FID (Inception-v3 pool3, TF 2015-12-05 weights)", version="fid/1", backbone=extractor.id,
+        ctx, metric="FID (Inception-v3 pool3, TF 2015-12-05 weights)", version="fid/2", backbone=extractor.id,
         weights_sha256=extractor.id.split(":")[-1], image_count=len(fs), resize="clean: PIL bicubic to 299",
         reference_stats_sha256=ref_hash, n_boot=ctx.n_boot_set,
     )  # fmt: skip

@@ -3,7 +3,8 @@
 FID-T (SenseFlow) compares a student with its teacher on the same prompts: the reference is
 the teacher's sample folder (``--reference``), paired with the candidate by prompt id, and
 both sets are the images of the shared ids. Features are the probe's penultimate layer
-(the embedded stand-in for Inception). The interval comes from resampling the paired set.
+(the embedded stand-in for Inception). The interval half-samples the prompt pairs
+(``eval.stats.subsample_set_ci``).
 """
 
 from __future__ import annotations
@@ -15,15 +16,19 @@ import numpy as np
 from eval.metrics.adherence import probe_protocol_card
 from eval.metrics.fid import fid_from_features
 from eval.registry import EvalContext, MetricError, MetricResult, embedded_only, register
-from eval.stats import bootstrap_set_ci
+from eval.stats import subsample_set_ci
 from senseflow.world.probes import run_probe
 from senseflow.world.scenes import to_tensor_range
 
-VERSION = "fid-t-probe/1"
+VERSION = "fid-t-probe/2"  # 2: half-sampling interval (1: with-replacement bootstrap)
 
 
 def _features(ctx: EvalContext, images: np.ndarray) -> np.ndarray:
-    return run_probe(ctx.probe, to_tensor_range(images)).features.double().numpy()
+    """Probe features of ``images``, each rank computing its block of rows (gathered)."""
+    return ctx.map_rows(
+        lambda idx: run_probe(ctx.probe, to_tensor_range(images[idx])).features.double().numpy(),
+        n=len(images),
+    )
 
 
 def fid(a: np.ndarray, b: np.ndarray) -> float:
@@ -52,8 +57,8 @@ def fid_t_probe_metric(ctx: EvalContext) -> MetricResult:
     s_idx, r_idx = (np.array(x) for x in zip(*pairs, strict=True))
     fs, fr = _features(ctx, ctx.samples.images[s_idx]), _features(ctx, ref.images[r_idx])
     value = fid(fs, fr)
-    # resample prompt pairs: both sets keep the same prompts in every replicate
-    ci = bootstrap_set_ci(len(pairs), lambda k: fid(fs[k], fr[k]), n_boot=ctx.n_boot_set, seed=ctx.seed)
+    # subsample prompt pairs: both sets keep the same prompts in every replicate
+    ci = subsample_set_ci(len(pairs), lambda k: fid(fs[k], fr[k]), value, n_sub=ctx.n_boot_set, seed=ctx.seed)
     ref_hash = hashlib.sha256("".join(ref.records[j]["sha256"] for j in r_idx).encode()).hexdigest()
     card = probe_protocol_card(
         ctx,

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torchvision import transforms as T
@@ -80,8 +80,9 @@ class _ViTAttention(nn.Module):
     def forward(self, x):
         b, n, c = x.shape
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        attn = ((q @ k.transpose(-2, -1)) * (c // self.heads) ** -0.5).softmax(dim=-1)
-        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, c))
+        # softmax(q k^T / sqrt(d)) v in one fused kernel (same maths as BLIP's explicit product)
+        out = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
 class _ViTBlock(nn.Module):
@@ -142,10 +143,9 @@ class _BertSelfAttention(nn.Module):
 
     def forward(self, h, kv, additive_mask):
         q, k, v = self._split(self.query(h)), self._split(self.key(kv)), self._split(self.value(kv))
-        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
-        if additive_mask is not None:
-            scores = scores + additive_mask
-        ctx = scores.softmax(dim=-1) @ v
+        # softmax(q k^T / sqrt(d) + mask) v, fused; the additive mask is BERT's -10000 on padding
+        mask = None if additive_mask is None else additive_mask.to(q.dtype)
+        ctx = nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return ctx.transpose(1, 2).reshape(h.shape)
 
 
@@ -271,6 +271,27 @@ class ImageRewardModel(nn.Module):
         return (reward - REWARD_MEAN) / REWARD_STD
 
 
+def imagereward_pixels(images, image_size: int = 224) -> torch.Tensor:
+    """(B, 3, S, S) normalised pixels: :func:`imagereward_preprocess` on a batch, faster.
+
+    The PIL steps (bicubic resize of the shorter side, centre crop) are the package's, image
+    by image; the conversion to float and the CLIP normalisation run once on the stacked
+    uint8 batch instead of per image (``ToTensor`` + ``Normalize`` cost more than the resize
+    at 224 px). Equal to the per-image transform up to float rounding (~1e-7).
+    """
+    geometry = T.Compose(
+        [T.Resize(image_size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(image_size)]
+    )
+    batch = np.empty((len(images), image_size, image_size, 3), np.uint8)
+    for i, im in enumerate(images):
+        batch[i] = np.asarray(geometry(im if im.mode == "RGB" else im.convert("RGB")))
+    # (x / 255 - mean) / std as one in-place multiply-add per channel plane: transposing the
+    # uint8 batch to NCHW first keeps the float passes contiguous (measured 2.4x faster)
+    scale = (1.0 / (255.0 * torch.tensor(_CLIP_STD))).view(1, 3, 1, 1)
+    shift = (-torch.tensor(_CLIP_MEAN) / torch.tensor(_CLIP_STD)).view(1, 3, 1, 1)
+    return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().float().mul_(scale).add_(shift)
+
+
 def imagereward_preprocess(image_size: int = 224) -> T.Compose:
     """The package's transform: bicubic resize (PIL), centre crop, RGB, ToTensor, CLIP mean/std."""
     return T.Compose(
@@ -303,6 +324,7 @@ class ImageRewardScorer(BatchedScorer):
         self.tokenizer, self.batch_size = tokenizer, int(batch_size)
         self.preprocess = imagereward_preprocess(model.vision.image_size)
         self.info = dict(info or {})
+        self._token_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def protocol(self) -> dict:
         """Model, weights and normalisation."""
@@ -314,14 +336,24 @@ class ImageRewardScorer(BatchedScorer):
             **self.weights_protocol(),
         }
 
+    def tokens(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ids, attention mask) of the prompts, 35 BERT tokens each; each prompt tokenised once."""
+        cache = self._token_cache
+        new = [p for p in dict.fromkeys(prompts) if p not in cache]
+        if new:
+            tok = self.tokenizer(
+                new, padding="max_length", truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
+            )
+            for i, p in enumerate(new):
+                cache[p] = (tok["input_ids"][i], tok["attention_mask"][i])
+        return torch.stack([cache[p][0] for p in prompts]), torch.stack([cache[p][1] for p in prompts])
+
     def score_batch(self, images, prompts) -> torch.Tensor:
         """Normalised rewards of one batch."""
-        pixels = torch.stack([self.preprocess(im) for im in images]).to(self.device)
-        tok = self.tokenizer(
-            prompts, padding="max_length", truncation=True, max_length=MAX_TOKENS, return_tensors="pt"
-        )
-        with torch.no_grad(), autocast(self.device):
-            return self.model(pixels, tok["input_ids"].to(self.device), tok["attention_mask"].to(self.device))
+        pixels = imagereward_pixels(images, self.model.vision.image_size).to(self.device)
+        ids, mask = self.tokens(prompts)
+        with torch.inference_mode(), autocast(self.device):
+            return self.model(pixels, ids.to(self.device), mask.to(self.device))
 
 
 def default_imagereward_files() -> tuple[Path, Path, Path]:

@@ -15,7 +15,11 @@ from senseflow.world.scenes import Scene
 
 def adherence(probe: AttributeProbe, images: torch.Tensor, scenes: list[Scene]) -> dict:
     """Per-attribute accuracy, plus all-correct split by the number of digits in the scene."""
-    verdicts = judge(run_probe(probe, images.clamp(-1, 1)), scenes)
+    return adherence_report(judge(run_probe(probe, images.clamp(-1, 1)), scenes), scenes)
+
+
+def adherence_report(verdicts: dict[str, np.ndarray], scenes: list[Scene]) -> dict:
+    """:func:`adherence`'s report from the probe's verdicts (:func:`judge`) on ``scenes``."""
     out = summarise(verdicts)
     counts = np.array([len(s.objects) for s in scenes])
     for k in sorted(set(counts.tolist())):
