@@ -673,6 +673,8 @@ def pipeline_report(profile: Profile = "embedded", set_: Sets = None, ablations:
 
     summary = write_report(_cfg(profile, set_), ablations=_flag(ablations))
     typer.echo(f"{len(summary['candidates'])} candidates -> results/summary.json, results/tables/{profile}/")
+
+
 # ----------------------------------------------------------------------------- baselines / generate
 @baselines_app.command("list")
 def baselines_list() -> None:

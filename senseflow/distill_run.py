@@ -265,6 +265,10 @@ def _state_network(teacher, state: dict) -> torch.nn.Module:
 
 def distill_method(cfg: ProfileConfig, out_dir: str | Path, method: str, **kwargs) -> dict:
     """Train pipeline method ``method`` (a SenseFlow-loop variant, or an in-world baseline)."""
+    from senseflow.consistency_run import consistency_embedded, is_consistency_variant
+
+    if is_consistency_variant(cfg, method):  # LCM / Hyper-SD: their own loop, same folder layout
+        return consistency_embedded(cfg, out_dir, variant=method, **kwargs)
     return distill_embedded(cfg, out_dir, variant=method, **kwargs)
 
 
@@ -279,10 +283,15 @@ def export_method(
     """
     import shutil
 
+    from senseflow.consistency_run import is_consistency_variant
     from senseflow.io import atomic_folder
 
     final = Path(run_dir) / "student"
     if not (final / "recipe.json").is_file():
+        if is_consistency_variant(cfg, method):
+            raise UserError(
+                f"{run_dir} has no exported student: rerun `dvc repro distill@{method}` to finish it"
+            )
         return export_from_run(
             cfg, run_dir, out, variant=method, world_dir=world_dir, teacher_dir=teacher_dir
         )

@@ -9,8 +9,6 @@ seeds, derived from (prompt id, base seed).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from dataclasses import dataclass
 from pathlib import Path
 

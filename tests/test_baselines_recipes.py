@@ -13,8 +13,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
@@ -161,7 +161,9 @@ def test_sdxl_ddim_trailing_with_fused_lora(weights, prompts, tmp_path, registry
     # same candidate, prompts and seed: byte-identical PNGs (a fresh load of everything)
     run("hyper_sdxl_4", weights, prompts, tmp_path / "again", registry)
     for rec in manifest:
-        assert (tmp_path / "again" / rec["file"]).read_bytes() == (tmp_path / "hyper" / rec["file"]).read_bytes()
+        assert (tmp_path / "again" / rec["file"]).read_bytes() == (
+            tmp_path / "hyper" / rec["file"]
+        ).read_bytes()
     # another batch split: each prompt keeps its own noise; only float rounding of batched kernels differs
     run("hyper_sdxl_4", weights, prompts, tmp_path / "split", registry, batch_size=3)
     for rec in manifest:
