@@ -11,9 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from senseflow.errors import UserError
 from senseflow.world.prompts import PromptRecord, load_prompt_file
+
+if TYPE_CHECKING:
+    from senseflow.config import ProfileConfig
 
 PIPELINE_BATCH = 4  # default batch of the diffusers pipelines (1024 px images)
 
