@@ -166,7 +166,11 @@ def _grid_row(grid: pd.DataFrame, pid, chosen: list[str], roots: Roots, display_
             for m in metric_cols
             if pd.api.types.is_number(rec[m]) and not pd.isna(rec[m])
         )
-        col.image(data.read_image(rec["path"], roots.allowed, display_px), caption=scores or cand)
+        col.image(
+            data.read_image(rec["path"], roots.allowed, display_px),
+            caption=scores or cand,
+            output_format="PNG",
+        )
 
 
 _NON_SCORES = {
