@@ -43,5 +43,5 @@ def training_chart(frame: pd.DataFrame, metric: str, x: str = "step") -> alt.Cha
             color=alt.Color("method:N", title="method"),
             tooltip=["method", x, alt.Tooltip("value:Q", format=".4g")],
         )
-        .properties(title=metric, height=260)
+        .properties(title=metric, height=300)
     )

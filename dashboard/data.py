@@ -345,7 +345,10 @@ def leaderboard_table(
             table[f"{metric} paper"] = paper
             table[f"{metric} diff"] = rows["difference"].reindex(order)
     best = best_candidates(long)
-    table["best"] = [", ".join(sorted(m for m, cs in best.items() if c in cs)) for c in order]
+    # beside the candidate's identity, so it stays in view when the metric columns scroll
+    table.insert(
+        len(meta_cols), "best", [", ".join(sorted(m for m, cs in best.items() if c in cs)) for c in order]
+    )
     if sort_by:
         if sort_by in set(long["metric"]):
             higher = ok.loc[ok["metric"] == sort_by, "higher_is_better"]
@@ -523,6 +526,14 @@ def nth_seed(grid: pd.DataFrame, k: int) -> pd.DataFrame:
     """Rows whose seed is the ``k``-th smallest of their prompt id (seeds follow prompts)."""
     rank = grid.groupby("id")["seed"].rank(method="dense").astype(int) - 1
     return grid[rank == k]
+
+
+def score_columns(scores: dict[str, pd.DataFrame]) -> list[str]:
+    """The per-image metric columns of scores tables (shown under an image; manifest fields are not)."""
+    cols: dict[str, None] = {}
+    for table in scores.values():
+        cols.update(dict.fromkeys(c for c in table.columns if c not in SCORE_KEYS))
+    return list(cols)
 
 
 def filter_prompts(

@@ -110,6 +110,7 @@ def samples(roots: Roots) -> None:
     manifests = {c: data.load_manifest(folders[c], roots.allowed) for c in chosen}
     scores = {c: data.load_scores(data.eval_folder(roots, c, summary)) for c in chosen}
     grid = data.samples_grid(manifests, scores)
+    metric_cols = data.score_columns(scores)
     refused = grid[grid["refused"].astype(bool)] if not grid.empty else grid
     if not refused.empty:
         st.warning(
@@ -141,19 +142,20 @@ def samples(roots: Roots) -> None:
     shown = ids[:limit]
     big = st.selectbox("Enlarge a prompt", ["(none)", *shown], key="s_enlarge")
     if big != "(none)":
-        _grid_row(grid, big, chosen, roots, display_px=384)
+        _grid_row(grid, big, chosen, metric_cols, roots, display_px=384)
         st.divider()
     header = st.columns(len(chosen))
     for col, cand in zip(header, chosen, strict=True):
         col.markdown(f"**{cand}**")
     for pid in shown:
-        _grid_row(grid, pid, chosen, roots, display_px=128)
+        _grid_row(grid, pid, chosen, metric_cols, roots, display_px=128)
 
 
-def _grid_row(grid: pd.DataFrame, pid, chosen: list[str], roots: Roots, display_px: int) -> None:
+def _grid_row(
+    grid: pd.DataFrame, pid, chosen: list[str], metric_cols: list[str], roots: Roots, display_px: int
+) -> None:
     rows = grid[grid["id"] == pid]
     st.markdown(f"`{pid}` · {rows['prompt'].iloc[0]}")
-    metric_cols = [c for c in rows.columns if c not in data.SCORE_KEYS and c not in _NON_SCORES]
     cols = st.columns(len(chosen))
     for col, cand in zip(cols, chosen, strict=True):
         cell = rows[rows["candidate"] == cand]
@@ -173,12 +175,6 @@ def _grid_row(grid: pd.DataFrame, pid, chosen: list[str], roots: Roots, display_
         )
 
 
-_NON_SCORES = {
-    "path", "refused", "candidate", "sha256", "steps", "nfe", "seconds_per_image", "scene", "background",
-    "digits", "colours", "positions",
-}  # fmt: skip
-
-
 # --------------------------------------------------------------------------- Steps
 
 
@@ -194,7 +190,7 @@ def steps(roots: Roots) -> None:
     metric = st.selectbox("Metric", metrics, key="st_metric")
     st.altair_chart(charts.steps_chart(frame, metric), width="stretch")
     table = frame[frame["metric"] == metric][["line", "candidate", "nfe", "value", "ci_low", "ci_high"]]
-    st.dataframe(table.reset_index(drop=True), width="stretch", key="st_table")
+    st.dataframe(table, width="stretch", hide_index=True, key="st_table")
 
 
 # --------------------------------------------------------------------------- Training
@@ -301,13 +297,27 @@ def gate(roots: Roots) -> None:
         st.success(f"Gate passed: {len(view.rows)} checks, none violated.")
     else:
         st.error(f"Gate FAILED: {failed} of {len(view.rows)} checks violated.")
-    st.dataframe(view.rows, width="stretch", key="g_rows")
+
+    def red_failures(row: pd.Series) -> list[str]:
+        return ["background-color: #fde2e2" if row["status"] == "FAIL" else ""] * len(row)
+
+    st.dataframe(
+        view.rows.style.apply(red_failures, axis=1),
+        width="stretch",
+        hide_index=True,
+        key="g_rows",
+        column_config={
+            "problems": st.column_config.TextColumn(width="large"),
+            "value": st.column_config.NumberColumn(format="%.4g"),
+            "baseline": st.column_config.NumberColumn(format="%.4g"),
+        },
+    )
     st.subheader("Thresholds")
     st.caption(f"from `{view.thresholds_path or '?'}`")
     if view.thresholds.empty:
         st.caption("The thresholds file is not readable from here.")
     else:
-        st.dataframe(view.thresholds, width="stretch", key="g_thresholds")
+        st.dataframe(view.thresholds, width="stretch", hide_index=True, key="g_thresholds")
 
 
 PAGES = {
