@@ -7,7 +7,6 @@ opens a page directly (the sidebar keeps it in sync).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,24 +17,15 @@ if _REPO not in sys.path:
 
 import streamlit as st  # noqa: E402
 
-from dashboard.data import Roots  # noqa: E402
+from dashboard.data import roots_from_argv  # noqa: E402
 from dashboard.views import PAGES  # noqa: E402
-
-
-def _roots(argv: list[str]) -> Roots:
-    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    parser.add_argument("--results-root")
-    parser.add_argument("--build-root")
-    parser.add_argument("--repo")
-    # unknown arguments are ignored: under pytest's AppTest, sys.argv is pytest's
-    args, _ = parser.parse_known_args(argv)
-    return Roots.from_settings(args.results_root, args.build_root, args.repo)
+from senseflow.errors import UserError  # noqa: E402
 
 
 def main() -> None:
     """Sidebar page choice (synced with ``?page=``), then the page."""
     st.set_page_config(page_title="SenseFlow dashboard", layout="wide")
-    roots = _roots(sys.argv[1:])
+    roots = roots_from_argv(sys.argv[1:])
     names = list(PAGES)
     wanted = st.query_params.get("page", names[0])
     if "page" not in st.session_state:
@@ -44,7 +34,10 @@ def main() -> None:
     page = st.sidebar.radio("Page", names, key="page")
     st.query_params["page"] = page
     st.sidebar.caption(f"results: `{roots.results}`  \nbuild: `{roots.build}`")
-    PAGES[page](roots)
+    try:
+        PAGES[page](roots)
+    except UserError as exc:  # a malformed results file: say which and how to fix it, keep the app up
+        st.error(str(exc))
 
 
 main()

@@ -88,6 +88,22 @@ class Roots:
         return Roots(results=res.absolute(), build=bld.absolute(), repo=repo_path)
 
 
+def roots_from_argv(argv: Sequence[str], environ: dict[str, str] | None = None) -> Roots:
+    """Roots from ``--results-root`` / ``--build-root`` / ``--repo`` in ``argv``, then the environment.
+
+    ``argv`` is what follows ``--`` in ``streamlit run dashboard/app.py -- ...``; missing values
+    come from :meth:`Roots.from_settings`. Unknown arguments are ignored: under pytest's
+    AppTest, ``sys.argv`` is pytest's.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    for flag in ("--results-root", "--build-root", "--repo"):
+        parser.add_argument(flag)
+    args, _ = parser.parse_known_args(list(argv))
+    return Roots.from_settings(args.results_root, args.build_root, args.repo, environ)
+
+
 def safe_path(path: str | Path, roots: Iterable[str | Path]) -> Path:
     """``path`` resolved (symlinks followed) if inside one of ``roots``; else :class:`UnsafePathError`.
 
@@ -237,7 +253,7 @@ def paper_value(rows: Sequence[dict], method: str | None, steps: int | None, met
         return None
     for row in rows:
         cols = {_norm(k): v for k, v in row.items()}
-        name = cols.get("method", cols.get("model"))
+        name = cols.get("method", cols.get("model", cols.get("variant")))
         if name is None or _norm(name) != _norm(method):
             continue
         row_steps = cols.get("steps", cols.get("nfe"))
@@ -327,10 +343,10 @@ def leaderboard_table(
     """
     if long.empty:
         return pd.DataFrame()
-    meta_cols = ["label", "kind", "nfe", "speedup"]
+    meta_cols = ["label", "kind", "nfe", "seconds_per_image", "speedup"]
     order = list(dict.fromkeys(long["candidate"]))
     table = long.drop_duplicates("candidate").set_index("candidate")[meta_cols].reindex(order)
-    table = table.rename(columns={"nfe": "NFE"})
+    table = table.rename(columns={"nfe": "NFE", "seconds_per_image": "s/image"})
     ok = long[long["status"] == "ok"]
     # a metric no candidate has (not applicable everywhere) gets a note on the page, not a column of blanks
     for metric in sorted(ok["metric"].unique()):

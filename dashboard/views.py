@@ -168,8 +168,13 @@ def _grid_row(
             for m in metric_cols
             if pd.api.types.is_number(rec[m]) and not pd.isna(rec[m])
         )
+        try:
+            image = data.read_image(rec["path"], roots.allowed, display_px)
+        except (OSError, data.UnsafePathError) as exc:  # a truncated PNG, a file removed meanwhile
+            col.warning(f"{cand}: unreadable image ({exc})")
+            continue
         col.image(
-            data.read_image(rec["path"], roots.allowed, display_px),
+            image,
             caption=scores or cand,
             output_format="PNG",
         )

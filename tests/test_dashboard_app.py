@@ -171,3 +171,18 @@ def test_gate_violations_first(tree, monkeypatch):
     rows = at.dataframe[0].value
     assert list(rows["status"]) == ["FAIL", "FAIL", "pass", "pass", "pass", "pass"]
     assert list(at.dataframe[1].value["metric"]) == ["adherence", "fid_t_probe"]
+
+
+def test_malformed_summary_is_an_error_message(tmp_path, monkeypatch):
+    root = build_tree(tmp_path / "repo")
+    (root / "results" / "summary.json").write_text("{truncated")
+    at = open_page(root, "Leaderboard", monkeypatch)
+    assert "summary.json is not valid JSON" in at.error[0].value
+
+
+def test_unreadable_image_is_reported_not_fatal(tmp_path, monkeypatch):
+    root = build_tree(tmp_path / "repo")
+    (root / "build" / "samples" / "dmd2_4" / "p0000.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    at = open_page(root, "Samples", monkeypatch)
+    assert len(images(at)) == len(CANDIDATES) * len(PROMPTS) - 1
+    assert any("dmd2_4: unreadable image" in w.value for w in at.warning)

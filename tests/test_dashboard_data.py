@@ -64,6 +64,7 @@ def test_leaderboard_table_best_and_sorting(summary):
     assert best == {"adherence": {"teacher_32"}, "fid_t_probe": {"teacher_32"}, "fid_t": {"senseflow_4"}}
     table = data.leaderboard_table(long)
     assert table.loc["teacher_32", "best"] == "adherence, fid_t_probe"
+    assert table.loc["teacher_32", "s/image"] == pytest.approx(0.64)
     assert table.loc["senseflow_4", "fid_t paper"] == pytest.approx(13.38)
     assert "clip_score" not in table.columns  # not applicable anywhere: a note, not a blank column
     # a lower-is-better metric sorts ascending, a higher-is-better one descending (best first)
@@ -307,3 +308,10 @@ def test_empty_tree(tmp_path):
     assert data.load_gate(roots) is None
     assert data.paper_tables(tmp_path) == {}
     assert data.leaderboard_frame({}).empty and data.leaderboard_table(data.leaderboard_frame({})).empty
+
+
+def test_roots_from_streamlit_arguments(tmp_path):
+    argv = ["-x", "--results-root", str(tmp_path / "r"), "--repo", str(tmp_path), "tests/whatever.py"]
+    roots = data.roots_from_argv(argv, environ={"SENSEFLOW_BUILD": str(tmp_path / "b")})
+    assert (roots.results, roots.build, roots.repo) == (tmp_path / "r", tmp_path / "b", tmp_path)
+    assert data.roots_from_argv([], environ={}).repo == Path.cwd()
