@@ -352,14 +352,14 @@ def leaderboard_table(
     for metric in sorted(ok["metric"].unique()):
         rows = ok[ok["metric"] == metric].set_index("candidate")
         table[metric] = rows["value"].reindex(order)
+        paper = rows["paper_value"].reindex(order)
+        if paper.notna().any():  # the paper's value right beside the measured one
+            table[f"{metric} paper"] = paper
+            table[f"{metric} diff"] = rows["difference"].reindex(order)
         table[f"{metric} 95% CI"] = [
             f"[{rows.at[c, 'ci_low']:.4g}, {rows.at[c, 'ci_high']:.4g}]"
             if c in rows.index and pd.notna(rows.at[c, "ci_low"]) else "" for c in order
         ]  # fmt: skip
-        paper = rows["paper_value"].reindex(order)
-        if paper.notna().any():
-            table[f"{metric} paper"] = paper
-            table[f"{metric} diff"] = rows["difference"].reindex(order)
     best = best_candidates(long)
     # beside the candidate's identity, so it stays in view when the metric columns scroll
     table.insert(

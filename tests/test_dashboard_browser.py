@@ -31,7 +31,7 @@ FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
     # virtual time runs the page's timers fast; it ends the load once the page goes quiet
-    "--virtual-time-budget=60000", "--window-size=1400,1600", "--hide-scrollbars",
+    "--virtual-time-budget=60000", "--window-size=1600,1600", "--hide-scrollbars",
 ]  # fmt: skip
 RUNNING = "stStatusWidgetRunningIcon"
 
@@ -71,16 +71,18 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 90) -> None:
 
 
 @contextmanager
-def serve(repo: Path, **roots: str):
-    """``streamlit run dashboard/app.py`` on a free 127.0.0.1 port for ``repo``; yields the URL."""
+def serve(repo: Path, app_args: list[str] = ()):
+    """``streamlit run dashboard/app.py [-- app_args]`` on a free 127.0.0.1 port; yields the URL."""
     env = {k: v for k, v in os.environ.items() if k not in ("SENSEFLOW_RESULTS", "SENSEFLOW_BUILD")}
-    env.update(SENSEFLOW_REPO=str(repo), DVC_NO_ANALYTICS="1", **roots)
+    env.update(SENSEFLOW_REPO=str(repo), DVC_NO_ANALYTICS="1")
     port = free_port()
     cmd = [
         sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
         "--server.address", "127.0.0.1", "--server.port", str(port),
         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
     ]  # fmt: skip
+    if app_args:
+        cmd += ["--", *app_args]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -173,15 +175,15 @@ def test_every_page_renders_in_chromium(server, tmp_path):
 
 def test_empty_tree_in_chromium(tmp_path):
     chromium = chromium_or_skip()
-    # the roots given by environment variables, as `make dashboard SENSEFLOW_RESULTS=...` would
-    roots = {"SENSEFLOW_RESULTS": str(tmp_path / "results"), "SENSEFLOW_BUILD": str(tmp_path / "build")}
-    with serve(tmp_path, **roots) as url:
+    # the roots given as the app's own arguments, after `--`
+    results, build = tmp_path / "results", tmp_path / "build"
+    with serve(tmp_path, ["--results-root", str(results), "--build-root", str(build)]) as url:
         profile = tmp_path / "profile"
         load(chromium, url, profile, tmp_path / "throwaway.png")
         for page in ("Leaderboard", "Samples", "Gate"):
             markers = [
                 heading(page),
                 r"Nothing yet: .*run <code[^>]*>make run</code>",
-                re.escape(roots["SENSEFLOW_BUILD"]),
+                re.escape(str(build)),
             ]
             rendered(chromium, f"{url}/?page={page}", profile, tmp_path / f"empty-{page}.png", markers)
