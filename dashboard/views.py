@@ -257,12 +257,17 @@ def experiments(roots: Roots) -> None:
             st.info("Pick two different experiments to compare them.")
         else:
             st.subheader(f"Params that differ ({a} → {b})")
-            diff = data.param_diff(frame, a, b)
-            st.dataframe(diff, width="stretch", key="e_params") if not diff.empty else st.caption("none")
+            _table_or_none(data.param_diff(frame, a, b), "e_params")
             st.subheader("Metric deltas (B − A)")
-            deltas = data.metric_deltas(frame, a, b)
-            st.dataframe(deltas, width="stretch", key="e_metrics") if not deltas.empty else st.caption("none")
+            _table_or_none(data.metric_deltas(frame, a, b), "e_metrics")
     _paired(roots)
+
+
+def _table_or_none(frame: pd.DataFrame, key: str) -> None:
+    if frame.empty:
+        st.caption("none")
+    else:
+        st.dataframe(frame, width="stretch", hide_index=True, key=key)
 
 
 def _paired(roots: Roots) -> None:
@@ -284,7 +289,7 @@ def _paired(roots: Roots) -> None:
         data.load_scores(data.eval_folder(roots, b, summary)),
     )
     st.caption(f"Mean of B − A over images sharing prompt id and seed, 95% bootstrap interval ({b} − {a}).")
-    st.dataframe(table, width="stretch", key="p_table")
+    st.dataframe(table, width="stretch", hide_index=True, key="p_table")
 
 
 # --------------------------------------------------------------------------- Gate
