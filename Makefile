@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # dvc stages call the `senseflow` console scripts: put the venv first on PATH
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup run run-ablations smoke test test-fast lint format clean
+.PHONY: setup run run-ablations smoke test test-fast lint format clean dashboard
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,11 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(PY) -m pip install -q --no-deps -c constraints.txt hpsv2 image-reward
 	$(PY) -m pip install -q -c constraints.txt clip-anytorch fairscale clint webdataset braceexpand \
 	    'setuptools<81' einops accelerate datasets
+	# headless Chromium for the dashboard's browser test (Debian package: needs root and apt-get;
+	# elsewhere that one test skips and says why)
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; } || \
+	    echo "note: chromium not installed; tests/test_dashboard_browser.py will skip"
 	@touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv and install everything
@@ -52,3 +57,11 @@ format: setup
 
 clean:
 	rm -rf build results
+
+# The dashboard: reads results/, build/ and the repository's DVC experiments (override the roots
+# with SENSEFLOW_RESULTS / SENSEFLOW_BUILD). Local only by default: HOST=0.0.0.0 to share it.
+HOST ?= 127.0.0.1
+PORT ?= 8501
+dashboard: setup  ## the Streamlit dashboard on http://$(HOST):$(PORT)
+	$(VENV)/bin/streamlit run dashboard/app.py --server.address $(HOST) --server.port $(PORT) \
+	    --server.headless true --browser.gatherUsageStats false

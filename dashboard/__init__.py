@@ -1,0 +1,1 @@
+"""The Streamlit dashboard: pure loaders (``data``), chart builders (``charts``), pages (``views``)."""
