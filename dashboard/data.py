@@ -299,7 +299,10 @@ def leaderboard_frame(summary: dict) -> pd.DataFrame:
             ok = entry.get("status") == "ok"
             ci = entry.get("ci95") or [None, None]
             value = entry.get("value") if ok else None
-            paper = paper_value(paper_rows, meta.get("method"), meta.get("steps"), metric)
+            # the report matches each candidate to its paper row (eval.report.paper_values)
+            paper = (meta.get("paper") or {}).get(metric)
+            if paper is None:
+                paper = paper_value(paper_rows, meta.get("method"), meta.get("steps"), metric)
             rows.append({
                 "candidate": name, "label": meta.get("label", name), "kind": meta.get("kind"),
                 "method": meta.get("method"), "steps": meta.get("steps"), "nfe": meta.get("nfe"),

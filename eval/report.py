@@ -74,6 +74,19 @@ def read_paper(name: str, root: Path = PAPER_DIR) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- gathering
+def paper_values(name: str, entry: dict, backbone: str, rows: list[dict]) -> dict:
+    """``{metric: paper value}`` of the paper row matching a candidate (4-step students, the teacher)."""
+    if not (name == pl.REFERENCE or (entry["method"] != "teacher" and entry["steps"] == 4)):
+        return {}
+    method = PAPER_ROWS.get(backbone, {}).get(entry["method"])
+    row = next((r for r in rows if r["method"] == method), None)
+    if row is None:
+        return {}
+    return {
+        m: row[col] for m, col in PAPER_COLUMNS.items() if row.get(col) is not None and m in entry["metrics"]
+    }
+
+
 def _speed(samples: Path) -> dict:
     """NFE and seconds per image of a sample folder (speed.json, else the manifest's records)."""
     speed_file = samples / "speed.json"
@@ -109,11 +122,14 @@ def gather(cfg: ProfileConfig, *, ablations: bool, root: Path = Path(".")) -> di
             "samples": str(pl.samples_dir(name)), "eval": str(pl.eval_dir(name)),
             "metrics": evaluated["metrics"],
         }  # fmt: skip
+    backbone, analogue = paper_backbone(cfg)
+    paper_main = [r for r in read_paper("coco5k_4step", root / PAPER_DIR) if r["backbone"] == backbone]
+    for name, entry in candidates.items():
+        entry["paper"] = paper_values(name, entry, backbone, paper_main)
     ref = candidates.get(pl.REFERENCE, {}).get("seconds_per_image")
     for entry in candidates.values():
         sec = entry["seconds_per_image"]
         entry["speedup"] = round(ref / sec, 2) if ref and sec else None
-    backbone, analogue = paper_backbone(cfg)
     return {
         "profile": cfg.name,
         "family": cfg.family,
@@ -125,7 +141,7 @@ def gather(cfg: ProfileConfig, *, ablations: bool, root: Path = Path(".")) -> di
         "paper": {
             "backbone": backbone,
             "analogue": analogue,
-            "main": [r for r in read_paper("coco5k_4step", root / PAPER_DIR) if r["backbone"] == backbone],
+            "main": paper_main,
             "ablation": read_paper("ablation_sd35_large", root / PAPER_DIR),
         },
     }

@@ -157,3 +157,14 @@ def test_gate_on_the_aggregated_summary(tmp_path):
         (r.candidate, r.metric): r for r in run_gate([tmp_path / "worse.json"], tmp_path / "t.yaml", path)
     }
     assert "regressed by 80" in rows[("senseflow_4", "fid_t_probe")].problems[0]
+
+
+def test_paper_values_follow_the_candidate():
+    from eval.report import paper_values
+
+    rows = [{"method": "SenseFlow-SDXL", "fid_t": 17.76, "clip": 0.32}, {"method": "LCM-SDXL", "fid_t": 18.47}]
+    entry = {"method": "senseflow", "steps": 4, "metrics": {"fid_t_probe": {}, "adherence": {}}}
+    assert paper_values("senseflow_4", entry, "sdxl", rows) == {"fid_t_probe": 17.76}
+    assert paper_values("senseflow_1", {**entry, "steps": 1}, "sdxl", rows) == {}
+    assert paper_values("lcm_4", {**entry, "method": "lcm"}, "sdxl", rows) == {"fid_t_probe": 18.47}
+    assert paper_values("dmd2_4", {**entry, "method": "dmd2"}, "sdxl", rows) == {}
