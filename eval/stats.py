@@ -41,6 +41,9 @@ def bootstrap_mean_ci(
     return float(v.mean()), percentile_interval(v[idx].mean(axis=1), level)
 
 
+SUBSAMPLING = "half-sampling without replacement (m = n // 2), median-centred, sqrt(m / (n - m)) scale"
+
+
 def subsample_indices(n: int, m: int, n_sub: int, rng: np.random.Generator) -> np.ndarray:
     """(n_sub, m) indices, each row ``m`` distinct items of ``range(n)`` (without replacement)."""
     return rng.random((n_sub, n)).argsort(axis=1)[:, :m]

@@ -308,3 +308,4 @@ def test_fid_runs_through_senseflow_eval_evaluate(inception_weights, tmp_path, m
     expected = fid_from_features(feats(noise(records, 0)), feats(rendered(records)))
     assert got["value"] == pytest.approx(expected, rel=1e-6, abs=1e-12)
     assert got["protocol"]["resize"].startswith("clean") and got["n"] == 8
+    assert got["ci95"][0] <= got["value"] <= got["ci95"][1]  # half-sampling interval: around the estimate

@@ -600,7 +600,7 @@ def fid_metric(ctx) -> MetricResult:
     clean-fid resize protocol; the interval half-samples both sets (``eval.stats.subsample_set_ci``).
     """
     from eval.registry import MetricError, protocol_card
-    from eval.stats import subsample_set_ci
+    from eval.stats import SUBSAMPLING, subsample_set_ci
     from eval.weights import require
 
     if ctx.reference is None:
@@ -625,7 +625,8 @@ def fid_metric(ctx) -> MetricResult:
         weights_sha256=extractor.id.split(":")[-1], image_count=len(fs), resize="clean: PIL bicubic to 299",
         reference_stats_sha256=ref_hash, n_boot=ctx.n_boot_set,
     )  # fmt: skip
-    return MetricResult(card, higher_is_better=False, value=value, ci95=ci, n=len(fs))
+    details = {"interval": f"{SUBSAMPLING}, {ctx.n_boot_set} subsets of each set"}
+    return MetricResult(card, higher_is_better=False, value=value, ci95=ci, n=len(fs), details=details)
 
 
 def _register() -> None:

@@ -16,7 +16,7 @@ import numpy as np
 from eval.metrics.adherence import probe_protocol_card
 from eval.metrics.fid import fid_from_features
 from eval.registry import EvalContext, MetricError, MetricResult, embedded_only, register
-from eval.stats import subsample_set_ci
+from eval.stats import SUBSAMPLING, subsample_set_ci
 from senseflow.world.probes import run_probe
 from senseflow.world.scenes import to_tensor_range
 
@@ -69,7 +69,8 @@ def fid_t_probe_metric(ctx: EvalContext) -> MetricResult:
         reference_stats_sha256=ref_hash,
         n_boot=ctx.n_boot_set,
     )
-    return MetricResult(card, higher_is_better=False, value=value, ci95=ci, n=len(pairs))
+    details = {"interval": f"{SUBSAMPLING}, {ctx.n_boot_set} subsets of prompt pairs"}
+    return MetricResult(card, higher_is_better=False, value=value, ci95=ci, n=len(pairs), details=details)
 
 
 register("fid_t_probe", lambda: fid_t_probe_metric, embedded_only)
