@@ -13,8 +13,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+from PIL import Image
 from safetensors.torch import save_file
 from torch import nn
 
@@ -161,7 +161,8 @@ def test_sdxl_ddim_trailing_with_fused_lora(weights, prompts, tmp_path, registry
     # same candidate, prompts and seed: byte-identical PNGs (a fresh load of everything)
     run("hyper_sdxl_4", weights, prompts, tmp_path / "again", registry)
     for rec in manifest:
-        assert (tmp_path / "again" / rec["file"]).read_bytes() == (tmp_path / "hyper" / rec["file"]).read_bytes()
+        f = rec["file"]
+        assert (tmp_path / "again" / f).read_bytes() == (tmp_path / "hyper" / f).read_bytes()
     # another batch split: each prompt keeps its own noise; only float rounding of batched kernels differs
     run("hyper_sdxl_4", weights, prompts, tmp_path / "split", registry, batch_size=3)
     for rec in manifest:
@@ -335,12 +336,14 @@ def test_lora_for_another_model_is_refused_before_anything_is_written(weights, p
 def test_missing_weights_name_the_file_and_the_download(prompts, tmp_path, registry):
     from senseflow.errors import MissingArtefactError
 
-    with pytest.raises(MissingArtefactError, match=r"hf download ByteDance/Hyper-SD Hyper-SDXL-4steps-lora"):
+    with pytest.raises(
+        MissingArtefactError, match=r"LoRA is missing.*hf download ByteDance/Hyper-SD Hyper-SDXL-4steps-lora"
+    ):
         empty = tmp_path / "empty"
         (empty / SDXL).mkdir(parents=True)
         save_tiny_pipeline("sdxl", empty / SDXL)
         run("hyper_sdxl_4", empty, prompts, tmp_path / "o", registry)
-    with pytest.raises(MissingArtefactError, match="senseflow weights fetch.*sdxl_base"):
+    with pytest.raises(MissingArtefactError, match="base model is missing.*senseflow weights fetch sdxl"):
         run("sdxl_teacher_25", tmp_path / "nothing", prompts, tmp_path / "o", registry)
 
 
