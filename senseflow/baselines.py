@@ -125,6 +125,16 @@ class Recipe(_Strict):
             raise ValueError(f"steps is {self.steps} but the explicit schedule has {len(explicit)} entries")
         if self.unet is not None and self.transformer is not None:
             raise ValueError("replace the unet or the transformer, not both")
+        if self.scheduler is not None:
+            import diffusers
+
+            cls = getattr(diffusers, self.scheduler.class_name)
+            takes = set(inspect.signature(cls.set_timesteps).parameters)
+            for key in ("timesteps", "sigmas"):
+                if getattr(self, key) is not None and key not in takes:
+                    raise ValueError(f"{self.scheduler.class_name} cannot run explicit {key}")
+            if self.eta is not None and "eta" not in inspect.signature(cls.step).parameters:
+                raise ValueError(f"{self.scheduler.class_name}.step takes no eta")
         if self.sampler != "pipeline" and self.sigmas is None:
             raise ValueError(f"sampler {self.sampler!r} needs `sigmas` (the trained anchors)")
         if self.sampler != "pipeline" and self.pipeline not in FAMILY_OF_PIPELINE:

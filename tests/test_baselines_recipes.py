@@ -360,8 +360,19 @@ def test_registry_rejects_unknown_classes_and_bad_schedules(tmp_path):
             "takes no argument 'spacing'",
         ),
         ("timesteps: [399]", "timesteps: [399, 199]", "steps is 1 but the explicit schedule has 2"),
+        (
+            "scheduler: {class: TCDScheduler, kwargs: {}}",
+            "scheduler: {class: EulerDiscreteScheduler, kwargs: {}}",
+            "EulerDiscreteScheduler.step takes no eta",
+        ),
+        (
+            "class: LCMScheduler, kwargs: {}}\n    steps: 4\n    timesteps",
+            "class: DDIMScheduler, kwargs: {}}\n    steps: 4\n    timesteps",
+            "DDIMScheduler cannot run explicit timesteps",
+        ),
     ]
     for old, new, message in cases:
+        assert old in good, old
         bad = tmp_path / "b.yaml"
         bad.write_text(good.replace(old, new, 1))
         with pytest.raises(RegistryError, match=message):
