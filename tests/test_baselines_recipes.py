@@ -379,6 +379,10 @@ def test_registry_rejects_unknown_classes_and_bad_schedules(tmp_path):
             load_registry(bad)
     with pytest.raises(UserError, match="unknown candidate 'nope'; known: teacher, sdxl_teacher_40"):
         get_recipe("nope")
+    from senseflow.candidates import load_candidate
+
+    with pytest.raises(UserError, match="'hyper_sdxl_4' samples at 4 steps \\(its recipe\\), not 2"):
+        load_candidate("hyper_sdxl_4", steps=2, weights_dir=tmp_path)
 
 
 def test_registry_covers_the_papers_rows(registry):
