@@ -125,6 +125,16 @@ class Recipe(_Strict):
             raise ValueError(f"steps is {self.steps} but the explicit schedule has {len(explicit)} entries")
         if self.unet is not None and self.transformer is not None:
             raise ValueError("replace the unet or the transformer, not both")
+        if self.scheduler is not None:
+            import diffusers
+
+            cls = getattr(diffusers, self.scheduler.class_name)
+            takes = set(inspect.signature(cls.set_timesteps).parameters)
+            for key in ("timesteps", "sigmas"):
+                if getattr(self, key) is not None and key not in takes:
+                    raise ValueError(f"{self.scheduler.class_name} cannot run explicit {key}")
+            if self.eta is not None and "eta" not in inspect.signature(cls.step).parameters:
+                raise ValueError(f"{self.scheduler.class_name}.step takes no eta")
         if self.sampler != "pipeline" and self.sigmas is None:
             raise ValueError(f"sampler {self.sampler!r} needs `sigmas` (the trained anchors)")
         if self.sampler != "pipeline" and self.pipeline not in FAMILY_OF_PIPELINE:
@@ -198,51 +208,65 @@ def show_recipe(recipe: Recipe) -> str:
 
 
 # ----------------------------------------------------------------------------- weights, offline
-def _hint(ref: WeightRef, weights_dir: Path | None) -> str:
+def _fetch_command(ref: WeightRef, weights_dir: Path) -> str:
+    """`senseflow weights fetch PROFILE` for artefacts of the weights manifest, else `hf download`."""
     target = f" {ref.file}" if ref.file else ""
     sub = f" --include '{ref.subfolder}/*'" if ref.subfolder and not ref.file else ""
-    local = f" --local-dir {weights_dir / ref.repo}" if weights_dir else ""
-    fetch = f"`senseflow weights fetch` (artefact {ref.artefact}) or " if ref.artefact else ""
-    return f"provide it with {fetch}`hf download {ref.repo}{target}{sub} --revision {ref.revision}{local}`"
+    dest = weights_dir / ref.repo
+    hf = f"`hf download {ref.repo}{target}{sub} --revision {ref.revision} --local-dir {dest}`"
+    if ref.artefact:
+        from eval.weights import load_manifest
+
+        manifest = load_manifest()
+        if ref.artefact in manifest.artefacts:
+            profile = manifest.provider(ref.artefact)
+            return f"`senseflow weights fetch {profile} --weights-dir {weights_dir}` or {hf}"
+    return hf
+
+
+def _rel(ref: WeightRef) -> Path:
+    return Path(ref.subfolder or "") / (ref.file or "")
 
 
 def resolve_weight(ref: WeightRef, weights_dir: str | Path | None, what: str) -> Path:
     """Local path of ``ref`` (its file, or its folder): weights dir first, then the HF cache; no download.
 
     Looked up in order: ``ref.repo`` as a local path; ``<weights_dir>/<artefact>/`` (the layout
-    ``senseflow weights fetch`` writes); ``<weights_dir>/<repo>/``; the Hugging Face cache.
+    ``senseflow weights fetch`` writes); ``<weights_dir>/<repo>/``; the Hugging Face cache
+    (``local_files_only``). ``weights_dir`` defaults as in :func:`eval.weights.weights_dir`
+    (``$SENSEFLOW_WEIGHTS``, else ``~/.cache/senseflow/weights``).
     """
     from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
-    weights_dir = Path(weights_dir).expanduser() if weights_dir else None
-    rel = Path(ref.subfolder or "") / (ref.file or "")
-    roots = [Path(ref.repo).expanduser()] if ref.repo.startswith(("/", ".", "~")) else []
-    if weights_dir is not None:
-        roots += ([weights_dir / ref.artefact] if ref.artefact else []) + [weights_dir / ref.repo]
+    from eval.weights import weights_dir as default_weights_dir
+
+    weights_dir = default_weights_dir(weights_dir)
+    rel = _rel(ref)
+    local = ref.repo.startswith(("/", ".", "~"))
+    roots = [Path(ref.repo).expanduser()] if local else []
+    roots += ([weights_dir / ref.artefact] if ref.artefact else []) + [weights_dir / ref.repo]
     for root in roots:
         path = root / rel
         if path.is_file() or (ref.file is None and path.is_dir()):
             return path
-    tried = ", ".join(str(r / rel) for r in roots)
-    if not roots or weights_dir is not None or not ref.repo.startswith(("/", ".", "~")):
+    if not local:
         try:
             if ref.file:
-                sub = ref.subfolder
-                return Path(
-                    hf_hub_download(
-                        ref.repo, ref.file, subfolder=sub, revision=ref.revision, local_files_only=True
-                    )
+                found = hf_hub_download(
+                    ref.repo, ref.file, subfolder=ref.subfolder, revision=ref.revision, local_files_only=True
                 )
+                return Path(found)
             snap = Path(snapshot_download(ref.repo, revision=ref.revision, local_files_only=True))
             if (snap / rel).is_dir():
                 return snap / rel
         except (LocalEntryNotFoundError, HFValidationError, FileNotFoundError, OSError):
             pass
-    where = f"{tried} nor " if tried else ""
+    tried = ", ".join(str(r / rel) for r in roots)
+    cache = "" if local else f" nor in the Hugging Face cache ({ref.repo}, revision {ref.revision})"
     raise MissingArtefactError(
-        f"{what} {ref.repo}/{rel} is in {where}the Hugging Face cache (revision {ref.revision}); "
-        f"{_hint(ref, weights_dir)}"
+        f"{what} is missing: not found at {tried}{cache}; it is never downloaded here, provide it with "
+        f"{_fetch_command(ref, weights_dir)} on a connected machine"
     )
 
 
@@ -372,11 +396,11 @@ def build_pipeline(recipe: Recipe, *, weights_dir=None, device: torch.device | s
     dtype = runtime_dtype(recipe, device)
     folder = resolve_weight(recipe.base, weights_dir, f"{recipe.name}: base model")
     if recipe.family is not None:
+        from eval.weights import weights_dir as default_weights_dir
         from senseflow.backbones.loading import check_components
 
-        check_components(
-            folder, recipe.family, _hint(recipe.base, Path(weights_dir) if weights_dir else None)
-        )
+        hint = f"provide it with {_fetch_command(recipe.base, default_weights_dir(weights_dir))}"
+        check_components(folder, recipe.family, hint)
     cls = getattr(diffusers, recipe.pipeline)
     pipe = cls.from_pretrained(folder, dtype=dtype, local_files_only=True)
     if recipe.unet is not None:

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -171,13 +172,10 @@ def generate_to_folder(
                unit="img", disable=not progress or rank != 0)  # fmt: skip
     timings: list[tuple[float, int]] = []
     nfe = None
-    for i in range(0, len(todo), batch_size):
-        chunk = todo[i : i + batch_size]
-        seeds = [prompt_seed(seed, r.id) for r in chunk]
-        t0 = time.perf_counter()
-        pixels, nfe = candidate.render([r.prompt for r in chunk], seeds)
-        elapsed = time.perf_counter() - t0
-        timings.append((elapsed, len(chunk)))
+
+    def record(chunk, seeds, pixels, nfe, elapsed) -> None:
+        # PNG encoding, hashing and writing run in a worker thread while the next batch samples
+        # (zlib and file I/O release the GIL); the manifest follows its files, never precedes them
         for rec, s, img in zip(chunk, seeds, pixels, strict=True):
             data = png_bytes(img)
             atomic_write_bytes(out_dir / f"{rec.id}.png", data)
@@ -197,11 +195,34 @@ def generate_to_folder(
         if world_size == 1:
             write_manifest(out_dir, [own[r.id] for r in records if r.id in own])
         else:
-            atomic_write_text(_partial(out_dir, rank), "".join(json.dumps(own[r.id]) + "\n"
-                                                               for r in mine if r.id in own))  # fmt: skip
-        bar.update(len(chunk))
+            lines = "".join(json.dumps(own[r.id]) + "\n" for r in mine if r.id in own)
+            atomic_write_text(_partial(out_dir, rank), lines)
+
+    def settle(pending) -> None:
+        future, number, n = pending
+        future.result()  # a failed write stops the run here
+        bar.update(n)
         if on_batch is not None:
-            on_batch(i // batch_size + 1)
+            on_batch(number)
+
+    pending = None
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        for i in range(0, len(todo), batch_size):
+            chunk = todo[i : i + batch_size]
+            seeds = [prompt_seed(seed, r.id) for r in chunk]
+            t0 = time.perf_counter()
+            pixels, nfe = candidate.render([r.prompt for r in chunk], seeds)
+            elapsed = time.perf_counter() - t0
+            timings.append((elapsed, len(chunk)))
+            if pending is not None:  # the previous batch is on disk before this one is handed over
+                settle(pending)
+            pending = (
+                writer.submit(record, chunk, seeds, pixels, nfe, elapsed),
+                i // batch_size + 1,
+                len(chunk),
+            )
+        if pending is not None:
+            settle(pending)
     bar.close()
     if timings:
         _write_speed_part(out_dir, rank, candidate, timings, nfe, batch_size)

@@ -209,9 +209,8 @@ class Student:
             chunk, chunk_seeds = prompts[i : i + batch_size], seeds[i : i + batch_size]
             cond = self.backbone.text.encode(chunk)
             # drawn on the CPU (device-independent seeds), then moved to where the generator runs
-            noise = prompt_noise(chunk_seeds, self.shape()).to(
-                next(self.backbone.network.parameters()).device
-            )
+            device = next(self.backbone.network.parameters()).device
+            noise = prompt_noise(chunk_seeds, self.shape()).to(device)
             x, self.last_times = student_sample(
                 self.backbone, cond, noise, times, sampler=sampler, seeds=chunk_seeds
             )

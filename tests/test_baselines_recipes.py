@@ -161,9 +161,8 @@ def test_sdxl_ddim_trailing_with_fused_lora(weights, prompts, tmp_path, registry
     # same candidate, prompts and seed: byte-identical PNGs (a fresh load of everything)
     run("hyper_sdxl_4", weights, prompts, tmp_path / "again", registry)
     for rec in manifest:
-        assert (tmp_path / "again" / rec["file"]).read_bytes() == (
-            tmp_path / "hyper" / rec["file"]
-        ).read_bytes()
+        f = rec["file"]
+        assert (tmp_path / "again" / f).read_bytes() == (tmp_path / "hyper" / f).read_bytes()
     # another batch split: each prompt keeps its own noise; only float rounding of batched kernels differs
     run("hyper_sdxl_4", weights, prompts, tmp_path / "split", registry, batch_size=3)
     for rec in manifest:
@@ -337,12 +336,14 @@ def test_lora_for_another_model_is_refused_before_anything_is_written(weights, p
 def test_missing_weights_name_the_file_and_the_download(prompts, tmp_path, registry):
     from senseflow.errors import MissingArtefactError
 
-    with pytest.raises(MissingArtefactError, match=r"hf download ByteDance/Hyper-SD Hyper-SDXL-4steps-lora"):
+    with pytest.raises(
+        MissingArtefactError, match=r"LoRA is missing.*hf download ByteDance/Hyper-SD Hyper-SDXL-4steps-lora"
+    ):
         empty = tmp_path / "empty"
         (empty / SDXL).mkdir(parents=True)
         save_tiny_pipeline("sdxl", empty / SDXL)
         run("hyper_sdxl_4", empty, prompts, tmp_path / "o", registry)
-    with pytest.raises(MissingArtefactError, match="senseflow weights fetch.*sdxl_base"):
+    with pytest.raises(MissingArtefactError, match="base model is missing.*senseflow weights fetch sdxl"):
         run("sdxl_teacher_25", tmp_path / "nothing", prompts, tmp_path / "o", registry)
 
 
@@ -359,14 +360,29 @@ def test_registry_rejects_unknown_classes_and_bad_schedules(tmp_path):
             "takes no argument 'spacing'",
         ),
         ("timesteps: [399]", "timesteps: [399, 199]", "steps is 1 but the explicit schedule has 2"),
+        (
+            "scheduler: {class: TCDScheduler, kwargs: {}}",
+            "scheduler: {class: EulerDiscreteScheduler, kwargs: {}}",
+            "EulerDiscreteScheduler.step takes no eta",
+        ),
+        (
+            "class: LCMScheduler, kwargs: {}}\n    steps: 4\n    timesteps",
+            "class: DDIMScheduler, kwargs: {}}\n    steps: 4\n    timesteps",
+            "DDIMScheduler cannot run explicit timesteps",
+        ),
     ]
     for old, new, message in cases:
+        assert old in good, old
         bad = tmp_path / "b.yaml"
         bad.write_text(good.replace(old, new, 1))
         with pytest.raises(RegistryError, match=message):
             load_registry(bad)
     with pytest.raises(UserError, match="unknown candidate 'nope'; known: teacher, sdxl_teacher_40"):
         get_recipe("nope")
+    from senseflow.candidates import load_candidate
+
+    with pytest.raises(UserError, match="'hyper_sdxl_4' samples at 4 steps \\(its recipe\\), not 2"):
+        load_candidate("hyper_sdxl_4", steps=2, weights_dir=tmp_path)
 
 
 def test_registry_covers_the_papers_rows(registry):
