@@ -615,9 +615,13 @@ def pipeline_distill(
     quiet: Quiet = False,
 ) -> None:
     """Train METHOD into build/distill/METHOD (resumes; skipped when the profile does not run it)."""
-    from senseflow.stages import distill
+    import sys
+
+    from senseflow.stages import distill, relaunched
 
     cfg = _cfg(profile, set_)
+    if relaunched(cfg, sys.argv[1:]):  # runtime.nproc_per_node > 1: the same command under torchrun
+        return
     _threads(cfg)
     typer.echo(json.dumps(distill(cfg, method, ablations=_flag(ablations), progress=not quiet)))
 
@@ -644,9 +648,13 @@ def pipeline_generate(
     quiet: Quiet = False,
 ) -> None:
     """Sample CANDIDATE on the profile's prompts into build/samples/CANDIDATE (resumable)."""
-    from senseflow.stages import generate
+    import sys
+
+    from senseflow.stages import generate, relaunched
 
     cfg = _cfg(profile, set_)
+    if relaunched(cfg, sys.argv[1:]):  # runtime.nproc_per_node > 1: the same command under torchrun
+        return
     _threads(cfg)
     typer.echo(str(generate(cfg, candidate, ablations=_flag(ablations), progress=not quiet)))
 

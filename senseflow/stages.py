@@ -56,6 +56,37 @@ def preflight(cfg: ProfileConfig, weights_dir: str | Path | None = None) -> dict
     return record
 
 
+def torchrun_command(cfg: ProfileConfig, argv: list[str]) -> list[str] | None:
+    """The torchrun command that reruns this stage in ``runtime.nproc_per_node`` processes.
+
+    None when one process is asked for, or when this process already is a torchrun rank
+    (``WORLD_SIZE`` set): the stage then runs here. Multi-node jobs set the rendezvous through
+    torchrun's own environment (experiments/launch/).
+    """
+    import os
+    import sys
+
+    n = cfg.runtime.nproc_per_node
+    if n <= 1 or "WORLD_SIZE" in os.environ:
+        return None
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
+            "-m", "senseflow.cli", *argv]  # fmt: skip
+
+
+def relaunched(cfg: ProfileConfig, argv: list[str]) -> bool:
+    """Run this stage under torchrun when the profile asks for several processes; True if it did."""
+    import subprocess
+
+    cmd = torchrun_command(cfg, argv)
+    if cmd is None:
+        return False
+    log.info("launching %s", " ".join(cmd))
+    done = subprocess.run(cmd, check=False)
+    if done.returncode:
+        raise UserError(f"torchrun exited with {done.returncode} (command: {' '.join(cmd)})")
+    return True
+
+
 def _stale_run(folder: Path) -> bool:
     """A finished run (summary.json written after export) or a foreign checkpoint."""
     return (folder / "summary.json").is_file()

@@ -162,9 +162,25 @@ def test_gate_on_the_aggregated_summary(tmp_path):
 def test_paper_values_follow_the_candidate():
     from eval.report import paper_values
 
-    rows = [{"method": "SenseFlow-SDXL", "fid_t": 17.76, "clip": 0.32}, {"method": "LCM-SDXL", "fid_t": 18.47}]
+    rows = [
+        {"method": "SenseFlow-SDXL", "fid_t": 17.76, "clip": 0.32},
+        {"method": "LCM-SDXL", "fid_t": 18.47},
+    ]
     entry = {"method": "senseflow", "steps": 4, "metrics": {"fid_t_probe": {}, "adherence": {}}}
     assert paper_values("senseflow_4", entry, "sdxl", rows) == {"fid_t_probe": 17.76}
     assert paper_values("senseflow_1", {**entry, "steps": 1}, "sdxl", rows) == {}
     assert paper_values("lcm_4", {**entry, "method": "lcm"}, "sdxl", rows) == {"fid_t_probe": 18.47}
     assert paper_values("dmd2_4", {**entry, "method": "dmd2"}, "sdxl", rows) == {}
+
+
+def test_stages_relaunch_under_torchrun_with_the_profiles_process_count(monkeypatch):
+    from senseflow.stages import torchrun_command
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    argv = ["pipeline", "generate", "senseflow_4", "--profile", "smoke"]
+    assert torchrun_command(load_profile("smoke"), argv) is None  # one process: runs in place
+    cmd = torchrun_command(load_profile("smoke", ["runtime.nproc_per_node=2"]), argv)
+    assert cmd[1:6] == ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m"]
+    assert cmd[6:] == ["senseflow.cli", *argv]
+    monkeypatch.setenv("WORLD_SIZE", "2")  # already a rank: no second launch
+    assert torchrun_command(load_profile("smoke", ["runtime.nproc_per_node=2"]), argv) is None
