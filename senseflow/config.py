@@ -294,7 +294,7 @@ class ConsistencyBaselineConfig(Strict):
     target_ema: Annotated[float, Field(ge=0, lt=1)] = 0.95  # EMA target network theta- (LCM: 0.95)
     teacher_steps: PositiveInt = 32  # N: the teacher solver's grid (shifted like the teacher)
     skip: PositiveInt = 1  # k: teacher Euler step from t_{n+k} to t_n, in grid steps
-    guidance: tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]] = (4.0, 4.0)  # w ~ U(lo, hi)
+    guidance: tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]] = (4.0, 4.0)  # w ~ U
     export_guidance: Annotated[float, Field(ge=0)] | None = None  # w baked into the export (None: midpoint)
     distance: Literal["l2", "pseudo_huber"] = "l2"
     huber_c: Annotated[float, Field(gt=0)] | None = None  # pseudo-Huber c (None: 0.00054 sqrt(d))
@@ -322,7 +322,7 @@ class ConsistencyBaselineConfig(Strict):
 
 
 class LCMConfig(ConsistencyBaselineConfig):
-    """Latent consistency distillation (Luo et al. 2023): guidance-conditioned student, skipping-step solver."""
+    """Latent consistency distillation (Luo et al. 2023): w-conditioned student, skipping-step solver."""
 
     guidance_embedding: bool = True  # w enters the student (zero-initialised embedding, baked at export)
     embedding_dim: PositiveInt = 256
@@ -346,7 +346,7 @@ class HyperSDConfig(ConsistencyBaselineConfig):
 
 
 class BaselinesConfig(Strict):
-    """Baselines distilled in this profile's world with their own loops (`senseflow distill --variant NAME`)."""
+    """Baselines distilled in this profile's world by their own loops (`senseflow distill --variant NAME`)."""
 
     lcm: LCMConfig | None = None
     hyper_sd: HyperSDConfig | None = None

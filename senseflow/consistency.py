@@ -37,7 +37,14 @@ from senseflow.distributed import init_distributed
 from senseflow.errors import UserError
 from senseflow.guidance_embedding import GuidanceConditioned
 from senseflow.io import atomic_write_text, ensure_writable_dir
-from senseflow.losses import ida_update, lcm_loss, sample_segment_pairs, sample_skip_pairs, stage_segments, tscd_loss
+from senseflow.losses import (
+    ida_update,
+    lcm_loss,
+    sample_segment_pairs,
+    sample_skip_pairs,
+    stage_segments,
+    tscd_loss,
+)
 from senseflow.run_state import run_fingerprint
 
 # the SenseFlow loop's checkpoint / resume / logging machinery, shared rather than duplicated
@@ -79,7 +86,8 @@ def consistency_distill(
     teacher: Backbone,  # frozen flow teacher (its network is not modified)
     data: TrainData,  # prompts + real images, deterministic in (iteration, rank)
     method: str = "lcm",  # "lcm" | "hyper_sd"
-    evaluator: Callable[[Backbone, int], dict] | None = None,  # (plain student backbone, iteration) -> metrics
+    evaluator: Callable[[Backbone, int], dict]
+    | None = None,  # (plain student backbone, iteration) -> metrics
     iterations: int = 1000,
     global_batch: int = 64,
     lr: float = 1e-4,
@@ -117,7 +125,9 @@ def consistency_distill(
     if method not in METHODS:
         raise UserError(f"unknown consistency method {method!r}; expected one of {', '.join(METHODS)}")
     if teacher.prediction != "flow":
-        raise UserError(f"the consistency baselines need a flow teacher, got prediction {teacher.prediction!r}")
+        raise UserError(
+            f"the consistency baselines need a flow teacher, got prediction {teacher.prediction!r}"
+        )
     if deterministic:
         torch.use_deterministic_algorithms(True)
     info = init_distributed(device)
@@ -187,7 +197,9 @@ def consistency_distill(
 
         with timer("loss"):
             if method == "lcm":
-                t_hi, t_lo = sample_skip_pairs(teacher_steps, skip, global_batch, shift=teacher.shift, generator=gen)
+                t_hi, t_lo = sample_skip_pairs(
+                    teacher_steps, skip, global_batch, shift=teacher.shift, generator=gen
+                )
                 loss = lcm_loss(student_v, target_v, teacher_v, x0, eps, t_hi.to(dev), t_lo.to(dev),
                                 boundary=boundary, distance=distance, huber_c=huber_c)  # fmt: skip
                 n_seg = None

@@ -36,7 +36,8 @@ def baseline_section(cfg: ProfileConfig, variant: str) -> LCMConfig | HyperSDCon
     section = getattr(cfg.baselines, variant, None)
     if section is None:
         raise UserError(
-            f"profile {cfg.name!r} has no baselines.{variant} section: add one to experiments/{cfg.name}.yaml "
+            f"profile {cfg.name!r} has no baselines.{variant} section: "
+            f"add one to experiments/{cfg.name}.yaml "
             "(see experiments/embedded.yaml)"
         )
     return section
@@ -86,14 +87,16 @@ def consistency_embedded(
     deterministic: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Train the ``variant`` baseline on the embedded teacher, export ``out_dir/student``, write ``summary.json``.
+    """Train the ``variant`` baseline on the embedded teacher; export ``out_dir/student``, ``summary.json``.
 
     With ``reference_dir`` (teacher samples) the FID-T / adherence curve is measured every
     ``eval_every`` iterations and the summary holds the final student's metrics at 4, 2 and 1
     steps (``probe_path`` is then required).
     """
     if cfg.family != "embedded":
-        raise UserError(f"profile {cfg.name!r} is family {cfg.family!r}; the consistency baselines run the embedded world")
+        raise UserError(
+            f"profile {cfg.name!r} is family {cfg.family!r}; the consistency baselines run the embedded world"
+        )
     b = baseline_section(cfg, variant)
     teacher, _ = load_teacher(teacher_dir, world_dir)
     exportable = teacher  # carries the world's text encoder into the student folder
@@ -143,12 +146,16 @@ def consistency_embedded(
         **({"segments": list(b.segments)} if variant == "hyper_sd" else {"boundary": b.boundary}),
     }  # fmt: skip
     config_yaml = dump_profile(cfg)
-    export_student(Path(out_dir) / "student", network.state_dict(), exportable, recipe, config_yaml=config_yaml)
+    export_student(
+        Path(out_dir) / "student", network.state_dict(), exportable, recipe, config_yaml=config_yaml
+    )
     summary: dict = {
         "variant": variant,
         "iterations": result.iterations,
         "seconds": round(result.seconds, 1),
-        "seconds_per_iteration": json.loads((Path(out_dir) / "timing.json").read_text())["seconds_per_iteration"],
+        "seconds_per_iteration": json.loads((Path(out_dir) / "timing.json").read_text())[
+            "seconds_per_iteration"
+        ],
         "sampler": b.sampler,
         "distilled_guidance": w,
     }
@@ -156,7 +163,9 @@ def consistency_embedded(
         student = teacher.with_network(network)
         finals = {}
         for steps in (len(anchors), *[k for k in (2, 1) if k < len(anchors) and len(anchors) % k == 0]):
-            finals[f"{steps}_step"] = evaluator(student, result.iterations, anchors=anchors_for_steps(anchors, steps))
+            finals[f"{steps}_step"] = evaluator(
+                student, result.iterations, anchors=anchors_for_steps(anchors, steps)
+            )
         summary["final"] = finals
         t_s = time.perf_counter()
         evaluator.images(student, anchors)

@@ -1,4 +1,4 @@
-"""Consistency baselines: LCM / Hyper-SD TSCD maths, the guidance-conditioned student, the loop, export, resume."""
+"""Consistency baselines: LCM / Hyper-SD maths, the w-conditioned student, the loop, export, resume."""
 
 from __future__ import annotations
 
@@ -95,7 +95,9 @@ def test_distances_by_hand():
     b[1] = 0
     assert float(consistency_distance(a, b, "l2")) == pytest.approx(0.5)
     # per-sample norms: sample 0 has ||d||^2 = 4, sample 1 has 0
-    assert float(consistency_distance(a, b, "pseudo_huber", huber_c=1.0)) == pytest.approx((math.sqrt(5) - 1) / 2)
+    assert float(consistency_distance(a, b, "pseudo_huber", huber_c=1.0)) == pytest.approx(
+        (math.sqrt(5) - 1) / 2
+    )
     c = 0.00054 * 2  # default c = 0.00054 sqrt(d), d = 4
     assert float(consistency_distance(a, b, "pseudo_huber")) == pytest.approx((math.sqrt(4 + c * c) - c) / 2)
     with pytest.raises(ValueError, match="unknown consistency distance"):
@@ -172,7 +174,10 @@ def test_guidance_embedding_starts_as_the_teacher_and_bakes_into_a_plain_network
     at2, at6 = _call(teacher, net, 2.0, x, t, cond), _call(teacher, net, 6.0, x, t, cond)
     assert (at2 - at6).abs().max() > 1e-3
     baked = net.bake(6.0)
-    assert type(baked) is type(teacher.network) and baked.state_dict().keys() == teacher.network.state_dict().keys()
+    assert (
+        type(baked) is type(teacher.network)
+        and baked.state_dict().keys() == teacher.network.state_dict().keys()
+    )
     torch.testing.assert_close(teacher.with_network(baked).predict(x, t, cond), at6, atol=1e-5, rtol=1e-5)
     copy = net.fresh_copy()  # the EMA target: same function, its own hook
     torch.testing.assert_close(_call(teacher, copy, 2.0, x, t, cond), at2)
@@ -236,7 +241,8 @@ class _StopAt(WorldData):
 @pytest.mark.parametrize("method", ["lcm", "hyper_sd"])
 def test_interrupted_run_resumes_bit_identical(method, teacher, tmp_path):
     kw = dict(method=method, iterations=6, global_batch=4, lr=1e-3, teacher_steps=8, skip=2,
-              guidance=(2.0, 6.0), segments=(4, 2), checkpoint_every=2, log_every=1, progress=False)  # fmt: skip
+              guidance=(2.0, 6.0), segments=(4, 2), checkpoint_every=2, log_every=1,
+              progress=False)  # fmt: skip
     data = dict(resolution=16, digit_counts={1: 0.5, 2: 0.5})
     straight = consistency_distill(tmp_path / "a", teacher=teacher, data=WorldData(**data), **kw)
     with pytest.raises(_Interrupted):
@@ -263,7 +269,12 @@ def test_bad_baseline_settings_are_clear_errors(teacher, tmp_path, world_dir):
     with pytest.raises(ConfigError, match="strictly decreasing"):
         load_profile(str(ROOT / "experiments" / "smoke.yaml"), ["baselines.hyper_sd.segments=[2, 4]"])
     with pytest.raises(UserError, match="unknown consistency method"):
-        consistency_distill(tmp_path / "x", teacher=teacher, data=WorldData(resolution=16, digit_counts={1: 1.0}), method="ctm")
+        consistency_distill(
+            tmp_path / "x",
+            teacher=teacher,
+            data=WorldData(resolution=16, digit_counts={1: 1.0}),
+            method="ctm",
+        )
     cfg = load_profile(str(ROOT / "experiments" / "smoke.yaml"), ["baselines.lcm=null"])
     with pytest.raises(UserError, match="no baselines.lcm section"):
         consistency_embedded(cfg, tmp_path / "y", variant="lcm", world_dir=world_dir, teacher_dir=tmp_path)
