@@ -42,14 +42,18 @@ def main() -> None:
     teacher, _ = load_teacher(args.teacher, args.world)
     scenes = cfg.world.scenes
     rows: dict[str, list[float]] = {"lcm": [], "hyper_sd": []}
-    print(f"torch threads {torch.get_num_threads()}, profile {cfg.name}, {args.iterations} iterations per run")
+    print(
+        f"torch threads {torch.get_num_threads()}, profile {cfg.name}, {args.iterations} iterations per run"
+    )
     for r in range(args.rounds):
         for method in rows:
             b = baseline_section(cfg, method)
             kw = {**consistency_kwargs(method, b), "iterations": args.iterations, "checkpoint_every": 10**9}
             load = os.getloadavg()[0]
             with tempfile.TemporaryDirectory() as tmp:
-                data = WorldData(resolution=scenes.resolution, digit_counts=dict(scenes.digit_counts), seed=b.seed)
+                data = WorldData(
+                    resolution=scenes.resolution, digit_counts=dict(scenes.digit_counts), seed=b.seed
+                )
                 consistency_distill(tmp, teacher=teacher, data=data, progress=False, device="cpu", **kw)
                 spi = json.loads((Path(tmp) / "timing.json").read_text())["seconds_per_iteration"]
             rows[method].append(spi)
@@ -57,7 +61,10 @@ def main() -> None:
     for method, values in rows.items():
         b = baseline_section(cfg, method)
         med = statistics.median(values)
-        print(f"{method:9s} median {med:.3f} s/iteration -> {b.iterations} iterations ~ {med * b.iterations / 60:.1f} min")
+        print(
+            f"{method:9s} median {med:.3f} s/iteration -> {b.iterations} iterations "
+            f"~ {med * b.iterations / 60:.1f} min"
+        )
 
 
 if __name__ == "__main__":

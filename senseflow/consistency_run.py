@@ -36,7 +36,8 @@ def baseline_section(cfg: ProfileConfig, variant: str) -> LCMConfig | HyperSDCon
     section = getattr(cfg.baselines, variant, None)
     if section is None:
         raise UserError(
-            f"profile {cfg.name!r} has no baselines.{variant} section: add one to experiments/{cfg.name}.yaml "
+            f"profile {cfg.name!r} has no baselines.{variant} section: "
+            f"add one to experiments/{cfg.name}.yaml "
             "(see experiments/embedded.yaml)"
         )
     return section
@@ -86,7 +87,7 @@ def consistency_embedded(
     deterministic: bool = False,
     progress: bool = True,
 ) -> dict:
-    """Train the ``variant`` baseline on the embedded teacher, export ``out_dir/student``, write ``summary.json``.
+    """Train the ``variant`` baseline on the embedded teacher; export ``out_dir/student``, ``summary.json``.
 
     With ``reference_dir`` (teacher samples) the FID-T / adherence curve is measured every
     ``eval_every`` iterations and the summary holds the final student's metrics at 4, 2 and 1

@@ -1,4 +1,4 @@
-"""Consistency baselines: LCM / Hyper-SD TSCD maths, the guidance-conditioned student, the loop, export, resume."""
+"""Consistency baselines: LCM / Hyper-SD maths, the w-conditioned student, the loop, export, resume."""
 
 from __future__ import annotations
 
@@ -241,7 +241,8 @@ class _StopAt(WorldData):
 @pytest.mark.parametrize("method", ["lcm", "hyper_sd"])
 def test_interrupted_run_resumes_bit_identical(method, teacher, tmp_path):
     kw = dict(method=method, iterations=6, global_batch=4, lr=1e-3, teacher_steps=8, skip=2,
-              guidance=(2.0, 6.0), segments=(4, 2), checkpoint_every=2, log_every=1, progress=False)  # fmt: skip
+              guidance=(2.0, 6.0), segments=(4, 2), checkpoint_every=2, log_every=1,
+              progress=False)  # fmt: skip
     data = dict(resolution=16, digit_counts={1: 0.5, 2: 0.5})
     straight = consistency_distill(tmp_path / "a", teacher=teacher, data=WorldData(**data), **kw)
     with pytest.raises(_Interrupted):

@@ -97,7 +97,7 @@ def boundary_coefficients(t: torch.Tensor, boundary: str = "flow") -> tuple[torc
 
 
 def consistency_fn(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, boundary: str = "flow") -> torch.Tensor:
-    """``f(x, t) = c_skip(t) x + c_out(t) (x - t v)`` (LCM eq. 9 with the flow x0 prediction); ``f(x, 0) = x``."""
+    """``f(x, t) = c_skip(t) x + c_out(t) (x - t v)`` (LCM eq. 9, flow x0 prediction); ``f(x, 0) = x``."""
     c_skip, c_out = boundary_coefficients(t, boundary)
     x0 = flow_x0_from_velocity(x, v, t)
     shape = (-1,) + (1,) * (x.ndim - 1)
@@ -106,7 +106,7 @@ def consistency_fn(x: torch.Tensor, v: torch.Tensor, t: torch.Tensor, boundary: 
 
 
 def teacher_grid(steps: int, shift: float = 1.0) -> torch.Tensor:
-    """The teacher solver's ``steps + 1`` times, increasing: ``t_0 = 0 < ... < t_N = 1`` (shifted like its sampler)."""
+    """The teacher solver's ``steps + 1`` times, increasing: ``0 = t_0 < ... < t_N = 1`` (shifted)."""
     return euler_sigmas(steps, shift).flip(0)
 
 
@@ -134,7 +134,7 @@ def sample_segment_pairs(
     shift: float = 1.0,
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """TSCD's ``(t_{n+k}, t_n', b_j)``: a grid time, the teacher's step clipped at its segment's lower edge, the edge.
+    """TSCD's ``(t_{n+k}, t_n', b_j)``: a grid time, the teacher step clipped at the segment edge, the edge.
 
     ``segments`` must divide ``steps`` so the edges lie on the grid (``b_j = t_{j N / S}``).
     """
@@ -218,7 +218,7 @@ def tscd_loss(
 
 
 def stage_segments(schedule: list[int], iteration: int, iterations: int) -> int:
-    """The segment count ``S`` at ``iteration``: the schedule's stages share ``iterations`` equally, in order."""
+    """The segment count ``S`` at ``iteration``: the stages share ``iterations`` equally, in order."""
     if not schedule:
         raise ValueError("the segment schedule is empty")
     stage = min(len(schedule) - 1, iteration * len(schedule) // max(iterations, 1))
