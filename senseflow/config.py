@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from senseflow.errors import UserError
 
 PROFILES_DIR = "experiments"
+NOT_PROFILES = frozenset({"baselines"})  # experiments/baselines.yaml is the baseline registry
 
 
 class ConfigError(UserError, ValueError):
@@ -105,6 +106,25 @@ class ProbeConfig(Strict):
     feature_dim: PositiveInt = 256
     noise: Annotated[float, Field(ge=0)] = 0.15
     eval_scenes: PositiveInt = 2000
+    seed: int = 0
+
+
+class ClipConfig(Strict):
+    """The embedded world's tiny CLIP (``senseflow world train-clip``, metric ``clip_score_embedded``)."""
+
+    steps: PositiveInt = 800
+    batch_size: PositiveInt = 128
+    lr: Annotated[float, Field(gt=0)] = 2e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.1
+    warmup_steps: Annotated[int, Field(ge=0)] = 50
+    embed_dim: PositiveInt = 64
+    vision_width: PositiveInt = 64
+    vision_layers: PositiveInt = 2
+    patch_size: PositiveInt = 4
+    text_width: PositiveInt = 64
+    text_layers: PositiveInt = 2
+    heads: PositiveInt = 2
+    eval_scenes: PositiveInt = 256
     seed: int = 0
 
 
@@ -322,7 +342,7 @@ class ConsistencyBaselineConfig(Strict):
 
 
 class LCMConfig(ConsistencyBaselineConfig):
-    """Latent consistency distillation (Luo et al. 2023): w-conditioned student, skipping-step solver."""
+    """Latent consistency distillation (Luo et al. 2023): guidance-conditioned student, skipping-step solver."""
 
     guidance_embedding: bool = True  # w enters the student (zero-initialised embedding, baked at export)
     embedding_dim: PositiveInt = 256
@@ -346,7 +366,7 @@ class HyperSDConfig(ConsistencyBaselineConfig):
 
 
 class BaselinesConfig(Strict):
-    """Baselines distilled in this profile's world by their own loops (`senseflow distill --variant NAME`)."""
+    """Baselines distilled in this profile's world with their own loops (`senseflow distill --variant NAME`)."""
 
     lcm: LCMConfig | None = None
     hyper_sd: HyperSDConfig | None = None
@@ -362,6 +382,27 @@ class RuntimeConfig(Strict):
     parallel: Literal["auto", "ddp", "fsdp"] = "auto"
 
 
+class PipelineConfig(Strict):
+    """What ``dvc repro`` produces for a profile: methods trained, candidates sampled, metrics.
+
+    Candidate names are fixed (``senseflow.pipeline.CANDIDATES``) so ``dvc.yaml`` can list them;
+    this section decides which of them a profile actually runs (the others are skipped).
+    """
+
+    # trained by every `dvc repro` (embedded: SenseFlow and the in-world baselines)
+    methods: list[str] = ["senseflow", "dmd2", "senseflow_1step"]
+    # trained only with `dvc exp run -S ablations=true` (params.yaml)
+    ablations: list[str] = ["no_ida", "no_isg", "no_gan", "vanilla_dmd"]
+    student_steps: list[PositiveInt] = [4, 2, 1]  # every student is sampled at these step counts
+    teacher_steps: list[PositiveInt] = [4, 2, 1]  # plus teacher.sample.steps ("teacher_full", the reference)
+    metrics: list[str] = ["fid_t_probe", "adherence"]
+    noise_floor: bool = True  # also sample the teacher with other seeds: FID-T's noise floor
+    registry_baselines: list[str] = []  # real profiles: names in experiments/baselines.yaml
+    n_boot: PositiveInt = 1000  # bootstrap resamples of the per-image metrics
+    n_boot_set: PositiveInt = 200  # subsamples of the set metrics (FID-T)
+    eval_seed: int = 0
+
+
 class ProfileConfig(Strict):
     """A whole profile: the recipe of one row of the product (embedded, smoke, sdxl, ...)."""
 
@@ -370,6 +411,7 @@ class ProfileConfig(Strict):
     family: Literal["embedded", "sdxl", "sd3", "flux"]
     world: WorldConfig | None = None
     probe: ProbeConfig | None = None
+    clip: ClipConfig | None = None  # embedded world's tiny CLIP (defaults when absent)
     teacher: TeacherConfig
     distill: DistillConfig
     # named variants of the distillation recipe: overrides of keys under `distill`
@@ -378,6 +420,7 @@ class ProfileConfig(Strict):
     # consistency baselines (LCM, Hyper-SD): own sections, own loop (senseflow.consistency)
     baselines: BaselinesConfig = BaselinesConfig()
     runtime: RuntimeConfig = RuntimeConfig()
+    pipeline: PipelineConfig = PipelineConfig()
 
     @model_validator(mode="after")
     def _embedded_needs_world(self) -> ProfileConfig:
@@ -426,7 +469,7 @@ def find_profiles_dir(start: Path | None = None) -> Path:
 
 def known_profiles(profiles_dir: Path) -> list[str]:
     """Profile names defined in ``profiles_dir`` (each ``NAME.yaml``)."""
-    return sorted(p.stem for p in profiles_dir.glob("*.yaml"))
+    return sorted(p.stem for p in profiles_dir.glob("*.yaml") if p.stem not in NOT_PROFILES)
 
 
 def resolve_profile_path(profile: str) -> Path:
