@@ -28,6 +28,7 @@ TEACHER = Path("build/teacher/teacher")
 PROBE = Path("build/probes/probe.safetensors")
 CLIP = Path("build/clip")
 CACHE = Path("build/cache")
+REFERENCE_METRICS = frozenset({"fid_t_probe", "fid_t", "patch_fid_t"})  # measured against teacher_full
 
 
 def preflight(cfg: ProfileConfig, weights_dir: str | Path | None = None) -> dict:
@@ -180,13 +181,22 @@ def evaluate(cfg: ProfileConfig, name: str) -> dict:
     from eval.evaluate import evaluate as run_evaluate
 
     p = cfg.pipeline
-    reference = None if name == pl.REFERENCE else pl.samples_dir(pl.REFERENCE)
+    is_reference = name == pl.REFERENCE
+    metrics = [m for m in p.metrics if not (is_reference and m in REFERENCE_METRICS)]
     extra = {}
     if cfg.family == "embedded":
         extra = {"probe": PROBE}
-        if "clip_score_embedded" in p.metrics:
+        if "clip_score_embedded" in metrics:
             extra["clip"] = CLIP
-    return run_evaluate(
-        pl.samples_dir(name), list(p.metrics), out, reference=reference,
+    summary = run_evaluate(
+        pl.samples_dir(name), metrics, out, reference=None if is_reference else pl.samples_dir(pl.REFERENCE),
         seed=p.eval_seed, n_boot=p.n_boot, n_boot_set=p.n_boot_set, **extra,
     )  # fmt: skip
+    if is_reference:
+        # the reference against itself is 0 by construction: recorded as not applicable, never as 0
+        why = "teacher_full is the reference set of this metric (see teacher_reseed for the noise floor)"
+        summary["metrics"] = {
+            m: summary["metrics"].get(m) or {"status": "not_applicable", "reason": why} for m in p.metrics
+        }
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
