@@ -278,3 +278,21 @@ def test_bad_baseline_settings_are_clear_errors(teacher, tmp_path, world_dir):
     cfg = load_profile(str(ROOT / "experiments" / "smoke.yaml"), ["baselines.lcm=null"])
     with pytest.raises(UserError, match="no baselines.lcm section"):
         consistency_embedded(cfg, tmp_path / "y", variant="lcm", world_dir=world_dir, teacher_dir=tmp_path)
+
+
+def test_cli_distill_variant_dispatches_to_the_baseline_loop(teacher, world_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from senseflow.cli import app
+
+    folder = _teacher_folder(teacher, tmp_path / "teacher")
+    args = ["distill", "--profile", "smoke", "--variant", "hyper_sd", "--out", str(tmp_path / "hsd"),
+            "--world", str(world_dir), "--teacher", str(folder), "-q"]  # fmt: skip
+    for s in SMALL:
+        args += ["--set", s]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "hsd" / "summary.json").read_text())["variant"] == "hyper_sd"
+    assert load_student(tmp_path / "hsd" / "student").recipe["segments"] == [8, 4, 2, 1]
+    res = CliRunner().invoke(app, [*args, "--init-from", str(tmp_path)])
+    assert isinstance(res.exception, UserError) and "not supported by the hyper_sd" in str(res.exception)
