@@ -11,11 +11,12 @@ import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-
-import torch
-from safetensors.torch import save_file
+from typing import TYPE_CHECKING
 
 from senseflow.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported where it is used: the pipeline's light stages never load it
+    import torch
 
 
 class OutputDirError(UserError, OSError):
@@ -90,6 +91,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
 
 def atomic_torch_save(obj, path: str | Path) -> None:
     """``torch.save`` to ``path`` atomically."""
+    import torch
+
     atomic_write(path, lambda p: torch.save(obj, p))
 
 
@@ -97,5 +100,7 @@ def atomic_save_safetensors(
     tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
 ) -> None:
     """``safetensors.torch.save_file`` to ``path`` atomically."""
+    from safetensors.torch import save_file
+
     tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
     atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))

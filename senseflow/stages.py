@@ -138,6 +138,15 @@ def export(cfg: ProfileConfig, method: str, *, ablations: bool) -> Path:
     reason = pl.method_inactive(cfg, method, ablations)
     if reason:
         return pl.write_skipped(out, reason).parent
+    final = pl.distill_dir(method) / "student"
+    if (final / "recipe.json").is_file():
+        # a finished run already exported its final generator (EMA applied): publish it as is,
+        # without loading torch (this stage then costs a copy)
+        from senseflow.io import atomic_folder
+
+        with atomic_folder(out) as tmp:
+            shutil.copytree(final, tmp, dirs_exist_ok=True)
+        return out
     from senseflow.distill_run import export_method
 
     return export_method(cfg, pl.distill_dir(method), out, method, world_dir=WORLD, teacher_dir=TEACHER)
