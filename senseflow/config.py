@@ -342,7 +342,7 @@ class ConsistencyBaselineConfig(Strict):
 
 
 class LCMConfig(ConsistencyBaselineConfig):
-    """Latent consistency distillation (Luo et al. 2023): guidance-conditioned student, skipping-step solver."""
+    """Latent consistency distillation (Luo et al. 2023): guided student, skipping-step solver."""
 
     guidance_embedding: bool = True  # w enters the student (zero-initialised embedding, baked at export)
     embedding_dim: PositiveInt = 256
@@ -366,7 +366,7 @@ class HyperSDConfig(ConsistencyBaselineConfig):
 
 
 class BaselinesConfig(Strict):
-    """Baselines distilled in this profile's world with their own loops (`senseflow distill --variant NAME`)."""
+    """Baselines distilled in this world with their own loops (`senseflow distill --variant NAME`)."""
 
     lcm: LCMConfig | None = None
     hyper_sd: HyperSDConfig | None = None

@@ -60,10 +60,9 @@ def test_smoke_pipeline_end_to_end(tmp_path):
 
     summary = json.loads((repo / "results/summary.json").read_text())
     cands = summary["candidates"]
-    expected = {"teacher_full", "teacher_4", "senseflow_4", "senseflow_1", "dmd2_4", "dmd2_1",
-                "lcm_4", "lcm_1", "hyper_sd_4", "hyper_sd_1"}  # fmt: skip
-    assert set(cands) == expected, sorted(cands)
+    assert set(cands) == {"teacher_full", "teacher_4", "senseflow_4", "lcm_4"}, sorted(cands)
     assert "ablations=true" in summary["skipped"]["no_ida_4"]
+    assert "pipeline.methods" in summary["skipped"]["dmd2_4"]
     s4 = cands["senseflow_4"]
     assert s4["nfe"] == 4 and s4["steps"] == 4 and s4["speedup"] > 1
     assert s4["metrics"]["fid_t_probe"]["status"] == "ok" and "protocol" in s4["metrics"]["adherence"]
@@ -90,21 +89,6 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-2000:]
     ran = _ran(exp.stdout)
     assert ran and all(s.startswith("evaluate@") or s in ("report", "gate") for s in ran), ran
-
-
-def test_broken_dmd_sign_fails_the_gate(tmp_path):
-    # the distillation loss pushed the wrong way: the pipeline runs, the gate catches the result
-    repo = _copy_repo(tmp_path / "repo")
-    dmd = repo / "senseflow/losses/dmd.py"
-    src = dmd.read_text()
-    assert "grad = (fake - real) / w" in src
-    dmd.write_text(src.replace("grad = (fake - real) / w", "grad = (real - fake) / w"))
-    run = _dvc(repo, "repro")
-    out = run.stdout + run.stderr
-    assert run.returncode != 0 and "failed to reproduce 'gate'" in out, out[-4000:]
-    gate = json.loads((repo / "results/gate.json").read_text())
-    failed = {(r["candidate"], r["metric"]) for r in gate["rows"] if not r["passed"]}
-    assert gate["passed"] is False and any(c.startswith("senseflow") for c, _ in failed), failed
 
 
 def test_real_profile_stops_at_the_first_stage(tmp_path):
