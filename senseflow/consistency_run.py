@@ -16,12 +16,10 @@ from pathlib import Path
 
 from senseflow.config import ConsistencyBaselineConfig, HyperSDConfig, LCMConfig, ProfileConfig, dump_profile
 from senseflow.consistency import consistency_distill
-from senseflow.data import WorldData
-from senseflow.distill_run import EmbeddedEvaluator
+from senseflow.distill_run import EmbeddedEvaluator, embedded_teacher_and_data
 from senseflow.errors import UserError
 from senseflow.io import atomic_write_text
 from senseflow.student import anchors_for_steps, export_student
-from senseflow.teacher import load_teacher
 
 BASELINE_VARIANTS = ("lcm", "hyper_sd")
 
@@ -98,19 +96,7 @@ def consistency_embedded(
             f"profile {cfg.name!r} is family {cfg.family!r}; the consistency baselines run the embedded world"
         )
     b = baseline_section(cfg, variant)
-    teacher, _ = load_teacher(teacher_dir, world_dir)
-    exportable = teacher  # carries the world's text encoder into the student folder
-    res = cfg.world.scenes.resolution
-    counts = dict(cfg.world.scenes.digit_counts)
-    data = WorldData(resolution=res, digit_counts=counts, seed=b.seed)
-    if cache_dir is not None:
-        from senseflow.backbones.flow import SD3FlowBackbone
-        from senseflow.cache import CachedPromptEncoder
-        from senseflow.world.prompts import load_prompt_file
-
-        teacher = SD3FlowBackbone(teacher.transformer, CachedPromptEncoder(cache_dir), shift=teacher.shift)
-        records = load_prompt_file(Path(world_dir) / "prompts" / "train.jsonl")
-        data = WorldData(resolution=res, digit_counts=counts, seed=b.seed, prompts=records)
+    teacher, exportable, data = embedded_teacher_and_data(cfg, teacher_dir, world_dir, cache_dir, seed=b.seed)
     anchors = cfg.distill.anchor_times()
     evaluator = None
     if reference_dir is not None:
@@ -133,7 +119,7 @@ def consistency_embedded(
     recipe = {
         "anchors": anchors,
         "sampler": b.sampler,
-        "resolution": res,
+        "resolution": cfg.world.scenes.resolution,
         "variant": variant,
         "method": variant,
         "profile": cfg.name,

@@ -130,6 +130,29 @@ def student_resolution(backbone) -> int:
     return int(backbone.network.config.sample_size)
 
 
+def embedded_teacher_and_data(cfg: ProfileConfig, teacher_dir, world_dir, cache_dir, *, seed: int):
+    """The embedded teacher, the backbone to export students from, and the training data.
+
+    With ``cache_dir`` (``senseflow cache``) the teacher reads its text conditioning from the
+    cache and the data draws prompts from the world's fixed train list, so no text encoder runs
+    while training; the returned exportable backbone still carries the world's text encoder.
+    """
+    teacher, _ = load_teacher(teacher_dir, world_dir)
+    exportable = teacher
+    res = cfg.world.scenes.resolution
+    counts = dict(cfg.world.scenes.digit_counts)
+    data = WorldData(resolution=res, digit_counts=counts, seed=seed)
+    if cache_dir is not None:
+        from senseflow.backbones.flow import SD3FlowBackbone
+        from senseflow.cache import CachedPromptEncoder
+        from senseflow.world.prompts import load_prompt_file
+
+        teacher = SD3FlowBackbone(teacher.transformer, CachedPromptEncoder(cache_dir), shift=teacher.shift)
+        records = load_prompt_file(Path(world_dir) / "prompts" / "train.jsonl")
+        data = WorldData(resolution=res, digit_counts=counts, seed=seed, prompts=records)
+    return teacher, exportable, data
+
+
 def distill_embedded(
     cfg: ProfileConfig,
     out_dir: str | Path,
@@ -159,19 +182,8 @@ def distill_embedded(
             f"profile {cfg.name!r} is family {cfg.family!r}; distill_embedded runs the embedded world"
         )
     d = cfg.variant(variant)
-    teacher, _ = load_teacher(teacher_dir, world_dir)
-    exportable = teacher  # carries the world's text encoder into the student folder
+    teacher, exportable, data = embedded_teacher_and_data(cfg, teacher_dir, world_dir, cache_dir, seed=d.seed)
     res = cfg.world.scenes.resolution
-    counts = dict(cfg.world.scenes.digit_counts)
-    data = WorldData(resolution=res, digit_counts=counts, seed=d.seed)
-    if cache_dir is not None:
-        from senseflow.backbones.flow import SD3FlowBackbone
-        from senseflow.cache import CachedPromptEncoder
-        from senseflow.world.prompts import load_prompt_file
-
-        teacher = SD3FlowBackbone(teacher.transformer, CachedPromptEncoder(cache_dir), shift=teacher.shift)
-        records = load_prompt_file(Path(world_dir) / "prompts" / "train.jsonl")
-        data = WorldData(resolution=res, digit_counts=counts, seed=d.seed, prompts=records)
     probe = load_probe(probe_path)
     discriminator = None
     if d.gan.enabled and d.gan.head == "vfm":
