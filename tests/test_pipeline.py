@@ -26,9 +26,6 @@ def _copy_repo(dest: Path, profile: str = "smoke") -> Path:
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"]):  # fmt: skip
         subprocess.run(cmd, cwd=dest, check=True)
-    subprocess.run(
-        [str(Path(sys.executable).parent / "dvc"), "init", "-q"], cwd=dest, check=True, env=_env(dest)
-    )
     return dest
 
 

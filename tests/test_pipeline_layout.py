@@ -45,10 +45,10 @@ def test_candidates_parse_and_profiles_choose():
     assert pl.method_inactive(smoke, "no_ida", ablations=True) is None
     assert "student_steps" in pl.candidate_inactive(smoke, "senseflow_2", ablations=False)
     assert "noise_floor" in pl.candidate_inactive(smoke, pl.NOISE_FLOOR, ablations=False)
-    no_1step = load_profile("smoke", ["pipeline.methods=[senseflow]"])
+    no_1step = load_profile("smoke", ["pipeline.methods=[senseflow]", "pipeline.student_steps=[4, 1]"])
     assert "senseflow_1step" in pl.candidate_inactive(no_1step, "senseflow_1", ablations=False)
     names = [c.name for c in pl.active_candidates(smoke, ablations=True)]
-    assert names[0] == pl.REFERENCE and "vanilla_dmd_4" in names and "teacher_2" not in names
+    assert names[0] == pl.REFERENCE and "no_ida_4" in names and "teacher_2" not in names
     with pytest.raises(ConfigError, match=r"pipeline\.methods: unknown method 'dmd3'"):
         pl.validate_pipeline(load_profile("smoke", ["pipeline.methods=[dmd3]"]))
 
