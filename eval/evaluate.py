@@ -116,6 +116,7 @@ def evaluate(
     n_boot: int = 1000,
     n_boot_set: int = 200,
     shard: Shard | None = None,
+    not_applicable: dict[str, str] | None = None,
 ) -> dict:
     """Score ``samples`` with ``metrics``; write ``scores.*`` and ``summary.json`` to ``out``.
 
@@ -147,7 +148,8 @@ def evaluate(
     skipped = list(folder.skipped) + ([{**s, "folder": "reference"} for s in ref.skipped] if ref else [])
     results: dict[str, dict] = {}
     for name in metrics:
-        reason = registry.not_applicable(name, ctx)
+        # the caller's reasons first (e.g. FID-T of the reference set itself), then the registry's
+        reason = (not_applicable or {}).get(name) or registry.not_applicable(name, ctx)
         if reason:
             results[name] = {"status": "not_applicable", "reason": reason}
             continue

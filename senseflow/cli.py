@@ -582,6 +582,22 @@ def _flag(value: str) -> bool:
     return v in ("true", "1", "yes")
 
 
+def _stage_cfg(profile: str, sets: list[str] | None):
+    """The profile of a heavy stage, or None when the stage was rerun under torchrun instead.
+
+    With ``runtime.nproc_per_node`` > 1 the same command runs again in that many processes.
+    """
+    import sys
+
+    from senseflow.stages import relaunched
+
+    cfg = _cfg(profile, sets)
+    if relaunched(cfg, sys.argv[1:]):
+        return None
+    _threads(cfg)
+    return cfg
+
+
 @pipeline_app.command("list")
 def pipeline_list(profile: Profile = "embedded", set_: Sets = None, ablations: Ablations = "false") -> None:
     """Which methods and candidates PROFILE runs, and why the others are skipped."""
@@ -615,14 +631,11 @@ def pipeline_distill(
     quiet: Quiet = False,
 ) -> None:
     """Train METHOD into build/distill/METHOD (resumes; skipped when the profile does not run it)."""
-    import sys
+    from senseflow.stages import distill
 
-    from senseflow.stages import distill, relaunched
-
-    cfg = _cfg(profile, set_)
-    if relaunched(cfg, sys.argv[1:]):  # runtime.nproc_per_node > 1: the same command under torchrun
+    cfg = _stage_cfg(profile, set_)
+    if cfg is None:
         return
-    _threads(cfg)
     typer.echo(json.dumps(distill(cfg, method, ablations=_flag(ablations), progress=not quiet)))
 
 
@@ -648,14 +661,11 @@ def pipeline_generate(
     quiet: Quiet = False,
 ) -> None:
     """Sample CANDIDATE on the profile's prompts into build/samples/CANDIDATE (resumable)."""
-    import sys
+    from senseflow.stages import generate
 
-    from senseflow.stages import generate, relaunched
-
-    cfg = _cfg(profile, set_)
-    if relaunched(cfg, sys.argv[1:]):  # runtime.nproc_per_node > 1: the same command under torchrun
+    cfg = _stage_cfg(profile, set_)
+    if cfg is None:
         return
-    _threads(cfg)
     typer.echo(str(generate(cfg, candidate, ablations=_flag(ablations), progress=not quiet)))
 
 

@@ -287,26 +287,14 @@ def distill_method(cfg: ProfileConfig, out_dir: str | Path, method: str, **kwarg
 def export_method(
     cfg: ProfileConfig, run_dir: str | Path, out: str | Path, method: str, *, world_dir, teacher_dir
 ) -> Path:
-    """Publish pipeline method ``method``'s student from ``run_dir`` to ``out``.
+    """Export pipeline method ``method``'s generator from ``run_dir``'s latest checkpoint to ``out``.
 
-    A finished run already exported its final generator (EMA applied) to ``run_dir/student``:
-    that folder is copied as is. A run without one (stopped early) is exported from its
-    latest checkpoint.
+    For a run stopped before its own export (a finished run's ``student/`` is published by
+    :func:`senseflow.stages.export` without loading torch). The consistency baselines export
+    only at the end of their run.
     """
-    import shutil
-
     from senseflow.consistency_run import is_consistency_variant
-    from senseflow.io import atomic_folder
 
-    final = Path(run_dir) / "student"
-    if not (final / "recipe.json").is_file():
-        if is_consistency_variant(cfg, method):
-            raise UserError(
-                f"{run_dir} has no exported student: rerun `dvc repro distill@{method}` to finish it"
-            )
-        return export_from_run(
-            cfg, run_dir, out, variant=method, world_dir=world_dir, teacher_dir=teacher_dir
-        )
-    with atomic_folder(out) as tmp:
-        shutil.copytree(final, tmp, dirs_exist_ok=True)
-    return Path(out)
+    if is_consistency_variant(cfg, method):
+        raise UserError(f"{run_dir} has no exported student: rerun `dvc repro distill@{method}` to finish it")
+    return export_from_run(cfg, run_dir, out, variant=method, world_dir=world_dir, teacher_dir=teacher_dir)

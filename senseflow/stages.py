@@ -191,21 +191,16 @@ def evaluate(cfg: ProfileConfig, name: str) -> dict:
 
     p = cfg.pipeline
     is_reference = name == pl.REFERENCE
-    metrics = [m for m in p.metrics if not (is_reference and m in REFERENCE_METRICS)]
+    # the reference against itself is 0 by construction: recorded as not applicable, never as 0
+    why = "teacher_full is the reference set of this metric (see teacher_reseed for the noise floor)"
+    skip = {m: why for m in p.metrics if m in REFERENCE_METRICS} if is_reference else {}
     extra = {}
     if cfg.family == "embedded":
         extra = {"probe": PROBE}
-        if "clip_score_embedded" in metrics:
+        if "clip_score_embedded" in p.metrics:
             extra["clip"] = CLIP
-    summary = run_evaluate(
-        pl.samples_dir(name), metrics, out, reference=None if is_reference else pl.samples_dir(pl.REFERENCE),
-        seed=p.eval_seed, n_boot=p.n_boot, n_boot_set=p.n_boot_set, **extra,
+    reference = None if is_reference else pl.samples_dir(pl.REFERENCE)
+    return run_evaluate(
+        pl.samples_dir(name), list(p.metrics), out, reference=reference,
+        seed=p.eval_seed, n_boot=p.n_boot, n_boot_set=p.n_boot_set, not_applicable=skip, **extra,
     )  # fmt: skip
-    if is_reference:
-        # the reference against itself is 0 by construction: recorded as not applicable, never as 0
-        why = "teacher_full is the reference set of this metric (see teacher_reseed for the noise floor)"
-        summary["metrics"] = {
-            m: summary["metrics"].get(m) or {"status": "not_applicable", "reason": why} for m in p.metrics
-        }
-        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
