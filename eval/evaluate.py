@@ -27,10 +27,10 @@ from eval.prompts import prompt_set_hash
 from eval.sample_folder import SampleFolderError, load_sample_folder
 from eval.sharding import Shard, current_shard
 from eval.stats import bootstrap_mean_ci, paired_difference
+from eval.summaries import SUMMARY, read_summary  # noqa: F401  (re-exported: eval.evaluate.read_summary)
 from senseflow.errors import MissingArtefactError, UserError
 from senseflow.io import atomic_write, atomic_write_text, ensure_writable_dir
 
-SUMMARY = "summary.json"
 KEYS = ("id", "file", "prompt", "seed")
 
 
@@ -70,22 +70,6 @@ def read_scores(out_dir: str | Path) -> pd.DataFrame:
         return pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path, dtype={"id": str})
     except Exception as exc:  # pyarrow / csv raise many types for a damaged file
         raise UserError(f"{path} is unreadable ({exc}); rerun `senseflow-eval evaluate`") from exc
-
-
-def read_summary(path: str | Path) -> dict:
-    """A ``summary.json``; one clear error when it is missing or not JSON."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / SUMMARY
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise MissingArtefactError(f"{path} is missing: run `senseflow-eval evaluate` first") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is unreadable ({exc}); rerun `senseflow-eval evaluate`") from exc
-    if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
-        raise UserError(f"{path}: no 'metrics' mapping; not a summary written by `senseflow-eval evaluate`")
-    return data
 
 
 def _finite_per_image(name: str, result, folder, skip_bad: bool, skipped: list[dict]) -> np.ndarray:

@@ -154,7 +154,7 @@ def _read_summary(path: Path) -> dict:
     """A per-candidate summary (``metrics``) or an aggregated one (``candidates``)."""
     import json
 
-    from eval.evaluate import read_summary
+    from eval.summaries import read_summary
 
     path = Path(path)
     if path.is_dir():

@@ -105,7 +105,7 @@ def _speed(samples: Path) -> dict:
 
 def gather(cfg: ProfileConfig, *, ablations: bool, root: Path = Path(".")) -> dict:
     """``results/summary.json``'s content: every candidate the profile ran, with its metrics."""
-    from eval.evaluate import read_summary
+    from eval.summaries import read_summary
 
     candidates, skipped = {}, {}
     for name in pl.CANDIDATES:

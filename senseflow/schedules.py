@@ -7,7 +7,6 @@ with sigma in [0, 1], sigma = 1 pure noise. The model's "timestep" input is ``10
 from __future__ import annotations
 
 import torch
-from diffusers.training_utils import compute_density_for_timestep_sampling
 
 NUM_TRAIN_TIMESTEPS = 1000
 
@@ -52,6 +51,10 @@ def sample_train_sigmas(
     ``density`` is one of ``logit_normal`` (SD3 default, Esser et al. 2024 eq. 19),
     ``mode`` or ``uniform``; the draw is then resolution-shifted by ``shift``.
     """
+    # imported here: diffusers.training_utils pulls in every UNet module (~3 s), and sampling and
+    # evaluation import this module for the inference schedules only
+    from diffusers.training_utils import compute_density_for_timestep_sampling
+
     # diffusers calls the uniform density "none"
     scheme = "none" if density == "uniform" else density
     u = compute_density_for_timestep_sampling(

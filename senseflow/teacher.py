@@ -24,6 +24,7 @@ from senseflow.backbones.conversions import flow_add_noise, flow_velocity
 from senseflow.backbones.flow import SD3FlowBackbone, tiny_sd3_transformer
 from senseflow.errors import MissingArtefactError, UserError
 from senseflow.io import atomic_folder, atomic_torch_save, atomic_write_text, ensure_writable_dir
+from senseflow.optim import adamw
 from senseflow.run_state import config_differences, run_fingerprint
 from senseflow.schedules import sample_train_sigmas
 from senseflow.world.scenes import caption, sample_batch, to_tensor_range
@@ -123,9 +124,9 @@ def train_teacher(
         seed=seed,
     )
     backbone = SD3FlowBackbone(model, text, shift=shift)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+    opt = adamw(model.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
     sched = get_cosine_schedule_with_warmup(opt, warmup_steps, steps)
-    ema = EMAModel(model.parameters(), decay=ema_decay, use_ema_warmup=True, power=2 / 3)
+    ema = EMAModel(model.parameters(), decay=ema_decay, use_ema_warmup=True, power=2 / 3, foreach=True)
 
     start = 0
     ckpt_path = out_dir / CHECKPOINT

@@ -60,6 +60,7 @@ from senseflow.distributed import (
 from senseflow.errors import UserError
 from senseflow.io import atomic_write_text, ensure_writable_dir
 from senseflow.losses import ida_update
+from senseflow.optim import adamw
 from senseflow.run_state import config_differences, run_fingerprint
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def _check_same_run(path: Path, saved: dict, current: dict) -> None:
 def _make_optimizer(params, kind: str, lr: float, betas, weight_decay: float) -> torch.optim.Optimizer:
     params = [p for p in params if p.requires_grad]
     if kind == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+        return adamw(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
     if kind == "adamw8bit":
         try:
             import bitsandbytes as bnb
@@ -270,13 +271,13 @@ def distill(
     opt_g = _make_optimizer(g_train.parameters(), optimizer, generator_lr, betas, weight_decay)
     opt_f = _make_optimizer(f_train.parameters(), optimizer, fake_lr, betas, weight_decay)
     d_params = _d_parameters(d_module) if d_module is not None else []
-    opt_d = torch.optim.AdamW(d_params, lr=gan_lr, betas=tuple(betas)) if d_params else None
+    opt_d = adamw(d_params, lr=gan_lr, betas=tuple(betas)) if d_params else None
     sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, _lr_factor(generator_lr, lr_warmup, lr_after_warmup))
     ema = None
     if ema_decay is not None:
         from diffusers.training_utils import EMAModel
 
-        ema = EMAModel(g_net.parameters(), decay=ema_decay)
+        ema = EMAModel(g_net.parameters(), decay=ema_decay, foreach=True)
 
     # ---------------------------------------------------------------- resume
     ckpt = out_dir / CHECKPOINT

@@ -35,7 +35,13 @@ import torch
 from PIL import Image
 from torchmetrics import Metric
 
-from eval.metrics.frechet import feature_statistics, frechet_distance
+from eval.metrics.frechet import (  # noqa: F401  (FIDInputError, check_features, fid_from_features: re-exported)
+    FIDInputError,
+    check_features,
+    feature_statistics,
+    fid_from_features,
+    frechet_distance,
+)
 from eval.registry import MetricResult
 from senseflow.errors import MissingArtefactError, UserError
 from senseflow.io import atomic_write_bytes, atomic_write_text
@@ -46,10 +52,6 @@ log = logging.getLogger(__name__)
 INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_SIZE = 299
 RESIZE_PROTOCOLS = ("clean", "torchmetrics")
-
-
-class FIDInputError(UserError, ValueError):
-    """Images or features handed to FID are unusable (dtype, shape, range, non-finite)."""
 
 
 # ----------------------------------------------------------------------------- functional core
@@ -63,28 +65,6 @@ def statistics_from_sums(total: torch.Tensor, outer: torch.Tensor, n: int) -> tu
     mu = s / n
     sigma = (o - n * np.outer(mu, mu)) / (n - 1)
     return mu, (sigma + sigma.T) / 2
-
-
-def fid_from_features(a, b) -> float:
-    """FID between two (N, D) feature sets (numpy or torch), in float64."""
-    return frechet_distance(
-        *feature_statistics(check_features(a, "a")), *feature_statistics(check_features(b, "b"))
-    )
-
-
-def check_features(features, name: str = "features") -> torch.Tensor:
-    """``features`` as a float64 (N, D) tensor; NaN / inf or a wrong shape raise :class:`FIDInputError`."""
-    f = torch.as_tensor(np.asarray(features) if not isinstance(features, torch.Tensor) else features)
-    f = f.detach().cpu().double()
-    if f.ndim != 2:
-        raise FIDInputError(f"{name} must be (N, D) features, got shape {tuple(f.shape)}")
-    bad = (~torch.isfinite(f)).any(dim=1)
-    if bad.any():
-        raise FIDInputError(
-            f"{name} has non-finite features (NaN or inf) in {int(bad.sum())} of {len(f)} rows "
-            f"(first row {int(bad.nonzero()[0])}): check the images and the extractor"
-        )
-    return f
 
 
 def check_images(images: torch.Tensor, name: str = "images") -> torch.Tensor:

@@ -14,7 +14,7 @@ import hashlib
 import numpy as np
 
 from eval.metrics.adherence import probe_protocol_card
-from eval.metrics.fid import fid_from_features
+from eval.metrics.frechet import fid_from_features
 from eval.registry import EvalContext, MetricError, MetricResult, embedded_only, register
 from eval.stats import SUBSAMPLING, subsample_set_ci
 from senseflow.world.probes import run_probe

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from senseflow.errors import UserError
+
 
 def _psd_sqrt(m: np.ndarray) -> np.ndarray:
     """Square root of a symmetric PSD matrix; round-off negative eigenvalues are clipped to 0."""
@@ -47,3 +49,29 @@ def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
     if f.ndim != 2 or f.shape[0] < 2:
         raise ValueError(f"features must be (N >= 2, D), got {f.shape}")
     return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+class FIDInputError(UserError, ValueError):
+    """Images or features handed to FID are unusable (dtype, shape, range, non-finite)."""
+
+
+def fid_from_features(a, b) -> float:
+    """FID between two (N, D) feature sets (numpy or torch), in float64."""
+    return frechet_distance(
+        *feature_statistics(check_features(a, "a")), *feature_statistics(check_features(b, "b"))
+    )
+
+
+def check_features(features, name: str = "features") -> torch.Tensor:
+    """``features`` as a float64 (N, D) tensor; NaN / inf or a wrong shape raise :class:`FIDInputError`."""
+    f = torch.as_tensor(np.asarray(features) if not isinstance(features, torch.Tensor) else features)
+    f = f.detach().cpu().double()
+    if f.ndim != 2:
+        raise FIDInputError(f"{name} must be (N, D) features, got shape {tuple(f.shape)}")
+    bad = (~torch.isfinite(f)).any(dim=1)
+    if bad.any():
+        raise FIDInputError(
+            f"{name} has non-finite features (NaN or inf) in {int(bad.sum())} of {len(f)} rows "
+            f"(first row {int(bad.nonzero()[0])}): check the images and the extractor"
+        )
+    return f

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from senseflow.errors import MissingArtefactError, UserError
 from senseflow.io import atomic_folder
+from senseflow.optim import adamw
 from senseflow.world.scenes import caption, sample_batch, to_tensor_range
 from senseflow.world.text import EOS, PAD, WorldTextEncoder, vocabulary
 
@@ -236,7 +237,7 @@ def train_clip(
     )  # fmt: skip
     before = retrieval_accuracy(clip, held_images, held_captions)
     model = clip.model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = adamw(model.parameters(), lr=lr, weight_decay=weight_decay)
     # linear warm-up then cosine decay: the usual CLIP schedule
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt,

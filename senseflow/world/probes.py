@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from senseflow.errors import MissingArtefactError, UserError
 from senseflow.io import atomic_save_safetensors, atomic_write_text
+from senseflow.optim import adamw
 from senseflow.world.scenes import (
     BACKGROUND_NAMES,
     COLOUR_NAMES,
@@ -191,7 +192,7 @@ def train_probe(
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     probe = AttributeProbe(width, feature_dim)
-    opt = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=1e-4)
+    opt = adamw(probe.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
