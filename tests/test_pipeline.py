@@ -88,6 +88,22 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     assert ran and all(s.startswith("evaluate@") or s in ("report", "gate") for s in ran), ran
 
 
+def test_broken_dmd_sign_fails_the_gate(tmp_path):
+    # the distillation loss pushed the wrong way: the pipeline still runs to the end, and the
+    # gate fails on the SenseFlow student's FID-T (experiments/thresholds/smoke.yaml)
+    repo = _copy_repo(tmp_path / "repo")
+    dmd = repo / "senseflow/losses/dmd.py"
+    src = dmd.read_text()
+    assert "grad = (fake - real) / w" in src
+    dmd.write_text(src.replace("grad = (fake - real) / w", "grad = (real - fake) / w"))
+    run = _dvc(repo, "repro")
+    out = run.stdout + run.stderr
+    assert run.returncode != 0 and "failed to reproduce 'gate'" in out, out[-4000:]
+    gate = json.loads((repo / "results/gate.json").read_text())
+    failed = {(r["candidate"], r["metric"]) for r in gate["rows"] if not r["passed"]}
+    assert gate["passed"] is False and failed == {("senseflow_4", "fid_t_probe")}, failed
+
+
 def test_real_profile_stops_at_the_first_stage(tmp_path):
     # no weights on this machine: the first stage names what is missing and how to fetch it,
     # before any stage writes anything
