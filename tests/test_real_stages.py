@@ -21,10 +21,11 @@ from tests.test_distill_families import tiny_dinov2
 from tests.test_real_data import write_folder
 from tests.tiny_pipelines import RESOLUTION, T5_LENGTH, save_tiny_pipeline
 
-PROFILE = Path(__file__).resolve().parent.parent / "experiments" / "sd35_medium.yaml"
+EXPERIMENTS = Path(__file__).resolve().parent.parent / "experiments"
+PROFILE = EXPERIMENTS / "sd35_medium.yaml"
 
 
-def tiny_profile(root: Path, family_folder: Path, **extra: str):
+def tiny_profile(root: Path, family_folder: Path, profile: Path = PROFILE, **extra: str):
     """sd35_medium shrunk to the tiny pipeline, 2 iterations, the data and prompts under ``root``."""
     sets = {
         "teacher.pretrained.model_id": str(family_folder),
@@ -45,7 +46,7 @@ def tiny_profile(root: Path, family_folder: Path, **extra: str):
         "runtime": "{nproc_per_node: 1, device: cpu, threads: 0}",
         **extra,
     }
-    return load_profile(str(PROFILE), [f"{k}={v}" for k, v in sets.items()])
+    return load_profile(str(profile), [f"{k}={v}" for k, v in sets.items()])
 
 
 @pytest.fixture
@@ -138,3 +139,18 @@ def test_generation_prompts_and_preflight_inputs(real_setup, tmp_path):
     # the stage stops on missing data before it loads any model
     with pytest.raises(MissingArtefactError, match="nodata does not exist"):
         stages.distill(gone, "senseflow", ablations=False, progress=False)
+
+
+@pytest.mark.parametrize(("family", "profile"), [("sdxl", "sdxl.yaml"), ("flux", "flux_dev.yaml")])
+def test_distill_and_generate_on_sdxl_and_flux(family, profile, real_setup, tmp_path):
+    teacher = save_tiny_pipeline(family, tmp_path / "weights" / family)
+    # FLUX's profile trains with bitsandbytes' 8-bit AdamW, a CUDA optimiser
+    cfg = tiny_profile(tmp_path, teacher, EXPERIMENTS / profile, **{"distill.optimizer": "adamw"})
+    summary = stages.distill(cfg, "senseflow", ablations=False, progress=False)
+    assert summary["iterations"] == 2
+    recipe = json.loads((pl.distill_dir("senseflow") / "student" / "recipe.json").read_text())
+    assert recipe["family"] == family and recipe["anchors"] == cfg.distill.anchor_times()
+    stages.export(cfg, "senseflow", ablations=False)
+    samples = stages.generate(cfg, "senseflow_2", ablations=False, progress=False)
+    records = [json.loads(line) for line in (samples / "manifest.jsonl").read_text().splitlines()]
+    assert len(records) == 3 and all(r["nfe"] == 2 for r in records)
