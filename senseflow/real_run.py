@@ -173,3 +173,26 @@ def export_real_from_run(cfg: ProfileConfig, run_dir: str | Path, out: str | Pat
     teacher = load_real_backbone(cfg)
     state = load_generator_state(Path(run_dir), teacher)
     return export_real(cfg, variant, Path(out), state, teacher)
+
+
+def teacher_registry(cfg: ProfileConfig, steps: int) -> tuple[str, dict]:
+    """The real teacher at ``steps`` steps as a one-row candidate registry: ``(name, {name: recipe})``.
+
+    The teacher candidates of a real profile (``teacher_full``, ``teacher_4``, ...) sample its
+    own diffusers pipeline (``teacher.pretrained``, offline) with the profile's CFG scale and
+    the pipeline's own scheduler, through :func:`senseflow.generate.generate` like any
+    registry candidate.
+    """
+    from senseflow.baselines import FAMILY_OF_PIPELINE, Recipe, WeightRef
+
+    p = cfg.teacher.pretrained
+    pipeline = next(cls for cls, family in FAMILY_OF_PIPELINE.items() if family == cfg.family)
+    name = f"{cfg.name}_teacher_{steps}"
+    recipe = Recipe(
+        name=name, label=f"{cfg.name} teacher, {steps} steps", kind="teacher", pipeline=pipeline,
+        base=WeightRef(repo=p.model_id, revision=p.revision), steps=steps, guidance=cfg.teacher.sample.cfg,
+        dtype=p.dtype, resolution=p.resolution, licence=p.licence,
+        # SDXL's pipeline call takes no max_sequence_length (its CLIP encoders read 77 tokens)
+        max_sequence_length=None if cfg.family == "sdxl" else p.max_sequence_length,
+    )  # fmt: skip
+    return name, {name: recipe}

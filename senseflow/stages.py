@@ -231,12 +231,20 @@ def generate(cfg: ProfileConfig, name: str, *, ablations: bool, progress: bool =
 
     c = pl.parse_candidate(name)
     s = cfg.teacher.sample
-    source = "teacher" if c.method == "teacher" else str(pl.student_dir(c.source_method))
+    registry = None
+    if c.method != "teacher":
+        source = str(pl.student_dir(c.source_method))
+    elif cfg.family == "embedded":
+        source = "teacher"
+    else:  # the pretrained teacher's own pipeline, at the profile's CFG
+        from senseflow.real_run import teacher_registry
+
+        source, registry = teacher_registry(cfg, c.steps or s.steps)
     prompts, prompt_source = generation_prompts(cfg)
     run_generate(
         source, prompts, out, profile=cfg, steps=c.steps, prompt_source=prompt_source,
         seed=s.seed + c.seed_offset, limit=s.n_prompts, batch_size=s.batch_size,
-        world_dir=WORLD, teacher_dir=TEACHER, progress=progress,
+        world_dir=WORLD, teacher_dir=TEACHER, progress=progress, registry=registry,
     )  # fmt: skip
     return out
 

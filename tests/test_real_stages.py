@@ -84,6 +84,10 @@ def test_distill_export_generate_on_a_real_family(real_setup):
     records = [json.loads(line) for line in (samples / "manifest.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in records] == ["a red cat", "a blue dog", "a photo of a cat"]
     assert len(list(samples.glob("*.png"))) == 3
+    # the teacher candidates sample the pretrained pipeline at the profile's steps and CFG
+    teacher = stages.generate(cfg, "teacher_full", ablations=False, progress=False)
+    generation = json.loads((teacher / "generation.json").read_text())
+    assert len(list(teacher.glob("*.png"))) == 3 and "sd35_medium_teacher_4" in json.dumps(generation)
 
     # a rerun by DVC (code or params changed) finds the finished run and starts over
     (run / "marker").write_text("old")
