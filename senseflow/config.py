@@ -90,7 +90,8 @@ class PromptSplitsConfig(Strict):
 class WorldConfig(Strict):
     """The embedded text-to-image world."""
 
-    scenes: SceneConfig = SceneConfig()
+    # None only in real profiles' placeholder `world: {scenes: null}` (the key dvc tracks)
+    scenes: SceneConfig | None = SceneConfig()
     text: TextEncoderConfig = TextEncoderConfig()
     prompts: PromptSplitsConfig = PromptSplitsConfig()
     seed: int = 0
@@ -455,8 +456,8 @@ class ProfileConfig(Strict):
     @model_validator(mode="after")
     def _embedded_needs_world(self) -> ProfileConfig:
         if self.family == "embedded":
-            if self.world is None or self.probe is None:
-                raise ValueError("the embedded family needs the 'world' and 'probe' sections")
+            if self.world is None or self.world.scenes is None or self.probe is None:
+                raise ValueError("the embedded family needs the 'world' (with 'scenes') and 'probe' sections")
             if self.teacher.source != "train":
                 raise ValueError("the embedded teacher is trained here: teacher.source must be 'train'")
         elif self.teacher.source != "pretrained":

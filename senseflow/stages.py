@@ -65,6 +65,58 @@ def preflight(cfg: ProfileConfig, weights_dir: str | Path | None = None) -> dict
     return record
 
 
+EMBEDDED_STAGES = ("world", "probes", "clip", "teacher")
+
+
+def skip_embedded_stage(cfg: ProfileConfig, stage: str, out: str | Path) -> str:
+    """On a real profile, write the outputs of the embedded world's ``stage`` as skip markers.
+
+    ``dvc.yaml`` lists the world, probes, clip and teacher stages for every profile and checks
+    that their outputs exist, so a real profile (pretrained teacher, pretrained judges) writes
+    each of them as a marker with the reason: ``skipped.json`` in folders, the reason as JSON
+    in report files, and an empty safetensors file whose metadata holds the reason where
+    weights are expected. Nothing reads them on a real profile. Returns the reason.
+    """
+    from safetensors.torch import save_file
+
+    if stage not in EMBEDDED_STAGES:
+        raise ValueError(f"{stage!r} is not one of the embedded world's stages {EMBEDDED_STAGES}")
+    reason = f"profile {cfg.name!r} (family {cfg.family}) distils a pretrained teacher: no embedded {stage}"
+    out = ensure_writable_dir(out)
+    note = json.dumps({"skipped": True, "reason": reason}, indent=2) + "\n"
+
+    def empty_weights(path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({}, str(tmp), metadata={"skipped": reason})
+        tmp.replace(path)
+
+    if stage == "world":
+        pl.write_skipped(out, reason)
+        pl.write_skipped(out / "tokenizer", reason)  # the clip stage depends on this folder
+    elif stage == "probes":
+        empty_weights(out / "probe.safetensors")
+        atomic_write_text(out / "probe_report.json", note)
+    elif stage == "clip":
+        empty_weights(out / "clip.safetensors")
+        atomic_write_text(out / "clip_config.json", note)
+        pl.write_skipped(out / "tokenizer", reason)
+        atomic_write_text(out / "clip_report.json", note)
+    else:
+        from senseflow.config import dump_profile
+
+        pl.write_skipped(out / "teacher", reason)
+        pl.write_skipped(out / "dvclive" / "plots" / "metrics", reason)
+        atomic_write_text(out / "dvclive" / "metrics.json", note)
+        atomic_write_text(out / "config.yaml", dump_profile(cfg))
+        import torch
+
+        # the persisted output dvc expects; its foreign "config" makes a later embedded run start over
+        tmp = out / "checkpoint.pt.tmp"
+        torch.save({"skipped": reason, "step": 0, "config": {"skipped": reason}}, tmp)
+        tmp.replace(out / "checkpoint.pt")
+    return reason
+
+
 def missing_inputs(cfg: ProfileConfig) -> list[str]:
     """What a real profile's training data (``data:``) and prompt set (``pipeline.prompts``) lack on disk.
 
