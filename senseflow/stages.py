@@ -28,7 +28,8 @@ TEACHER = Path("build/teacher/teacher")
 PROBE = Path("build/probes/probe.safetensors")
 CLIP = Path("build/clip")
 CACHE = Path("build/cache")
-REFERENCE_METRICS = frozenset({"fid_t_probe", "fid_t", "patch_fid_t"})  # measured against teacher_full
+# measured against teacher_full (the pipeline's `fid` too: its reference is teacher_full, i.e. FID-T)
+REFERENCE_METRICS = frozenset({"fid_t_probe", "fid_t", "patch_fid_t", "fid"})
 
 
 def preflight(cfg: ProfileConfig, weights_dir: str | Path | None = None) -> dict:
