@@ -1,6 +1,7 @@
 """FID metric: independent scipy reference, self-distance, two-rank reduction, cache, variants, bad input."""
 
 import json
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -239,9 +240,8 @@ def test_fid_t_pairs_by_prompt_id_and_seed(tmp_path):
 # ----------------------------------------------------------------------------- Inception
 
 
-@pytest.fixture(scope="module")
-def inception_weights(tmp_path_factory):
-    """Random-init Inception weights saved to a local file (the real file is never downloaded)."""
+def save_random_inception(folder: Path) -> Path:
+    """Random-init Inception weights saved under the real file's name in ``folder`` (never downloaded)."""
     fe = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
     torch.manual_seed(0)
     # the constructor always loads a state dict: skip that to keep the random initialisation
@@ -250,9 +250,15 @@ def inception_weights(tmp_path_factory):
         mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None),
     ):
         net = fe.FeatureExtractorInceptionV3("inception", ["2048"])
-    path = tmp_path_factory.mktemp("weights") / "pt_inception-2015-12-05-6726825d.pth"
+    path = Path(folder) / "pt_inception-2015-12-05-6726825d.pth"
     torch.save(net.state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory):
+    """Random-init Inception weights saved to a local file (the real file is never downloaded)."""
+    return save_random_inception(tmp_path_factory.mktemp("weights"))
 
 
 def test_inception_reads_the_local_file_and_resize_protocols_differ(inception_weights):
