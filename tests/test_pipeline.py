@@ -123,7 +123,7 @@ def test_real_profile_runs_through_dvc_on_tiny_weights(tmp_path):
     write_folder(tmp_path / "data", n=6)
     prompts = ["a red cat", "a blue dog", "a photo of a cat", "the dog and the cat", "a red dog", "a cat"]
     (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
-    # preflight checks the evaluation models: only the random Inception is here (metric fid alone),
+    # preflight checks the evaluation models: only the random Inception is here (metric fid_t alone),
     # and it cannot carry the real file's hash prefix
     manifest = yaml.safe_load((repo / "eval/weights_manifest.yaml").read_text())
     manifest["evaluation"] = ["inception_fid"]
@@ -137,7 +137,7 @@ def test_real_profile_runs_through_dvc_on_tiny_weights(tmp_path):
     p["distill"].update(iterations=2, global_batch=2, ttur=1, checkpoint_every=1, log_every=1)
     p["distill"]["gan"].update(blocks=[0, 2], text_projection_dim=8)
     p["data"] = {"path": str(tmp_path / "data"), "format": "folder", "min_side": 20, "min_aesthetic": 5.0}
-    p["pipeline"].update(prompts={"set": str(tmp_path / "prompts.txt")}, metrics=["fid"], n_boot=20,
+    p["pipeline"].update(prompts={"set": str(tmp_path / "prompts.txt")}, metrics=["fid_t"], n_boot=20,
                          n_boot_set=5, student_steps=[4], teacher_steps=[4], noise_floor=False)  # fmt: skip
     p["runtime"] = {"nproc_per_node": 1, "device": "cpu", "threads": 1}
     path.write_text(yaml.safe_dump(p, sort_keys=False))
@@ -151,5 +151,5 @@ def test_real_profile_runs_through_dvc_on_tiny_weights(tmp_path):
     assert json.loads((repo / "build/distill/senseflow/summary.json").read_text())["text"] == "cached"
     cands = json.loads((repo / "results/summary.json").read_text())["candidates"]
     assert set(cands) == {"teacher_full", "teacher_4", "senseflow_4"}, sorted(cands)
-    assert cands["senseflow_4"]["metrics"]["fid"]["status"] == "ok" and cands["senseflow_4"]["nfe"] == 4
-    assert cands["teacher_full"]["metrics"]["fid"]["status"] == "not_applicable"
+    assert cands["senseflow_4"]["metrics"]["fid_t"]["status"] == "ok" and cands["senseflow_4"]["nfe"] == 4
+    assert cands["teacher_full"]["metrics"]["fid_t"]["status"] == "not_applicable"
