@@ -36,6 +36,8 @@ MODULES = {
     "adherence": "eval.metrics.adherence",
     "fid_t_probe": "eval.metrics.fid_t_probe",
     "fid": "eval.metrics.fid",
+    "fid_t": "eval.metrics.fid_t",
+    "patch_fid_t": "eval.metrics.fid_t",
     "clip_score": "eval.metrics.clip_score",
     "hpsv2": "eval.metrics.hpsv2",
     "pickscore": "eval.metrics.pickscore",
@@ -47,6 +49,8 @@ MODULES = {
 # 16x16 digit scenes, whose own judges are the probe (adherence) and its features (fid_t_probe)
 REAL_IMAGES_ONLY = {
     "fid": "Inception features of 16x16 digit scenes measure nothing; use fid_t_probe",
+    "fid_t": "Inception features of 16x16 digit scenes measure nothing; use fid_t_probe",
+    "patch_fid_t": "Inception features of 16x16 digit scenes measure nothing; use fid_t_probe",
     "clip_score": "CLIP never saw 16x16 digit scenes; use clip_score_embedded (the world's tiny CLIP)",
     "hpsv2": "a human-preference model of real images, not of 16x16 digit scenes; use adherence",
     "pickscore": "a human-preference model of real images, not of 16x16 digit scenes; use adherence",

@@ -680,8 +680,9 @@ def cache_profile(
     Embedded family: the world's text encoder (``world_dir``) and every prompt of its
     splits, plus ``prompts_file`` if given; no latents (the world renders its training
     images on the fly, in pixel space). Real families (sdxl, sd3, flux): the teacher's text
-    encoders from :func:`load_real_backbone`, the prompts of ``prompts_file``. The encoder
-    is loaded only if some prompt is not cached yet.
+    encoders from :func:`load_real_backbone`, the captions of the profile's ``data:`` (so
+    :func:`senseflow.real_run.distill_real` trains without text encoders) plus the prompts of
+    ``prompts_file``. The encoder is loaded only if some prompt is not cached yet.
     """
     out_dir = ensure_writable_dir(out_dir)
     extra = [r.prompt for r in load_prompt_file(prompts_file)] if prompts_file else []
@@ -707,15 +708,20 @@ def cache_profile(
             "latents: none needed, the embedded world renders its training images on the fly in pixel space"
         ]
     else:
-        if not extra:
+        # the training captions of the profile's `data:` (what distill_real looks up), plus --prompts
+        prompts = []
+        if getattr(cfg, "data", None) is not None:
+            from senseflow.real_data import data_from_profile
+
+            prompts = data_from_profile(cfg, seed=0).captions()
+        if not extra and not prompts:
             raise UserError(
-                f"profile {cfg.name!r} (family {cfg.family}) takes its prompts from a file: "
-                "pass --prompts FILE (.txt, one prompt a line, or .jsonl)"
+                f"profile {cfg.name!r} (family {cfg.family}) names no training data: add a `data:` "
+                "section or pass --prompts FILE (.txt, one prompt a line, or .jsonl)"
             )
         encoder_id = pretrained_encoder_id(cfg.family, cfg.teacher.pretrained)
-        prompts = []
         encoder = _LazyEncoder(lambda: load_real_backbone(cfg).text)
-        notes = ["latents: none cached, the profile names no real training images"]
+        notes = ["latents: none cached, the VAE encodes the training images live (its decoder runs anyway)"]
     if prompts_file:
         command += ["--prompts", str(prompts_file)]
     stats = build_prompt_cache(

@@ -69,6 +69,16 @@ def _embedded(cfg):
     return cfg
 
 
+def _embedded_or_skipped(cfg, stage: str, out: Path):
+    """``cfg`` for an embedded profile; on a real one write the stage's skip markers and return None."""
+    if cfg.family == "embedded":
+        return cfg
+    from senseflow.stages import skip_embedded_stage
+
+    typer.echo(skip_embedded_stage(cfg, stage, out))
+    return None
+
+
 def _threads(cfg) -> None:
     if cfg.runtime.threads:
         import torch
@@ -101,7 +111,9 @@ def world_build(out: Out, profile: Profile = "embedded", set_: Sets = None) -> N
     """Write the tokenizer, the frozen text encoder and the fixed prompt splits (dvc stage `world`)."""
     from senseflow.world.build import build_world
 
-    cfg = _embedded(_cfg(profile, set_))
+    cfg = _embedded_or_skipped(_cfg(profile, set_), "world", out)
+    if cfg is None:
+        return
     w = cfg.world
     summary = build_world(
         out,
@@ -149,7 +161,9 @@ def world_train_probe(
     """Train the attribute probe on real scenes; write probe.safetensors and probe_report.json."""
     from senseflow.world.probes import train_probe_for_profile
 
-    cfg = _embedded(_cfg(profile, set_))
+    cfg = _embedded_or_skipped(_cfg(profile, set_), "probes", out)
+    if cfg is None:
+        return
     _threads(cfg)
     report = train_probe_for_profile(cfg, out, progress=not quiet)
     typer.echo(json.dumps(report, indent=2))
@@ -166,7 +180,9 @@ def world_train_clip(
     """Train the world's tiny CLIP on real scenes and captions (metric clip_score_embedded)."""
     from senseflow.world.clip import train_clip_for_profile
 
-    cfg = _embedded(_cfg(profile, set_))
+    cfg = _embedded_or_skipped(_cfg(profile, set_), "clip", out)
+    if cfg is None:
+        return
     _threads(cfg)
     report = train_clip_for_profile(cfg, world, out, progress=not quiet)
     typer.echo(json.dumps(report, indent=2))
@@ -232,7 +248,9 @@ def train_teacher_cmd(
     from senseflow.io import atomic_write_text, ensure_writable_dir
     from senseflow.teacher import train_teacher
 
-    cfg = _embedded(_cfg(profile, set_))
+    cfg = _embedded_or_skipped(_cfg(profile, set_), "teacher", out)
+    if cfg is None:
+        return
     _threads(cfg)
     ensure_writable_dir(out)
     atomic_write_text(out / "config.yaml", dump_profile(cfg))

@@ -90,7 +90,8 @@ class PromptSplitsConfig(Strict):
 class WorldConfig(Strict):
     """The embedded text-to-image world."""
 
-    scenes: SceneConfig = SceneConfig()
+    # None only in real profiles' placeholder `world: {scenes: null}` (the key dvc tracks)
+    scenes: SceneConfig | None = SceneConfig()
     text: TextEncoderConfig = TextEncoderConfig()
     prompts: PromptSplitsConfig = PromptSplitsConfig()
     seed: int = 0
@@ -382,6 +383,34 @@ class RuntimeConfig(Strict):
     parallel: Literal["auto", "ddp", "fsdp"] = "auto"
 
 
+class DataConfig(Strict):
+    """Real training images of a real profile (senseflow/real_data.py; README "Training data").
+
+    ``folder``: ``path`` holds ``captions`` (JSONL of ``{"id", "file", "caption"}``) and the
+    images; ``webdataset``: ``path`` holds ``*.tar`` shards (``KEY.jpg`` + ``KEY.txt`` /
+    ``KEY.json``). Records whose metadata is below a filter are dropped; ``None`` turns a
+    filter off (method.md: LAION aesthetic >= 5, short side >= 1024).
+    """
+
+    path: str
+    format: Literal["folder", "webdataset"] = "folder"
+    captions: str = "captions.jsonl"
+    min_aesthetic: float | None = 5.0
+    min_side: PositiveInt | None = 1024
+
+
+class PromptSourceConfig(Strict):
+    """The prompt set a real profile's candidates are sampled on (eval/prompts.py).
+
+    ``set``: ``coco5k``, ``coco10k``, ``hpsv2``, ``parti`` (read from the local ``source``:
+    captions_val2014.json, the HPSv2 folder, PartiPrompts.tsv), or a ``.txt`` / ``.jsonl``
+    prompt file (``source`` unused).
+    """
+
+    set: str
+    source: str | None = None
+
+
 class PipelineConfig(Strict):
     """What ``dvc repro`` produces for a profile: methods trained, candidates sampled, metrics.
 
@@ -398,6 +427,7 @@ class PipelineConfig(Strict):
     metrics: list[str] = ["fid_t_probe", "adherence"]
     noise_floor: bool = True  # also sample the teacher with other seeds: FID-T's noise floor
     registry_baselines: list[str] = []  # real profiles: names in experiments/baselines.yaml
+    prompts: PromptSourceConfig | None = None  # real profiles; embedded: the world's test prompts
     n_boot: PositiveInt = 1000  # bootstrap resamples of the per-image metrics
     n_boot_set: PositiveInt = 200  # subsamples of the set metrics (FID-T)
     eval_seed: int = 0
@@ -421,12 +451,13 @@ class ProfileConfig(Strict):
     baselines: BaselinesConfig = BaselinesConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    data: DataConfig | None = None  # real profiles: the training images (embedded: rendered)
 
     @model_validator(mode="after")
     def _embedded_needs_world(self) -> ProfileConfig:
         if self.family == "embedded":
-            if self.world is None or self.probe is None:
-                raise ValueError("the embedded family needs the 'world' and 'probe' sections")
+            if self.world is None or self.world.scenes is None or self.probe is None:
+                raise ValueError("the embedded family needs the 'world' (with 'scenes') and 'probe' sections")
             if self.teacher.source != "train":
                 raise ValueError("the embedded teacher is trained here: teacher.source must be 'train'")
         elif self.teacher.source != "pretrained":

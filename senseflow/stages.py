@@ -28,7 +28,8 @@ TEACHER = Path("build/teacher/teacher")
 PROBE = Path("build/probes/probe.safetensors")
 CLIP = Path("build/clip")
 CACHE = Path("build/cache")
-REFERENCE_METRICS = frozenset({"fid_t_probe", "fid_t", "patch_fid_t"})  # measured against teacher_full
+# measured against teacher_full (the pipeline's `fid` too: its reference is teacher_full, i.e. FID-T)
+REFERENCE_METRICS = frozenset({"fid_t_probe", "fid_t", "patch_fid_t", "fid"})
 
 
 def preflight(cfg: ProfileConfig, weights_dir: str | Path | None = None) -> dict:
@@ -51,10 +52,100 @@ def preflight(cfg: ProfileConfig, weights_dir: str | Path | None = None) -> dict
                 f"profile {cfg.name!r} needs pretrained weights this machine does not have:\n"
                 + render_check(rows, resolve(weights_dir), cfg.name)
             )
+        missing = missing_inputs(cfg)
+        if missing:
+            from senseflow.errors import MissingArtefactError
+
+            raise MissingArtefactError(
+                f"profile {cfg.name!r} needs local files this machine does not have:\n  "
+                + "\n  ".join(missing)
+            )
     PREFLIGHT.parent.mkdir(parents=True, exist_ok=True)
     # deterministic content: an unchanged preflight never invalidates the stages after it
     atomic_write_text(PREFLIGHT, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record
+
+
+EMBEDDED_STAGES = ("world", "probes", "clip", "teacher")
+
+
+def skip_embedded_stage(cfg: ProfileConfig, stage: str, out: str | Path) -> str:
+    """On a real profile, write the outputs of the embedded world's ``stage`` as skip markers.
+
+    ``dvc.yaml`` lists the world, probes, clip and teacher stages for every profile and checks
+    that their outputs exist, so a real profile (pretrained teacher, pretrained judges) writes
+    each of them as a marker with the reason: ``skipped.json`` in folders, the reason as JSON
+    in report files, and an empty safetensors file whose metadata holds the reason where
+    weights are expected. Nothing reads them on a real profile. Returns the reason.
+    """
+    from safetensors.torch import save_file
+
+    if stage not in EMBEDDED_STAGES:
+        raise ValueError(f"{stage!r} is not one of the embedded world's stages {EMBEDDED_STAGES}")
+    reason = f"profile {cfg.name!r} (family {cfg.family}) distils a pretrained teacher: no embedded {stage}"
+    out = ensure_writable_dir(out)
+    note = json.dumps({"skipped": True, "reason": reason}, indent=2) + "\n"
+
+    def empty_weights(path: Path) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({}, str(tmp), metadata={"skipped": reason})
+        tmp.replace(path)
+
+    if stage == "world":
+        pl.write_skipped(out, reason)
+        pl.write_skipped(out / "tokenizer", reason)  # the clip stage depends on this folder
+    elif stage == "probes":
+        empty_weights(out / "probe.safetensors")
+        atomic_write_text(out / "probe_report.json", note)
+    elif stage == "clip":
+        empty_weights(out / "clip.safetensors")
+        atomic_write_text(out / "clip_config.json", note)
+        pl.write_skipped(out / "tokenizer", reason)
+        atomic_write_text(out / "clip_report.json", note)
+    else:
+        from senseflow.config import dump_profile
+
+        pl.write_skipped(out / "teacher", reason)
+        pl.write_skipped(out / "dvclive" / "plots" / "metrics", reason)
+        atomic_write_text(out / "dvclive" / "metrics.json", note)
+        atomic_write_text(out / "config.yaml", dump_profile(cfg))
+        import torch
+
+        # the persisted output dvc expects; its foreign "config" makes a later embedded run start over
+        tmp = out / "checkpoint.pt.tmp"
+        torch.save({"skipped": reason, "step": 0, "config": {"skipped": reason}}, tmp)
+        tmp.replace(out / "checkpoint.pt")
+    return reason
+
+
+def missing_inputs(cfg: ProfileConfig) -> list[str]:
+    """What a real profile's training data (``data:``) and prompt set (``pipeline.prompts``) lack on disk.
+
+    Presence only (the files themselves are checked when the data source indexes them), so
+    the first stage stays fast on a dataset of millions of images.
+    """
+    out = []
+    d = cfg.data
+    if d is None:
+        out.append("data: the profile names no training images (add a `data:` section; README)")
+    elif not Path(d.path).expanduser().is_dir():
+        out.append(f"data.path {d.path}: no such folder (put the dataset there or point data.path at it)")
+    elif d.format == "folder" and not (Path(d.path).expanduser() / d.captions).is_file():
+        out.append(f"data.captions {Path(d.path) / d.captions}: missing (JSONL of {{id, file, caption}})")
+    elif d.format == "webdataset" and not any(Path(d.path).expanduser().glob("*.tar")):
+        out.append(f"data.path {d.path}: no *.tar shards (format webdataset)")
+    p = cfg.pipeline.prompts
+    if p is None:
+        out.append("pipeline.prompts: the profile names no prompt set (e.g. {set: coco5k, source: FILE})")
+    else:
+        is_file = Path(p.set).suffix in (".txt", ".jsonl")
+        where = p.set if is_file else p.source
+        if where is None:
+            out.append(f"pipeline.prompts.source: prompt set {p.set!r} needs its local file or folder")
+        elif not Path(where).expanduser().exists():
+            key = "pipeline.prompts.set" if is_file else "pipeline.prompts.source"
+            out.append(f"{key} {where}: not found (the {p.set} prompts are read from there)")
+    return out
 
 
 def torchrun_command(cfg: ProfileConfig, argv: list[str]) -> list[str] | None:
@@ -107,29 +198,37 @@ def distill(cfg: ProfileConfig, method: str, *, ablations: bool, progress: bool 
             _clear(out)
         pl.write_skipped(out, reason)
         return {"skipped": reason}
-    if cfg.family != "embedded":
-        raise UserError(
-            f"profile {cfg.name!r}: the pipeline trains real teachers through `torchrun senseflow distill` "
-            "on a GPU cluster (experiments/launch/); this machine runs the embedded profiles"
-        )
     out = ensure_writable_dir(out)
     if _stale_run(out) or (out / pl.SKIPPED).is_file():
         log.info("%s holds a finished run of other code or params: starting over", out)
         _clear(out)
-    from senseflow.distill_run import distill_method
     from senseflow.train import ResumeError
 
-    kwargs = dict(
-        world_dir=WORLD, teacher_dir=TEACHER, probe_path=PROBE,
-        reference_dir=pl.samples_dir(pl.REFERENCE), cache_dir=CACHE, progress=progress,
-    )  # fmt: skip
+    if cfg.family == "embedded":
+        from senseflow.distill_run import distill_method
+
+        kwargs = dict(
+            world_dir=WORLD, teacher_dir=TEACHER, probe_path=PROBE,
+            reference_dir=pl.samples_dir(pl.REFERENCE), cache_dir=CACHE, progress=progress,
+        )  # fmt: skip
+
+        def run() -> dict:
+            return distill_method(cfg, out, method, **kwargs)
+
+    else:
+        # real teachers: weights, data and the VFM from the profile; the prompt cache if it covers the data
+        from senseflow.real_run import distill_real
+
+        def run() -> dict:
+            return distill_real(cfg, out, variant=method, cache_dir=CACHE, progress=progress)
+
     try:
-        return distill_method(cfg, out, method, **kwargs)
+        return run()
     except ResumeError as exc:
         # the interrupted run was started under other settings: DVC asked for the new ones
         log.warning("%s; starting over", exc)
         _clear(out)
-        return distill_method(cfg, out, method, **kwargs)
+        return run()
 
 
 def export(cfg: ProfileConfig, method: str, *, ablations: bool) -> Path:
@@ -147,16 +246,30 @@ def export(cfg: ProfileConfig, method: str, *, ablations: bool) -> Path:
         with atomic_folder(out) as tmp:
             shutil.copytree(final, tmp, dirs_exist_ok=True)
         return out
+    if cfg.family != "embedded":
+        from senseflow.real_run import export_real_from_run
+
+        return export_real_from_run(cfg, pl.distill_dir(method), out, method)
     from senseflow.distill_run import export_method
 
     return export_method(cfg, pl.distill_dir(method), out, method, world_dir=WORLD, teacher_dir=TEACHER)
 
 
-def generation_prompts(cfg: ProfileConfig) -> Path:
-    """The prompt file every candidate of the profile is sampled on."""
+def generation_prompts(cfg: ProfileConfig) -> tuple[str, str | None]:
+    """``(prompts, source)``: what every candidate of the profile is sampled on (``senseflow generate``).
+
+    Embedded: the world's test prompt file. Real profiles: ``pipeline.prompts`` (a prompt-set
+    name of eval/prompts.py with its local source, or a prompt file).
+    """
     if cfg.family == "embedded":
-        return WORLD / "prompts" / "test.jsonl"
-    raise UserError(f"profile {cfg.name!r}: real-profile prompt sets come from `pipeline.prompts`")
+        return str(WORLD / "prompts" / "test.jsonl"), None
+    p = cfg.pipeline.prompts
+    if p is None:
+        raise UserError(
+            f"profile {cfg.name!r} names no prompt set: add `pipeline.prompts: {{set: coco5k, source: "
+            "<captions_val2014.json>}` (or a .txt / .jsonl prompt file as set)"
+        )
+    return p.set, p.source
 
 
 def generate(cfg: ProfileConfig, name: str, *, ablations: bool, progress: bool = True) -> Path:
@@ -171,11 +284,20 @@ def generate(cfg: ProfileConfig, name: str, *, ablations: bool, progress: bool =
 
     c = pl.parse_candidate(name)
     s = cfg.teacher.sample
-    source = "teacher" if c.method == "teacher" else str(pl.student_dir(c.source_method))
+    registry = None
+    if c.method != "teacher":
+        source = str(pl.student_dir(c.source_method))
+    elif cfg.family == "embedded":
+        source = "teacher"
+    else:  # the pretrained teacher's own pipeline, at the profile's CFG
+        from senseflow.real_run import teacher_registry
+
+        source, registry = teacher_registry(cfg, c.steps or s.steps)
+    prompts, prompt_source = generation_prompts(cfg)
     run_generate(
-        source, str(generation_prompts(cfg)), out, profile=cfg, steps=c.steps,
+        source, prompts, out, profile=cfg, steps=c.steps, prompt_source=prompt_source,
         seed=s.seed + c.seed_offset, limit=s.n_prompts, batch_size=s.batch_size,
-        world_dir=WORLD, teacher_dir=TEACHER, progress=progress,
+        world_dir=WORLD, teacher_dir=TEACHER, progress=progress, registry=registry,
     )  # fmt: skip
     return out
 

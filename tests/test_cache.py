@@ -259,7 +259,8 @@ def test_real_profile_goes_through_the_loader_indirection(tmp_path, monkeypatch,
     (model / "text_encoder" / "model.safetensors").write_bytes(b"weights v1")
     (model / "unet").mkdir()
     (model / "unet" / "model.safetensors").write_bytes(b"not part of the identity")
-    cfg = load_profile("sdxl", [f"teacher.pretrained.model_id={model}"])
+    # without a `data:` section the prompts come from --prompts alone (test_real_stages covers data)
+    cfg = load_profile("sdxl", [f"teacher.pretrained.model_id={model}", "data=null"])
     (tmp_path / "p.txt").write_text("\n".join(prompts[:5]) + "\n")
     with pytest.raises(UserError, match="pass --prompts FILE"):
         cache_profile(cfg, tmp_path / "c", progress=False)

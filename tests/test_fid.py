@@ -1,6 +1,7 @@
 """FID metric: independent scipy reference, self-distance, two-rank reduction, cache, variants, bad input."""
 
 import json
+from pathlib import Path
 from unittest import mock
 
 import numpy as np
@@ -239,9 +240,8 @@ def test_fid_t_pairs_by_prompt_id_and_seed(tmp_path):
 # ----------------------------------------------------------------------------- Inception
 
 
-@pytest.fixture(scope="module")
-def inception_weights(tmp_path_factory):
-    """Random-init Inception weights saved to a local file (the real file is never downloaded)."""
+def save_random_inception(folder: Path) -> Path:
+    """Random-init Inception weights saved under the real file's name in ``folder`` (never downloaded)."""
     fe = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")
     torch.manual_seed(0)
     # the constructor always loads a state dict: skip that to keep the random initialisation
@@ -250,9 +250,15 @@ def inception_weights(tmp_path_factory):
         mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None),
     ):
         net = fe.FeatureExtractorInceptionV3("inception", ["2048"])
-    path = tmp_path_factory.mktemp("weights") / "pt_inception-2015-12-05-6726825d.pth"
+    path = Path(folder) / "pt_inception-2015-12-05-6726825d.pth"
     torch.save(net.state_dict(), path)
     return path
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory):
+    """Random-init Inception weights saved to a local file (the real file is never downloaded)."""
+    return save_random_inception(tmp_path_factory.mktemp("weights"))
 
 
 def test_inception_reads_the_local_file_and_resize_protocols_differ(inception_weights):
@@ -309,3 +315,43 @@ def test_fid_runs_through_senseflow_eval_evaluate(inception_weights, tmp_path, m
     assert got["value"] == pytest.approx(expected, rel=1e-6, abs=1e-12)
     assert got["protocol"]["resize"].startswith("clean") and got["n"] == 8
     assert got["ci95"][0] <= got["value"] <= got["ci95"][1]  # half-sampling interval: around the estimate
+
+
+@pytest.mark.parametrize("name", ["fid_t", "patch_fid_t"])
+def test_fid_t_pairs_with_teacher_samples_by_prompt_id(name, inception_weights, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from eval.evaluate import evaluate
+    from eval.registry import MetricError
+    from senseflow.world.prompts import PromptRecord
+    from tests.test_eval_cli import make_folder
+
+    root = tmp_path / "weights"
+    (root / "inception_fid").mkdir(parents=True)
+    shutil.copy(inception_weights, root / "inception_fid" / inception_weights.name)
+    monkeypatch.setenv("SENSEFLOW_WEIGHTS", str(root))
+    # patch FID crops 299 px at full resolution: 299x320 gives a grid of 1x2 crops per image
+    size = (299, 320) if name == "patch_fid_t" else (32, 32)
+    rng = np.random.default_rng(0)
+    records = [PromptRecord(f"p{i}", f"prompt {i}") for i in range(4)]
+    student = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in records]
+    teacher = [rng.integers(0, 128, (*size, 3), dtype=np.uint8) for _ in records]
+    # the teacher folder lists the prompts in another order, plus one the student lacks
+    extra = PromptRecord("p9", "prompt 9")
+    ref = make_folder(tmp_path / "teacher", [*records[::-1], extra], [*teacher[::-1], teacher[0]])
+    samples = make_folder(tmp_path / "samples", records, student)
+    evaluate(samples, [name], tmp_path / "out", reference=ref, n_boot_set=5)
+    got = json.loads((tmp_path / "out" / "summary.json").read_text())["metrics"][name]
+    ex = InceptionFeatures(inception_weights, resize="clean")
+    crops = PatchCrops(mode="grid") if name == "patch_fid_t" else (lambda x: x)
+
+    def feats(images):
+        return ex(crops(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous())).double().numpy()
+
+    expected = max(0.0, fid_from_features(feats(student), feats(teacher)))
+    assert got["value"] == pytest.approx(expected, rel=1e-6)
+    assert got["n"] == 4 and got["details"]["crops"] == (2 if name == "patch_fid_t" else 1)
+    other = make_folder(tmp_path / "other", [extra], [teacher[0]])
+    with pytest.raises(MetricError, match="shares 0 prompt ids"):
+        evaluate(samples, [name], tmp_path / "out2", reference=other)

@@ -118,3 +118,54 @@ def test_real_profile_stops_at_the_first_stage(tmp_path):
     assert "failed to reproduce 'preflight'" in out and "senseflow weights fetch sdxl" in out, out[-3000:]
     assert _ran(run.stdout) == {"preflight"}
     assert not (repo / "build").exists() or not any((repo / "build").iterdir())
+
+
+def test_real_profile_runs_through_dvc_on_tiny_weights(tmp_path):
+    # sd35_medium pointed at a tiny SD3 pipeline, a tiny DINOv2, 6 images and 6 prompts: every
+    # stage up to the report runs (the gate has no thresholds file for real profiles yet)
+    import yaml
+
+    from tests.test_distill_families import tiny_dinov2
+    from tests.test_fid import save_random_inception
+    from tests.test_real_data import write_folder
+    from tests.tiny_pipelines import RESOLUTION, T5_LENGTH, save_tiny_pipeline
+
+    repo = _copy_repo(tmp_path / "repo", profile="sd35_medium")
+    weights = tmp_path / "weights"
+    save_tiny_pipeline("sd3", weights / "sd35_medium")
+    tiny_dinov2().save_pretrained(weights / "dinov2_vitl14")
+    (weights / "inception_fid").mkdir()
+    save_random_inception(weights / "inception_fid")
+    write_folder(tmp_path / "data", n=6)
+    prompts = ["a red cat", "a blue dog", "a photo of a cat", "the dog and the cat", "a red dog", "a cat"]
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    # preflight checks the evaluation models: only the random Inception is here (metric fid_t alone),
+    # and it cannot carry the real file's hash prefix
+    manifest = yaml.safe_load((repo / "eval/weights_manifest.yaml").read_text())
+    manifest["evaluation"] = ["inception_fid"]
+    manifest["artefacts"]["inception_fid"]["files"][0]["sha256_prefix"] = None
+    (repo / "eval/weights_manifest.yaml").write_text(yaml.safe_dump(manifest))
+    path = repo / "experiments/sd35_medium.yaml"
+    p = yaml.safe_load(path.read_text())
+    p["teacher"]["pretrained"].update(model_id=str(weights / "sd35_medium"), dtype="float32",
+                                      resolution=RESOLUTION, max_sequence_length=T5_LENGTH)  # fmt: skip
+    p["teacher"]["sample"].update(steps=4, n_prompts=6, batch_size=3, step_curve=[4])
+    p["distill"].update(iterations=2, global_batch=2, ttur=1, checkpoint_every=1, log_every=1)
+    p["distill"]["gan"].update(blocks=[0, 2], text_projection_dim=8)
+    p["data"] = {"path": str(tmp_path / "data"), "format": "folder", "min_side": 20, "min_aesthetic": 5.0}
+    p["pipeline"].update(prompts={"set": str(tmp_path / "prompts.txt")}, metrics=["fid_t"], n_boot=20,
+                         n_boot_set=5, student_steps=[4], teacher_steps=[4], noise_floor=False)  # fmt: skip
+    p["runtime"] = {"nproc_per_node": 1, "device": "cpu", "threads": 1}
+    path.write_text(yaml.safe_dump(p, sort_keys=False))
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "tiny"], cwd=repo,
+                   check=True)  # fmt: skip
+    env = {**_env(repo), "SENSEFLOW_WEIGHTS": str(weights)}
+    run = subprocess.run(["dvc", "repro", "report"], cwd=repo, env=env, capture_output=True, text=True,
+                         timeout=900)  # fmt: skip
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
+    assert {"world", "teacher", "cache", "distill@senseflow", "generate@senseflow_4"} <= _ran(run.stdout)
+    assert json.loads((repo / "build/distill/senseflow/summary.json").read_text())["text"] == "cached"
+    cands = json.loads((repo / "results/summary.json").read_text())["candidates"]
+    assert set(cands) == {"teacher_full", "teacher_4", "senseflow_4"}, sorted(cands)
+    assert cands["senseflow_4"]["metrics"]["fid_t"]["status"] == "ok" and cands["senseflow_4"]["nfe"] == 4
+    assert cands["teacher_full"]["metrics"]["fid_t"]["status"] == "not_applicable"

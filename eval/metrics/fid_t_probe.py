@@ -15,7 +15,8 @@ import numpy as np
 
 from eval.metrics.adherence import probe_protocol_card
 from eval.metrics.frechet import fid_from_features
-from eval.registry import EvalContext, MetricError, MetricResult, embedded_only, register
+from eval.metrics.pairing import paired_indices
+from eval.registry import EvalContext, MetricResult, embedded_only, register
 from eval.stats import SUBSAMPLING, subsample_set_ci
 from senseflow.world.probes import run_probe
 from senseflow.world.scenes import to_tensor_range
@@ -40,37 +41,23 @@ def fid(a: np.ndarray, b: np.ndarray) -> float:
 def fid_t_probe_metric(ctx: EvalContext) -> MetricResult:
     """FID between candidate and teacher samples of the shared prompt ids."""
     ref = ctx.reference
-    if ref is None:
-        raise MetricError("fid_t_probe needs --reference DIR: teacher samples of the same prompts")
-    if ref.images.shape[1:] != ctx.samples.images.shape[1:]:
-        raise MetricError(
-            f"--reference {ref.path} holds {ref.images.shape[2]}x{ref.images.shape[1]} images, the samples "
-            f"{ctx.samples.images.shape[2]}x{ctx.samples.images.shape[1]}: sample both at one resolution"
-        )
-    ref_index = {r["id"]: i for i, r in enumerate(ref.records)}
-    pairs = [(i, ref_index[r["id"]]) for i, r in enumerate(ctx.samples.records) if r["id"] in ref_index]
-    if len(pairs) < 2:
-        raise MetricError(
-            f"--reference {ref.path} shares {len(pairs)} prompt ids with the samples; FID-T needs the "
-            "teacher's samples of the same prompts"
-        )
-    s_idx, r_idx = (np.array(x) for x in zip(*pairs, strict=True))
+    s_idx, r_idx = paired_indices(ctx, "fid_t_probe")
     fs, fr = _features(ctx, ctx.samples.images[s_idx]), _features(ctx, ref.images[r_idx])
     value = fid(fs, fr)
     # subsample prompt pairs: both sets keep the same prompts in every replicate
-    ci = subsample_set_ci(len(pairs), lambda k: fid(fs[k], fr[k]), value, n_sub=ctx.n_boot_set, seed=ctx.seed)
+    ci = subsample_set_ci(len(s_idx), lambda k: fid(fs[k], fr[k]), value, n_sub=ctx.n_boot_set, seed=ctx.seed)
     ref_hash = hashlib.sha256("".join(ref.records[j]["sha256"] for j in r_idx).encode()).hexdigest()
     card = probe_protocol_card(
         ctx,
         metric="FID-T (teacher samples as reference)",
         version=VERSION,
         backbone=", penultimate features",
-        image_count=len(pairs),
+        image_count=len(s_idx),
         reference_stats_sha256=ref_hash,
         n_boot=ctx.n_boot_set,
     )
     details = {"interval": f"{SUBSAMPLING}, {ctx.n_boot_set} subsets of prompt pairs"}
-    return MetricResult(card, higher_is_better=False, value=value, ci95=ci, n=len(pairs), details=details)
+    return MetricResult(card, higher_is_better=False, value=value, ci95=ci, n=len(s_idx), details=details)
 
 
 register("fid_t_probe", lambda: fid_t_probe_metric, embedded_only)

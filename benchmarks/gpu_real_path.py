@@ -1,0 +1,168 @@
+"""The real-profile path on tiny SDXL / SD 3.5 / FLUX.1 models: distill a few iterations, then generate.
+
+Usage::
+
+    PYTHONPATH=. python benchmarks/gpu_real_path.py [--device cuda|cpu] [--iterations 6]
+        [--families sdxl,sd3,flux] [--precision bf16|fp32]
+
+Needs no weights: each family's pipeline is built in-process at a tiny config
+(tests/tiny_pipelines.py, the real diffusers classes) and saved to a temporary folder, with a
+random tiny DINOv2 standing in for ``dinov2_vitl14`` and a folder of random 32 px images as the
+training set. Each family's real profile (experiments/sdxl.yaml, sd35_medium.yaml,
+flux_dev.yaml) is pointed at them and run through :func:`senseflow.real_run.distill_real`
+(the code of ``dvc repro`` / ``senseflow pipeline distill``), with bf16 autocast by default;
+the exported student is then loaded with :func:`senseflow.student.load_student` and samples
+a few prompts at 4 steps.
+
+Prints, per family: seconds per iteration (the first, with its warm-up, included), peak
+CUDA memory, seconds per generated image and whether every loss and image was finite. The
+numbers measure the code path (device placement, autocast, the loop's bookkeeping), not the
+cost of real models. A CUDA run of all three families takes well under two minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # tests/tiny_pipelines.py and this checkout's senseflow
+
+from senseflow.config import load_profile  # noqa: E402
+from senseflow.real_run import distill_real, place_frozen_parts  # noqa: E402
+from senseflow.student import load_student  # noqa: E402
+from tests.tiny_pipelines import RESOLUTION, T5_LENGTH, save_tiny_pipeline  # noqa: E402
+
+PROFILES = {"sdxl": "sdxl.yaml", "sd3": "sd35_medium.yaml", "flux": "flux_dev.yaml"}
+PROMPTS = ["a red cat", "a blue dog on a photo", "the cat and the dog", "a photo of a red dog"]
+
+
+def tiny_dinov2(folder: Path) -> None:
+    """A random DINOv2 of tiny config saved where ``gan.backbone: dinov2_vitl14`` is looked up."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(0)
+    cfg = Dinov2Config(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+                       patch_size=8, image_size=RESOLUTION)  # fmt: skip
+    Dinov2Model(cfg).save_pretrained(folder)
+
+
+def image_folder(folder: Path, n: int = 8) -> None:
+    """``n`` random images with captions.jsonl (the profile's ``format: folder`` layout)."""
+    (folder / "images").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        pixels = rng.integers(0, 256, (RESOLUTION + 8, RESOLUTION, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / "images" / f"{i}.png")
+        rows.append(
+            json.dumps({"id": str(i), "file": f"images/{i}.png", "caption": PROMPTS[i % len(PROMPTS)]})
+        )
+    (folder / "captions.jsonl").write_text("\n".join(rows) + "\n")
+
+
+def profile(family: str, root: Path, args) -> object:
+    """The family's real profile, shrunk to the tiny pipeline and a few iterations."""
+    sets = {
+        "teacher.pretrained.model_id": str(root / family),
+        "teacher.pretrained.dtype": "float32",  # bf16 comes from autocast (distill.precision)
+        "teacher.pretrained.resolution": str(RESOLUTION),
+        "teacher.pretrained.max_sequence_length": str(T5_LENGTH),
+        "distill.iterations": str(args.iterations),
+        "distill.global_batch": "2",
+        "distill.ttur": "1",  # every iteration trains the generator too: all terms timed
+        "distill.checkpoint_every": str(args.iterations),
+        "distill.log_every": "1",
+        "distill.optimizer": "adamw",
+        "distill.precision": args.precision,
+        "distill.gan.blocks": "[0, 2]",
+        "distill.gan.text_projection_dim": "8",
+        "data": f"{{path: {root / 'data'}, format: folder, min_side: 16}}",
+        "runtime": f"{{nproc_per_node: 1, device: {args.device}, threads: 0}}",
+    }
+    return load_profile(str(ROOT / "experiments" / PROFILES[family]), [f"{k}={v}" for k, v in sets.items()])
+
+
+def run_family(family: str, root: Path, args) -> dict:
+    """Distil and sample one family; the row of the table."""
+    import os
+
+    os.environ["SENSEFLOW_WEIGHTS"] = str(root)
+    save_tiny_pipeline(family, root / family)
+    cfg = profile(family, root, args)
+    cuda = args.device == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    summary = distill_real(cfg, root / f"run_{family}", progress=False)
+    train_s = time.perf_counter() - t0
+    metrics = json.loads((root / f"run_{family}" / "dvclive" / "metrics.json").read_text())["train"]
+    losses_finite = all(math.isfinite(float(v)) for v in metrics.values() if isinstance(v, int | float))
+
+    student = load_student(root / f"run_{family}" / "student")
+    student.backbone.network.to("cuda" if cuda else "cpu")
+    place_frozen_parts(student.backbone, args.device)
+    amp = torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16")
+    with amp:
+        student.generate(PROMPTS[:1], [0])  # warm-up
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        images = student.generate(PROMPTS, list(range(len(PROMPTS))))
+        if cuda:
+            torch.cuda.synchronize()
+    gen_s = (time.perf_counter() - t0) / len(PROMPTS)
+    return {
+        "family": family,
+        "s_per_iteration": train_s / summary["iterations"],
+        "loop_s_per_iteration": summary["seconds"] / summary["iterations"],
+        "peak_cuda_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "s_per_image": gen_s,
+        "losses_finite": losses_finite,
+        "images_finite": bool(torch.isfinite(images).all()),
+        "image_shape": list(images.shape),
+    }
+
+
+def main() -> None:
+    """Run every family and print one line each (and a JSON summary)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    ap.add_argument("--iterations", type=int, default=6)
+    ap.add_argument("--families", default="sdxl,sd3,flux")
+    ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    args = ap.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("no CUDA device: run with --device cpu")
+    rows = []
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        tiny_dinov2(root / "dinov2_vitl14")
+        image_folder(root / "data")
+        for family in args.families.split(","):
+            row = run_family(family, root, args)
+            rows.append(row)
+            peak = "-" if row["peak_cuda_gib"] is None else f"{row['peak_cuda_gib']:.3f} GiB"
+            print(f"{family:5s} {row['s_per_iteration']:.3f} s/it (loop {row['loop_s_per_iteration']:.3f}) "
+                  f"peak {peak}  {row['s_per_image']:.4f} s/image  losses finite {row['losses_finite']}  "
+                  f"images finite {row['images_finite']}", flush=True)  # fmt: skip
+    device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(json.dumps({"device": device, "precision": args.precision, "iterations": args.iterations,
+                      "total_s": round(time.perf_counter() - t_all, 1), "rows": rows}, indent=2))  # fmt: skip
+    if not all(r["losses_finite"] and r["images_finite"] for r in rows):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

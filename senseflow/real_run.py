@@ -1,0 +1,198 @@
+"""A real profile's distillation run (sdxl, sd3, flux): teacher from the weights, real images, VFM D.
+
+The counterpart of :func:`senseflow.distill_run.distill_embedded` for pretrained teachers:
+the teacher comes from ``teacher.pretrained`` (offline), the data from the profile's
+``data:`` section (:mod:`senseflow.real_data`), the discriminator's frozen VFM from the
+weights directory (``gan.backbone`` is an artefact of ``eval/weights_manifest.yaml``), and
+the same :func:`senseflow.train.distill` loop trains the student, which is exported with
+its base model recorded (text encoders and VAE come from the teacher's weights).
+
+Text conditioning: when ``build/cache`` (the ``cache`` stage) holds every training caption
+of this teacher's encoders, the loop reads the cache and the live text encoders are dropped
+after loading (T5-XXL alone is ~9 GB); otherwise they stay on the device and encode each
+batch. The summary records which (``"text": "cached" | "live"``). Latents are always encoded
+live by the VAE: its decoder is needed anyway for the discriminator, and the encoder is small.
+
+No in-loop evaluator: FID-T on a real teacher needs its samples, which the pipeline
+measures after training (``generate@teacher_full`` and ``evaluate@<candidate>``); pass
+``evaluator`` to get curves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+from senseflow.config import ProfileConfig, dump_profile
+from senseflow.errors import UserError
+from senseflow.io import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def load_vfm(cfg: ProfileConfig, weights_dir: str | Path | None = None) -> torch.nn.Module:
+    """The discriminator's frozen VFM (``gan.backbone``, e.g. ``dinov2_vitl14``) from the weights dir."""
+    from transformers import Dinov2Model
+
+    from eval.weights import require
+
+    name = cfg.distill.gan.backbone
+    if not name.startswith("dinov2"):
+        raise UserError(f"profile {cfg.name!r}: gan.backbone {name!r}: real profiles use a dinov2_* VFM")
+    path = require(name, weights_dir)  # never downloads; names `senseflow weights fetch` otherwise
+    return Dinov2Model.from_pretrained(path, local_files_only=True).eval().requires_grad_(False)
+
+
+def use_cached_text(cfg: ProfileConfig, teacher, captions: list[str], cache_dir: str | Path | None) -> str:
+    """Swap ``teacher.text`` for the prompt cache if it holds every caption; return ``cached`` / ``live``."""
+    from senseflow.cache import MANIFEST, PROMPTS, CachedPromptEncoder, pretrained_encoder_id
+
+    if cache_dir is None or not (Path(cache_dir) / PROMPTS / MANIFEST).is_file():
+        log.info("no prompt cache at %s: the text encoders run live", cache_dir)
+        return "live"
+    encoder_id = pretrained_encoder_id(cfg.family, cfg.teacher.pretrained)
+    cached = CachedPromptEncoder(cache_dir)
+    if cached.encoder_id != encoder_id:
+        log.warning("%s was written by other text encoders: the text encoders run live", cache_dir)
+        return "live"
+    missing = sum(c not in cached for c in ["", *captions])
+    if missing:
+        log.warning("%s lacks %d training captions (rerun the cache stage): the text encoders run live",
+                    cache_dir, missing)  # fmt: skip
+        return "live"
+    teacher.text = cached  # the live encoders lose their last reference here and are freed
+    return "cached"
+
+
+def _device() -> torch.device:
+    # the device train.distill will pick (init_distributed): this rank's GPU, else the CPU
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def place_frozen_parts(teacher, device: str) -> None:
+    """Move the VAE and live text encoders where the loop runs (it moves only the denoiser)."""
+    target = torch.device("cpu") if device == "cpu" else _device()
+    vae = getattr(teacher.codec, "vae", None)
+    if vae is not None:
+        vae.to(target)
+    pipe = getattr(teacher.text, "pipeline", None)  # live encoders; a cache has none
+    if pipe is not None:
+        pipe.to(target)
+
+
+def real_recipe(cfg: ProfileConfig, variant: str, sampler: str = "euler") -> dict:
+    """The exported student's recipe: anchors, sampler, resolution and family."""
+    d = cfg.variant(variant)
+    return {
+        "anchors": d.anchor_times(),
+        "sampler": sampler,
+        "resolution": cfg.teacher.pretrained.resolution,
+        "family": cfg.family,
+        "variant": variant,
+        "profile": cfg.name,
+        "iterations": d.iterations,
+    }
+
+
+def export_real(
+    cfg: ProfileConfig, variant: str, folder: Path, state: dict, teacher, lora_state=None
+) -> Path:
+    """Write the student folder of a real-family run (base model recorded, no text encoder copied)."""
+    from senseflow.student import export_student
+
+    config_yaml = dump_profile(cfg.model_copy(update={"distill": cfg.variant(variant)}))
+    return export_student(
+        folder, state, teacher, real_recipe(cfg, variant), config_yaml=config_yaml,
+        base=cfg.teacher.pretrained.model_dump(mode="json"), lora_state=lora_state,
+    )  # fmt: skip
+
+
+def distill_real(
+    cfg: ProfileConfig,
+    out_dir: str | Path,
+    *,
+    variant: str = "senseflow",
+    cache_dir: str | Path | None = None,
+    weights_dir: str | Path | None = None,
+    evaluator=None,
+    progress: bool = True,
+) -> dict:
+    """Distil the real teacher of ``cfg`` with ``variant``; write ``out_dir/student`` and ``summary.json``."""
+    from senseflow.cache import load_real_backbone
+    from senseflow.discriminator.model import build_discriminator
+    from senseflow.distill_run import distill_kwargs, is_main_process
+    from senseflow.real_data import data_from_profile
+    from senseflow.train import distill
+
+    if cfg.family == "embedded":
+        raise UserError(f"profile {cfg.name!r} is embedded: distill_embedded runs it")
+    d = cfg.variant(variant)
+    data = data_from_profile(cfg, seed=d.seed)
+    data.check(max(1, d.global_batch // int(os.environ.get("WORLD_SIZE", "1"))))  # before any model loads
+    teacher = load_real_backbone(cfg)
+    text = use_cached_text(cfg, teacher, data.captions(), cache_dir)
+    place_frozen_parts(teacher, cfg.runtime.device)
+    discriminator = None
+    if d.gan.enabled and d.gan.head == "vfm":
+        pooled = teacher.text.encode([""]).pooled.shape[1]
+        with torch.random.fork_rng(devices=[]):  # heads' init independent of earlier RNG use
+            torch.manual_seed(d.seed)
+            discriminator = build_discriminator(
+                d.gan, load_vfm(cfg, weights_dir), pooled, image_size=cfg.teacher.pretrained.resolution
+            )
+    kwargs = distill_kwargs(d)
+    if kwargs["init_from"]:
+        kwargs["init_from"] = Path(kwargs["init_from"])
+    result = distill(
+        out_dir, teacher=teacher, data=data, discriminator=discriminator, evaluator=evaluator,
+        progress=progress, parallel=cfg.runtime.parallel, device=cfg.runtime.device,
+        run_config={"variant": variant, "teacher": cfg.teacher.pretrained.model_dump(mode="json"),
+                    "data": cfg.data.model_dump(mode="json"), "text": text},
+        **kwargs,
+    )  # fmt: skip
+    summary = {"variant": variant, "iterations": result.iterations, "seconds": round(result.seconds, 1),
+               "text": text, "images": len(data)}  # fmt: skip
+    if is_main_process():
+        export_real(cfg, variant, Path(out_dir) / "student", result.generator_state, teacher,
+                    lora_state=result.lora_state)  # fmt: skip
+        atomic_write_text(Path(out_dir) / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def export_real_from_run(cfg: ProfileConfig, run_dir: str | Path, out: str | Path, variant: str) -> Path:
+    """Export the generator of an unfinished real-family run's latest checkpoint to ``out``."""
+    from senseflow.cache import load_real_backbone
+    from senseflow.train import load_generator_state
+
+    teacher = load_real_backbone(cfg)
+    state = load_generator_state(Path(run_dir), teacher)
+    return export_real(cfg, variant, Path(out), state, teacher)
+
+
+def teacher_registry(cfg: ProfileConfig, steps: int) -> tuple[str, dict]:
+    """The real teacher at ``steps`` steps as a one-row candidate registry: ``(name, {name: recipe})``.
+
+    The teacher candidates of a real profile (``teacher_full``, ``teacher_4``, ...) sample its
+    own diffusers pipeline (``teacher.pretrained``, offline) with the profile's CFG scale and
+    the pipeline's own scheduler, through :func:`senseflow.generate.generate` like any
+    registry candidate.
+    """
+    from senseflow.baselines import FAMILY_OF_PIPELINE, Recipe, WeightRef
+
+    p = cfg.teacher.pretrained
+    pipeline = next(cls for cls, family in FAMILY_OF_PIPELINE.items() if family == cfg.family)
+    name = f"{cfg.name}_teacher_{steps}"
+    recipe = Recipe(
+        name=name, label=f"{cfg.name} teacher, {steps} steps", kind="teacher", pipeline=pipeline,
+        base=WeightRef(repo=p.model_id, revision=p.revision), steps=steps, guidance=cfg.teacher.sample.cfg,
+        dtype=p.dtype, resolution=p.resolution, licence=p.licence,
+        # SDXL's pipeline call takes no max_sequence_length (its CLIP encoders read 77 tokens)
+        max_sequence_length=None if cfg.family == "sdxl" else p.max_sequence_length,
+    )  # fmt: skip
+    return name, {name: recipe}
