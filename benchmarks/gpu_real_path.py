@@ -141,6 +141,9 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=6)
     ap.add_argument("--families", default="sdxl,sd3,flux")
     ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
+    ap.add_argument(
+        "--anomaly", action="store_true", help="autograd anomaly detection: name the op of a NaN gradient"
+    )
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device: run with --device cpu")
@@ -151,7 +154,8 @@ def main() -> None:
         tiny_dinov2(root / "dinov2_vitl14")
         image_folder(root / "data")
         for family in args.families.split(","):
-            row = run_family(family, root, args)
+            with torch.autograd.set_detect_anomaly(args.anomaly):
+                row = run_family(family, root, args)
             rows.append(row)
             peak = "-" if row["peak_cuda_gib"] is None else f"{row['peak_cuda_gib']:.3f} GiB"
             print(f"{family:5s} {row['s_per_iteration']:.3f} s/it (loop {row['loop_s_per_iteration']:.3f}) "

@@ -48,7 +48,8 @@ def main() -> None:
     for p in params:
         p.grad = torch.randn_like(p)
     n_params = sum(p.numel() for p in params) / 1e6
-    print(f"{args.profile} teacher: {len(params)} tensors, {n_params:.1f} M parameters, {args.threads} thread(s)")
+    what = f"{len(params)} tensors, {n_params:.1f} M parameters, {args.threads} thread(s)"
+    print(f"{args.profile} teacher: {what}", flush=True)
     for kw in ({}, {"foreach": True}, {"fused": True}):
         opt = torch.optim.AdamW(params, lr=1e-4, **kw)
         print(f"AdamW {kw or 'default'}: {_time(opt.step, args.n):.1f} ms")

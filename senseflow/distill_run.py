@@ -105,13 +105,14 @@ class EmbeddedEvaluator:
         Rounded like a saved PNG, so the curve's numbers equal what ``senseflow-eval`` measures
         on the same samples written to a folder (the reference is read from PNGs too).
         """
-        cond = student.text.encode([r["prompt"] for r in self.records])
+        # the student may sit on an accelerator mid-training; prompts, noise and the probe are on CPU
+        device = next(student.network.parameters()).device
+        cond = student.text.encode([r["prompt"] for r in self.records]).to(device)
         seeds = [int(r["seed"]) for r in self.records]
         shape = tuple(student.latent_shape(student_resolution(student)))
-        x, _ = student_sample(
-            student, cond, prompt_noise(seeds, shape), anchors, sampler=self.sampler, seeds=seeds
-        )
-        return to_tensor_range(to_uint8(student.codec.decode(x)))
+        noise = prompt_noise(seeds, shape).to(device)
+        x, _ = student_sample(student, cond, noise, anchors, sampler=self.sampler, seeds=seeds)
+        return to_tensor_range(to_uint8(student.codec.decode(x).cpu()))
 
     def __call__(self, student, iteration: int, anchors: list[float] | None = None) -> dict:
         """Metrics of ``student`` (a backbone) sampled at its anchors."""

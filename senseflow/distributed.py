@@ -41,6 +41,12 @@ def init_distributed(device: str = "auto") -> DistInfo:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)
+        # cuDNN's attention backward returns NaN gradients for some bf16 shapes on H100/H200
+        # (pytorch/pytorch#196678, NVIDIA/cudnn-frontend#1072). Measured here on an H200
+        # (torch 2.11): a tiny FLUX's first bf16 iteration gave a NaN generator gradient,
+        # named by anomaly detection as ScaledDotProductCudnnAttentionBackward0, while fp32 ran
+        # clean. Training therefore leaves attention to the flash / memory-efficient kernels.
+        torch.backends.cuda.enable_cudnn_sdp(False)
     else:
         dev = torch.device("cpu")
     if world > 1 and not dist.is_initialized():

@@ -94,8 +94,10 @@ class GuidanceConditioned(nn.Module):
         """A plain transformer equal to this network at guidance ``w``: the embedding folded into a bias."""
         net = _clone_transformer(self.transformer)
         if self.w_embedding is not None:
-            emb = self.w_embedding(guidance_features(torch.tensor([float(w)]), self.dim)).reshape(-1)
             bias = net.time_text_embed.text_embedder.linear_2.bias
+            # the network may be on an accelerator mid-training
+            w_t = torch.tensor([float(w)], device=next(self.w_embedding.parameters()).device)
+            emb = self.w_embedding(guidance_features(w_t, self.dim)).reshape(-1).to(bias.device)
             bias.add_(emb.to(bias.dtype))
         return net
 

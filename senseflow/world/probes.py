@@ -148,10 +148,17 @@ def summarise(verdicts: dict[str, np.ndarray]) -> dict[str, float]:
 
 @torch.no_grad()
 def run_probe(probe: AttributeProbe, images: torch.Tensor, batch_size: int = 512) -> ProbeOutput:
-    """Probe a large batch in chunks, in eval mode."""
+    """Probe a large batch in chunks, in eval mode; outputs on CPU whatever device the probe is on.
+
+    The probe may sit on an accelerator (the VFM discriminator of a CUDA distillation run wraps
+    this very module), while images and verdicts (numpy) live on CPU.
+    """
     probe.eval()
-    outs = [probe(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-    return ProbeOutput(*(torch.cat([getattr(o, f) for o in outs]) for f in ProbeOutput.__dataclass_fields__))
+    device = next(probe.parameters()).device
+    outs = [probe(images[i : i + batch_size].to(device)) for i in range(0, len(images), batch_size)]
+    return ProbeOutput(
+        *(torch.cat([getattr(o, f).cpu() for o in outs]) for f in ProbeOutput.__dataclass_fields__)
+    )
 
 
 def _augment(x: torch.Tensor, gen: torch.Generator, noise: float) -> torch.Tensor:
