@@ -57,7 +57,8 @@ def test_smoke_pipeline_end_to_end(tmp_path):
 
     summary = json.loads((repo / "results/summary.json").read_text())
     cands = summary["candidates"]
-    assert set(cands) == {"teacher_full", "teacher_4", "senseflow_4", "lcm_4"}, sorted(cands)
+    assert set(cands) == {"teacher_full", "senseflow_4", "lcm_4"}, sorted(cands)
+    assert "pipeline.teacher_steps" in summary["skipped"]["teacher_4"]
     assert "ablations=true" in summary["skipped"]["no_ida_4"]
     assert "pipeline.methods" in summary["skipped"]["dmd2_4"]
     s4 = cands["senseflow_4"]

@@ -56,10 +56,31 @@ class FIDInputError(UserError, ValueError):
 
 
 def fid_from_features(a, b) -> float:
-    """FID between two (N, D) feature sets (numpy or torch), in float64."""
-    return frechet_distance(
-        *feature_statistics(check_features(a, "a")), *feature_statistics(check_features(b, "b"))
-    )
+    """FID between two (N, D) feature sets (numpy or torch), in float64.
+
+    With fewer samples than feature dimensions (FID-T's half-sampled replicates: 32 to 256
+    prompt pairs against 256 probe features) the covariances are never formed. For centred
+    features ``A`` (n1, D) and ``B`` (n2, D), ``S1 = A^T A / (n1 - 1)`` and
+    ``S2 = B^T B / (n2 - 1)``; the non-zero eigenvalues of ``S1 S2`` are the squared singular
+    values of ``M = A B^T / sqrt((n1 - 1)(n2 - 1))`` (``XY`` and ``YX`` share non-zero
+    eigenvalues), so ``tr((S1^1/2 S2 S1^1/2)^1/2)`` is the sum of ``M``'s singular values and
+    ``tr(S_i)`` a squared Frobenius norm. Same value as :func:`frechet_distance` (to round-off),
+    at the cost of one (n1, n2) SVD instead of two (D, D) eigendecompositions; used below D / 2 samples.
+    """
+    fa, fb = check_features(a, "a"), check_features(b, "b")
+    n1, n2, dim = fa.shape[0], fb.shape[0], fa.shape[1]
+    # the SVD route pays off below D / 2 samples (measured, D = 256: 0.2 ms against 8.4 ms at
+    # n = 32; no faster at n = 128)
+    if fb.shape[1] != dim or min(n1, n2) < 2 or 2 * max(n1, n2) > dim:
+        return frechet_distance(*feature_statistics(fa), *feature_statistics(fb))
+    x, y = fa.numpy(), fb.numpy()
+    mu1, mu2 = x.mean(axis=0), y.mean(axis=0)
+    ca, cb = x - mu1, y - mu2
+    m = (ca @ cb.T) / np.sqrt((n1 - 1) * (n2 - 1))
+    tr_covmean = np.linalg.svd(m, compute_uv=False).sum()
+    diff = mu1 - mu2
+    tr1, tr2 = (ca * ca).sum() / (n1 - 1), (cb * cb).sum() / (n2 - 1)
+    return float(diff @ diff + tr1 + tr2 - 2 * tr_covmean)
 
 
 def check_features(features, name: str = "features") -> torch.Tensor:
