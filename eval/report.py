@@ -27,11 +27,14 @@ from senseflow.io import atomic_write_text
 
 PAPER_DIR = Path("experiments/paper")
 # paper rows of each backbone, by pipeline method ("teacher" is the teacher row)
+# The pipeline's students sample with the Euler flow step (real_run.real_recipe), so the SD 3.5 and
+# FLUX rows are the paper's "(Euler)" ones; its unmarked rows use the x0 sampler.
 PAPER_ROWS = {
     "sdxl": {"teacher": "SDXL (teacher)", "senseflow": "SenseFlow-SDXL", "lcm": "LCM-SDXL",
              "dmd2": "DMD2-SDXL", "hyper_sd": "Hyper-SDXL"},
-    "sd35_large": {"teacher": "SD 3.5 Large (teacher)", "senseflow": "SenseFlow-SD3.5"},
-    "flux_dev": {"teacher": "FLUX.1 dev (teacher)", "senseflow": "SenseFlow-FLUX", "hyper_sd": "Hyper-FLUX"},
+    "sd35_large": {"teacher": "SD 3.5 Large (teacher)", "senseflow": "SenseFlow-SD3.5 (Euler)"},
+    "flux_dev": {"teacher": "FLUX.1 dev (teacher)", "senseflow": "SenseFlow-FLUX (Euler)",
+                 "hyper_sd": "Hyper-FLUX"},
 }  # fmt: skip
 PAPER_ABLATION = {"senseflow": "SenseFlow (full)", "no_isg": "without ISG", "no_ida": "without IDA",
                   "vanilla_dmd": "without IDA and ISG"}  # fmt: skip

@@ -123,7 +123,7 @@ def test_real_profile_stops_at_the_first_stage(tmp_path):
 
 def test_real_profile_runs_through_dvc_on_tiny_weights(tmp_path):
     # sd35_medium pointed at a tiny SD3 pipeline, a tiny DINOv2, 6 images and 6 prompts: every
-    # stage up to the report runs (the gate has no thresholds file for real profiles yet)
+    # stage up to the report runs (the gate's wiring bounds are for real models, not random tiny ones)
     import yaml
 
     from tests.test_distill_families import tiny_dinov2

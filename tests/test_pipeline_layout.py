@@ -16,10 +16,18 @@ from .conftest import ROOT
 
 def test_dvc_yaml_lists_every_method_and_candidate_once():
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    assert tuple(dvc["distill"]["foreach"]) == pl.METHODS == tuple(dvc["export"]["foreach"])
-    for stage in ("generate", "evaluate"):
-        items = dvc[stage]["foreach"]
-        assert tuple(items) == pl.CANDIDATES
+    for stage in ("distill", "export"):
+        # only the ablation stages take the `ablations` switch: flipping it reruns nothing else
+        main, ablation = dvc[stage], dvc[f"{stage}_ablation"]
+        assert tuple(ablation["foreach"]) == pl.ABLATION_METHODS
+        assert tuple(main["foreach"]) + tuple(ablation["foreach"]) == pl.METHODS
+        assert "--ablations" not in main["do"]["cmd"] and "ablations" not in main["do"]["params"]
+        assert "--ablations ${ablations}" in ablation["do"]["cmd"] and "ablations" in ablation["do"]["params"]
+    generate = {**dvc["generate"]["foreach"], **dvc["generate_ablation"]["foreach"]}
+    assert set(dvc["generate_ablation"]["foreach"]) == {f"{m}_4" for m in pl.ABLATION_METHODS}
+    assert "--ablations" not in dvc["generate"]["do"]["cmd"]
+    for items in (generate, dvc["evaluate"]["foreach"]):
+        assert sorted(items) == sorted(pl.CANDIDATES) and len(items) == len(pl.CANDIDATES)
         for name, item in items.items():  # each candidate depends on the folder it is sampled from
             c = pl.parse_candidate(name)
             expected = (
