@@ -27,7 +27,7 @@ from senseflow.io import atomic_write_text
 
 PAPER_DIR = Path("experiments/paper")
 # paper rows of each backbone, by pipeline method ("teacher" is the teacher row)
-# The pipeline's students sample with the Euler flow step (real_run.real_recipe), so the SD 3.5 and
+# The pipeline's students sample with the Euler flow step (real_run.export_real), so the SD 3.5 and
 # FLUX rows are the paper's "(Euler)" ones; its unmarked rows use the x0 sampler.
 PAPER_ROWS = {
     "sdxl": {"teacher": "SDXL (teacher)", "senseflow": "SenseFlow-SDXL", "lcm": "LCM-SDXL",

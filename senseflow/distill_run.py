@@ -236,19 +236,29 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def student_recipe(cfg: ProfileConfig, d: DistillConfig, variant: str, sampler: str, resolution: int,
+                   **extra) -> dict:  # fmt: skip
+    """An exported student's ``recipe.json``: anchors, sampler, resolution, variant, profile (+ ``extra``)."""
+    return {"anchors": d.anchor_times(), "sampler": sampler, "resolution": resolution, "variant": variant,
+            "profile": cfg.name, "iterations": d.iterations, **extra}  # fmt: skip
+
+
+def export_variant(
+    cfg: ProfileConfig, d: DistillConfig, folder: Path, state: dict, teacher, recipe: dict, *,
+    base: dict | None = None, lora_state=None,
+) -> Path:  # fmt: skip
+    """Write the student folder of a run of variant ``d`` (its profile with ``d`` as ``distill``)."""
+    config_yaml = dump_profile(cfg.model_copy(update={"distill": d}))
+    return export_student(
+        folder, state, teacher, recipe, config_yaml=config_yaml, base=base, lora_state=lora_state
+    )
+
+
 def _export(
     cfg, d: DistillConfig, variant: str, sampler: str, folder: Path, state: dict, teacher, lora_state=None
 ) -> Path:
-    recipe = {
-        "anchors": d.anchor_times(),
-        "sampler": sampler,
-        "resolution": cfg.world.scenes.resolution,
-        "variant": variant,
-        "profile": cfg.name,
-        "iterations": d.iterations,
-    }
-    config_yaml = dump_profile(cfg.model_copy(update={"distill": d}))
-    return export_student(folder, state, teacher, recipe, config_yaml=config_yaml, lora_state=lora_state)
+    recipe = student_recipe(cfg, d, variant, sampler, cfg.world.scenes.resolution)
+    return export_variant(cfg, d, folder, state, teacher, recipe, lora_state=lora_state)
 
 
 def export_from_run(

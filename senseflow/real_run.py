@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from senseflow.config import ProfileConfig, dump_profile
+from senseflow.config import ProfileConfig
 from senseflow.errors import UserError
 from senseflow.io import atomic_write_text
 
@@ -68,16 +68,11 @@ def use_cached_text(cfg: ProfileConfig, teacher, captions: list[str], cache_dir:
     return "cached"
 
 
-def _device() -> torch.device:
-    # the device train.distill will pick (init_distributed): this rank's GPU, else the CPU
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device("cpu")
-
-
 def place_frozen_parts(teacher, device: str) -> None:
     """Move the VAE and live text encoders where the loop runs (it moves only the denoiser)."""
-    target = torch.device("cpu") if device == "cpu" else _device()
+    from senseflow.distributed import init_distributed
+
+    target = init_distributed(device).device  # the device train.distill picks for this rank
     vae = getattr(teacher.codec, "vae", None)
     if vae is not None:
         vae.to(target)
@@ -86,31 +81,16 @@ def place_frozen_parts(teacher, device: str) -> None:
         pipe.to(target)
 
 
-def real_recipe(cfg: ProfileConfig, variant: str, sampler: str = "euler") -> dict:
-    """The exported student's recipe: anchors, sampler, resolution and family."""
-    d = cfg.variant(variant)
-    return {
-        "anchors": d.anchor_times(),
-        "sampler": sampler,
-        "resolution": cfg.teacher.pretrained.resolution,
-        "family": cfg.family,
-        "variant": variant,
-        "profile": cfg.name,
-        "iterations": d.iterations,
-    }
-
-
 def export_real(
     cfg: ProfileConfig, variant: str, folder: Path, state: dict, teacher, lora_state=None
 ) -> Path:
     """Write the student folder of a real-family run (base model recorded, no text encoder copied)."""
-    from senseflow.student import export_student
+    from senseflow.distill_run import export_variant, student_recipe
 
-    config_yaml = dump_profile(cfg.model_copy(update={"distill": cfg.variant(variant)}))
-    return export_student(
-        folder, state, teacher, real_recipe(cfg, variant), config_yaml=config_yaml,
-        base=cfg.teacher.pretrained.model_dump(mode="json"), lora_state=lora_state,
-    )  # fmt: skip
+    d = cfg.variant(variant)
+    recipe = student_recipe(cfg, d, variant, "euler", cfg.teacher.pretrained.resolution, family=cfg.family)
+    base = cfg.teacher.pretrained.model_dump(mode="json")
+    return export_variant(cfg, d, folder, state, teacher, recipe, base=base, lora_state=lora_state)
 
 
 def distill_real(

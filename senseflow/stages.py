@@ -78,7 +78,7 @@ def skip_embedded_stage(cfg: ProfileConfig, stage: str, out: str | Path) -> str:
     in report files, and an empty safetensors file whose metadata holds the reason where
     weights are expected. Nothing reads them on a real profile. Returns the reason.
     """
-    from safetensors.torch import save_file
+    from senseflow.io import atomic_save_safetensors, atomic_torch_save
 
     if stage not in EMBEDDED_STAGES:
         raise ValueError(f"{stage!r} is not one of the embedded world's stages {EMBEDDED_STAGES}")
@@ -87,9 +87,7 @@ def skip_embedded_stage(cfg: ProfileConfig, stage: str, out: str | Path) -> str:
     note = json.dumps({"skipped": True, "reason": reason}, indent=2) + "\n"
 
     def empty_weights(path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({}, str(tmp), metadata={"skipped": reason})
-        tmp.replace(path)
+        atomic_save_safetensors({}, path, metadata={"skipped": reason})
 
     if stage == "world":
         pl.write_skipped(out, reason)
@@ -109,12 +107,9 @@ def skip_embedded_stage(cfg: ProfileConfig, stage: str, out: str | Path) -> str:
         pl.write_skipped(out / "dvclive" / "plots" / "metrics", reason)
         atomic_write_text(out / "dvclive" / "metrics.json", note)
         atomic_write_text(out / "config.yaml", dump_profile(cfg))
-        import torch
-
         # the persisted output dvc expects; its foreign "config" makes a later embedded run start over
-        tmp = out / "checkpoint.pt.tmp"
-        torch.save({"skipped": reason, "step": 0, "config": {"skipped": reason}}, tmp)
-        tmp.replace(out / "checkpoint.pt")
+        marker = {"skipped": reason, "step": 0, "config": {"skipped": reason}}
+        atomic_torch_save(marker, out / "checkpoint.pt")
     return reason
 
 

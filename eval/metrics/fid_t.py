@@ -11,15 +11,13 @@ pairs (``eval.stats.subsample_set_ci``), every crop of a prompt staying with it.
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 import torch
 
-from eval.metrics.fid import InceptionFeatures, PatchCrops, fid_from_features
-from eval.metrics.pairing import paired_indices
+from eval.metrics.fid import InceptionFeatures, PatchCrops
+from eval.metrics.pairing import paired_fid, paired_indices
 from eval.registry import EvalContext, MetricResult, protocol_card, register
-from eval.stats import SUBSAMPLING, subsample_set_ci
+from eval.stats import SUBSAMPLING
 
 VERSION = "fid-t/1"
 
@@ -41,13 +39,7 @@ def _fid_t(ctx: EvalContext, name: str, patches: PatchCrops | None) -> MetricRes
         return ctx.map_rows(block, n=len(images))
 
     fs, fr = feats(ctx.samples.images[s_idx]), feats(ctx.reference.images[r_idx])
-
-    def fid(k) -> float:  # Fréchet distance of the crops of pairs k; never below 0 (round-off)
-        return max(0.0, fid_from_features(fs[k].reshape(-1, fs.shape[-1]), fr[k].reshape(-1, fr.shape[-1])))
-
-    value = fid(np.arange(len(s_idx)))
-    ci = subsample_set_ci(len(s_idx), fid, value, n_sub=ctx.n_boot_set, seed=ctx.seed)
-    ref_hash = hashlib.sha256("".join(ctx.reference.records[j]["sha256"] for j in r_idx).encode()).hexdigest()
+    value, ci, ref_hash = paired_fid(ctx, fs, fr, r_idx)
     card = protocol_card(
         ctx, metric=f"{'patch ' if patches else ''}FID-T (Inception-v3 pool3, teacher samples as reference)",
         version=VERSION, backbone=extractor.id, weights_sha256=extractor.id.split(":")[-1],

@@ -9,15 +9,12 @@ both sets are the images of the shared ids. Features are the probe's penultimate
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
 from eval.metrics.adherence import probe_protocol_card
-from eval.metrics.frechet import fid_from_features
-from eval.metrics.pairing import paired_indices
+from eval.metrics.pairing import paired_fid, paired_indices
 from eval.registry import EvalContext, MetricResult, embedded_only, register
-from eval.stats import SUBSAMPLING, subsample_set_ci
+from eval.stats import SUBSAMPLING
 from senseflow.world.probes import run_probe
 from senseflow.world.scenes import to_tensor_range
 
@@ -32,21 +29,11 @@ def _features(ctx: EvalContext, images: np.ndarray) -> np.ndarray:
     )
 
 
-def fid(a: np.ndarray, b: np.ndarray) -> float:
-    """Fréchet distance between Gaussians fitted to two (N, D) feature sets (never below 0)."""
-    # identical sets give -1e-6 from float64 round-off in the traces; a distance is >= 0
-    return max(0.0, fid_from_features(a, b))
-
-
 def fid_t_probe_metric(ctx: EvalContext) -> MetricResult:
     """FID between candidate and teacher samples of the shared prompt ids."""
-    ref = ctx.reference
     s_idx, r_idx = paired_indices(ctx, "fid_t_probe")
-    fs, fr = _features(ctx, ctx.samples.images[s_idx]), _features(ctx, ref.images[r_idx])
-    value = fid(fs, fr)
-    # subsample prompt pairs: both sets keep the same prompts in every replicate
-    ci = subsample_set_ci(len(s_idx), lambda k: fid(fs[k], fr[k]), value, n_sub=ctx.n_boot_set, seed=ctx.seed)
-    ref_hash = hashlib.sha256("".join(ref.records[j]["sha256"] for j in r_idx).encode()).hexdigest()
+    fs, fr = _features(ctx, ctx.samples.images[s_idx]), _features(ctx, ctx.reference.images[r_idx])
+    value, ci, ref_hash = paired_fid(ctx, fs, fr, r_idx)
     card = probe_protocol_card(
         ctx,
         metric="FID-T (teacher samples as reference)",

@@ -1,14 +1,22 @@
-"""Pairing a candidate's samples with the teacher's by prompt id (FID-T and its probe analogue).
+"""FID-T's shared part: samples paired with the teacher's by prompt id, distance and interval.
 
-Kept apart from :mod:`eval.metrics.fid_t` so the embedded world's ``fid_t_probe`` does not import
-the Inception / torchmetrics stack.
+``fid_t``, ``patch_fid_t`` and the embedded world's ``fid_t_probe`` differ only in their
+features: the pairing, the distance of the pairs' features and its half-sampling interval
+live here.
+
+Kept apart from :mod:`eval.metrics.fid_t` so ``fid_t_probe`` does not import the Inception /
+torchmetrics stack.
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
+from eval.metrics.frechet import fid_from_features
 from eval.registry import EvalContext, MetricError
+from eval.stats import subsample_set_ci
 
 
 def paired_indices(ctx: EvalContext, name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -30,3 +38,25 @@ def paired_indices(ctx: EvalContext, name: str) -> tuple[np.ndarray, np.ndarray]
         )
     s_idx, r_idx = (np.array(x) for x in zip(*pairs, strict=True))
     return s_idx, r_idx
+
+
+def paired_fid(
+    ctx: EvalContext, fs: np.ndarray, fr: np.ndarray, r_idx: np.ndarray
+) -> tuple[float, tuple[float, float], str]:
+    """``(value, ci95, reference hash)`` of FID-T between paired features.
+
+    ``fs`` / ``fr``: features of the candidate's and the teacher's images of the same prompts,
+    row ``i`` of each from prompt pair ``i``; (N, D), or (N, crops, D) with every crop of a
+    prompt staying with it when the pairs are half-sampled (``eval.stats.subsample_set_ci``).
+    The hash names the reference images used (their sha256s, in pair order).
+    """
+
+    def fid(k) -> float:
+        a, b = fs[k].reshape(-1, fs.shape[-1]), fr[k].reshape(-1, fr.shape[-1])
+        # identical sets give -1e-6 from float64 round-off in the traces; a distance is >= 0
+        return max(0.0, fid_from_features(a, b))
+
+    value = fid(np.arange(len(fs)))
+    ci = subsample_set_ci(len(fs), fid, value, n_sub=ctx.n_boot_set, seed=ctx.seed)
+    ref_hash = hashlib.sha256("".join(ctx.reference.records[j]["sha256"] for j in r_idx).encode()).hexdigest()
+    return value, ci, ref_hash
