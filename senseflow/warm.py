@@ -61,19 +61,36 @@ DISABLE_ENV = "SENSEFLOW_WARM"  # "0": never use a server (run cold)
 WORKER_ENV = "SENSEFLOW_WARM_WORKER"  # set in a worker: the server's pid
 
 # What the pipeline's stages import: the CLIs and, through them, torch, diffusers' SD3
-# transformer, transformers' CLIP text model and the samplers. Modules that fail to import
-# (an optional dependency missing) are skipped; the worker then imports what it needs itself.
+# transformer, transformers' CLIP text model, the samplers, and the embedded profile's metrics
+# (torchmetrics, open_clip, pandas/pyarrow for scores.parquet). Modules that fail to import (an
+# optional dependency missing) are skipped; the worker then imports what it needs itself. The
+# real profiles' learned metrics (HPSv2, ImageReward, PickScore) are left out: their stages run
+# on GPUs for minutes, where a few seconds of imports do not matter.
 DEFAULT_PRELOAD = (
+    "typer",
+    "pydantic",
+    "PIL.Image",
     "senseflow.cli",
     "eval.cli",
     "senseflow.stages",
     "senseflow.generate",
     "senseflow.samples",
     "senseflow.candidates",
+    "senseflow.student",
     "senseflow.teacher",
     "senseflow.distill_run",
     "senseflow.consistency_run",
+    "senseflow.world.clip",
     "eval.evaluate",
+    "eval.registry",
+    "eval.metrics.fid_t_probe",
+    "eval.metrics.adherence",
+    "eval.metrics.clip_score_embedded",
+    "pyarrow.parquet",
+    "pandas",
+    "open_clip",
+    "torchvision",
+    "ftfy",
 )
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _HEADER = struct.Struct("!I")  # length prefix of every JSON message
@@ -132,7 +149,7 @@ def _source_stats(roots: Sequence[Path]) -> dict[str, tuple[int, int]]:
         if not path:
             continue
         p = Path(path).resolve()
-        if any(p.is_relative_to(r) for r in resolved):
+        if any(p.is_relative_to(r) for r in resolved) and p.is_file():  # some modules' __file__ is virtual
             st = p.stat()
             stats[str(p)] = (st.st_mtime_ns, st.st_size)
     return stats
@@ -232,7 +249,8 @@ class WarmServer:
     ) -> None:
         self.socket_path = Path(socket_path)
         self.preload = list(preload)
-        self.watch = [Path(w) for w in watch] or [Path(__file__).resolve().parents[1]]
+        here = Path(__file__).resolve().parent  # the project's packages: senseflow/ and eval/
+        self.watch = [Path(w) for w in watch] or [here, here.parent / "eval"]
         self.idle_timeout = idle_timeout
         self.workers: dict[int, socket.socket] = {}  # worker pid -> caller connection
         self.parent = os.getppid()
