@@ -121,20 +121,20 @@ def _recv_exact(sock: socket.socket, n: int, head: bytes = b"") -> bytes:
 
 
 def _recv(sock: socket.socket, *, with_fds: bool = False) -> tuple[dict, list[int]]:
-    """Receive one message (and the file descriptors sent with it)."""
+    """Receive one message (and the file descriptors sent with it).
+
+    Reads exactly the header, then exactly the body: a message that follows at once (a fast
+    worker's exit code right behind its pid) stays in the socket for the next call.
+    """
     fds: list[int] = []
     if with_fds:
-        first, fds, _flags, _addr = socket.recv_fds(sock, 1 << 16, 3)
+        head, fds, _flags, _addr = socket.recv_fds(sock, _HEADER.size, 3)
     else:
-        first = sock.recv(1 << 16)
-    if not first:
+        head = sock.recv(_HEADER.size)
+    if not head:
         raise ConnectionError("connection closed")
-    head = _recv_exact(sock, _HEADER.size, first[: _HEADER.size]) if len(first) < _HEADER.size else first
-    (size,) = _HEADER.unpack(head[: _HEADER.size])
-    body = _recv_exact(sock, size, head[_HEADER.size :])
-    if len(body) > size:  # two messages in one read never happen: one request, one reply each way
-        raise ConnectionError("unexpected bytes after a message")
-    return json.loads(body), fds
+    (size,) = _HEADER.unpack(_recv_exact(sock, _HEADER.size, head))
+    return json.loads(_recv_exact(sock, size)), fds
 
 
 # ------------------------------------------------------------------ server
@@ -507,9 +507,7 @@ def run(
     )  # fmt: skip
     env = {**os.environ, SOCKET_ENV: str(path)}
     try:
-        return subprocess.call(list(command), env=env)
-    except KeyboardInterrupt:
-        return 130
+        return _wait_for_command(subprocess.Popen(list(command), env=env))
     finally:
         if not stop_server(path):
             server.terminate()
@@ -521,6 +519,25 @@ def run(
             for p in folder.iterdir():
                 p.unlink()
             folder.rmdir()
+
+
+def _wait_for_command(proc: subprocess.Popen) -> int:
+    """Wait for ``proc``, letting it wind down on Ctrl-C and passing SIGTERM on to it.
+
+    Not ``subprocess.call``: on Ctrl-C that kills the child at once, and dvc must get the
+    chance to stop its stage and release its lock (it received the same SIGINT from the
+    terminal).
+    """
+    previous = signal.signal(signal.SIGTERM, lambda sig, _frame: proc.send_signal(sig))
+    try:
+        while True:
+            try:
+                code = proc.wait()
+            except KeyboardInterrupt:
+                continue
+            return code if code >= 0 else 128 - code  # killed by signal N: the shell's 128 + N
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,7 +39,8 @@ TARGET = textwrap.dedent(
     def sleeper():
         out = os.environ["WARM_TEST_OUT"]
         def on_term(sig, frame):
-            open(out + ".term", "w").write(str(sig))
+            open(out + ".tmp", "w").write(str(sig))
+            os.replace(out + ".tmp", out + ".term")  # the test polls for the file: whole or absent
             sys.exit(143)
         signal.signal(signal.SIGTERM, on_term)
         open(out + ".pid", "w").write(str(os.getpid()))
@@ -92,6 +93,27 @@ def _call(tmp_path, sock, entry, *args, cwd=None, **env):
         [sys.executable, "-c", CALLER, entry, *args],
         env=_env(tmp_path, sock, **env), cwd=cwd or tmp_path, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
+
+
+def test_messages_sent_back_to_back_are_read_one_at_a_time():
+    """A fast worker's exit code can arrive in the same read as its pid: neither may be lost
+    (a lost pid made the caller run the command a second time, cold)."""
+    import socket
+
+    from senseflow.warm import _recv, _send
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        r, w = os.pipe()
+        _send(a, {"pid": 12}, fds=[r])
+        _send(a, {"exit": 3})
+        _send(a, {"big": "x" * 50_000})
+        first, fds = _recv(b, with_fds=True)
+        assert first == {"pid": 12} and len(fds) == 1
+        assert _recv(b) == ({"exit": 3}, [])
+        assert _recv(b)[0]["big"] == "x" * 50_000
+        for fd in (r, w, *fds):
+            os.close(fd)
 
 
 def test_without_a_server_the_caller_runs_cold(tmp_path):
@@ -220,6 +242,30 @@ def test_run_wraps_a_command_and_cleans_up(tmp_path):
     assert r.returncode == 4, r.stderr  # the command's own exit code
     assert "preloaded True" in r.stdout and "argv ['inner']" in r.stdout
     assert list(temp.iterdir()) == []  # socket and its folder removed, the server stopped
+    temp.rmdir()
+
+
+def test_run_passes_sigterm_to_the_command_and_stops_the_server(tmp_path):
+    (tmp_path / "warm_target.py").write_text(TARGET)
+    temp = Path(tempfile.mkdtemp(dir="/tmp"))
+    out = tmp_path / "cmd"
+    inner = (
+        "import os, signal, sys, time\n"
+        "def on_term(*a): open(sys.argv[1] + '.term', 'w').close(); sys.exit(143)\n"
+        "signal.signal(signal.SIGTERM, on_term)\n"
+        "open(sys.argv[1] + '.pid', 'w').close()\n"
+        "time.sleep(60)\n"
+    )
+    wrapper = subprocess.Popen(
+        [sys.executable, "-m", "senseflow.warm", "run", "--preload", "warm_target", "--",
+         sys.executable, "-c", inner, str(out)],
+        env=_env(tmp_path, None, TMPDIR=str(temp)), cwd=tmp_path,
+    )  # fmt: skip
+    _wait_for(lambda: Path(str(out) + ".pid").exists() and any(temp.glob("*/s*")))
+    wrapper.send_signal(signal.SIGTERM)
+    assert wrapper.wait(timeout=60) == 143  # the command's exit code, after its handler ran
+    assert Path(str(out) + ".term").exists()
+    assert list(temp.iterdir()) == []  # the server stopped and its socket folder is gone
     temp.rmdir()
 
 
