@@ -231,7 +231,9 @@ def test_run_wraps_a_command_and_cleans_up(tmp_path):
     # the server binds its socket after its imports; the command waits for it, then calls warm
     inner = (
         "import os, sys, time\n"
-        "while not os.path.exists(os.environ['SENSEFLOW_WARM_SOCKET']): time.sleep(0.05)\n" + CALLER
+        "end = time.time() + 60  # bounded: a failed server start must not leave this behind\n"
+        "sock = os.environ['SENSEFLOW_WARM_SOCKET']\n"
+        "while not os.path.exists(sock) and time.time() < end: time.sleep(0.05)\n" + CALLER
     )
     r = subprocess.run(
         [sys.executable, "-m", "senseflow.warm", "run", "--preload", "warm_target", "--",
