@@ -27,7 +27,7 @@ Safety rules:
   the size and modification time of every project source file the server had imported. On
   any change the caller is told to run cold, and the server exits.
 * A caller whose interpreter or ``PYTHONPATH`` differs from the server's runs cold (its
-  imports would resolve to other files).
+  imports would resolve to other files), as does one with another ``PYTHONHASHSEED``.
 * No server, a dead one, or a refused request: the caller runs the command cold, as before.
   Warm start is an optimisation only; ``SENSEFLOW_WARM=0`` turns it off.
 
@@ -170,7 +170,12 @@ def _changed_sources(stats: dict[str, tuple[int, int]]) -> list[str]:
 
 def _identity() -> dict:
     """What a caller must share with the server for its imports to resolve to the same files."""
-    return {"executable": os.path.realpath(sys.executable), "pythonpath": os.environ.get("PYTHONPATH", "")}
+    return {
+        "executable": os.path.realpath(sys.executable),
+        "pythonpath": os.environ.get("PYTHONPATH", ""),
+        # str hashing is fixed at interpreter start: a caller that pinned it must get its own
+        "pythonhashseed": os.environ.get("PYTHONHASHSEED", ""),
+    }
 
 
 def _run_worker(request: dict, fds: list[int], closing: Sequence[socket.socket]) -> None:

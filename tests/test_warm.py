@@ -201,13 +201,14 @@ def test_changed_source_sends_callers_cold_and_stops_the_server(tmp_path, server
     assert not sock.exists()
 
 
-def test_a_caller_with_another_pythonpath_runs_cold(tmp_path, server):
+def test_a_caller_with_another_pythonpath_or_hash_seed_runs_cold(tmp_path, server):
     sock, proc = server
     env = _env(tmp_path, sock)
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{tmp_path}"  # same dirs, other order: other resolution
     r = subprocess.run([sys.executable, "-c", CALLER, "warm_target:echo"], env=env, cwd=tmp_path,
                        capture_output=True, text=True, timeout=60)  # fmt: skip
     assert r.returncode == COLD
+    assert _call(tmp_path, sock, "warm_target:echo", PYTHONHASHSEED="123").returncode == COLD
     assert proc.poll() is None  # still serving the others
     assert _call(tmp_path, sock, "warm_target:echo").returncode == 0
 
