@@ -238,8 +238,9 @@ def train_teacher_cmd(
     restart_stale: Annotated[
         bool,
         typer.Option(
-            help="Start over when OUT's checkpoint is finished or from other settings (dvc repro reruns "
-            "a stage only when its inputs changed); otherwise such a checkpoint is an error."
+            help="Start over when OUT's checkpoint is from other settings, code or world (dvc repro "
+            "reruns a stage when its inputs changed); otherwise such a checkpoint is an error. A "
+            "finished checkpoint of the same run is exported again, not retrained."
         ),
     ] = False,
 ) -> None:

@@ -12,6 +12,7 @@ import logging
 import time
 from pathlib import Path
 
+import diffusers
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -25,7 +26,7 @@ from senseflow.backbones.flow import SD3FlowBackbone, tiny_sd3_transformer
 from senseflow.errors import MissingArtefactError, UserError
 from senseflow.io import atomic_folder, atomic_torch_save, atomic_write_text, ensure_writable_dir
 from senseflow.optim import adamw
-from senseflow.run_state import config_differences, run_fingerprint
+from senseflow.run_state import config_differences, files_digest, run_fingerprint
 from senseflow.schedules import sample_train_sigmas
 from senseflow.world.scenes import caption, sample_batch, to_tensor_range
 from senseflow.world.text import WorldTextEncoder
@@ -92,19 +93,23 @@ def train_teacher(
     sample_steps: int = 32,  # recipe: Euler steps at "full" quality
     sample_cfg: float = 4.0,  # recipe: CFG scale
     progress: bool = True,  # tqdm progress bar
-    restart_stale: bool = False,  # a finished or foreign checkpoint restarts training (dvc stages)
+    restart_stale: bool = False,  # dvc stages: a foreign checkpoint restarts, a finished one re-exports
 ) -> Path:
     """Train the teacher by rectified flow with CFG dropout and EMA; return the export folder.
 
     Loss (Liu et al. 2023; Esser et al. 2024 eq. 3 with the logit-normal density):
     ``E_{x0, eps, s} || v_theta((1 - s) x0 + s eps, s, c) - (eps - x0) ||^2``.
     """
-    # everything that shapes the trained weights; a checkpoint resumes only under the same values
+    # everything that shapes the trained weights (settings, code, the world's text encoder, library
+    # versions); a checkpoint resumes, or a finished one is re-exported, only under the same values.
+    # The sampling recipe (steps, CFG) is not among them: changing it re-exports, never retrains.
+    recipe_only = ("sample_steps", "sample_cfg")
+    bookkeeping = ("out_dir", "world_dir", "progress", "checkpoint_every", "log_every", "restart_stale")
     run_config = run_fingerprint(
         {
-            k: v
-            for k, v in locals().items()
-            if k not in ("out_dir", "world_dir", "progress", "checkpoint_every", "log_every", "restart_stale")
+            **{k: v for k, v in locals().items() if k not in bookkeeping + recipe_only},
+            "sources": files_digest(teacher_sources(world_dir)),
+            "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
         }
     )
     out_dir = ensure_writable_dir(out_dir)
@@ -133,11 +138,13 @@ def train_teacher(
     if ckpt_path.exists() and restart_stale:
         # dvc reruns a stage only when its code or params changed: a finished checkpoint, or one
         # written under other settings, is stale then; an unfinished one of the same run resumes
+        # dvc reruns this stage when its code, world or params changed, or when its output was
+        # deleted by hand: only a checkpoint of other settings or code is stale; a finished one
+        # of the same run is exported again (the loop below has nothing left to do)
         state = load_checkpoint(ckpt_path)
         saved = state.get("config")
-        foreign = saved is not None and config_differences(saved, run_config)
-        if int(state.get("step", 0)) >= steps or foreign:
-            log.warning("%s is finished or from other settings: training the teacher from scratch", ckpt_path)
+        if saved is None or config_differences(saved, run_config):
+            log.warning("%s is from other settings or code: training the teacher from scratch", ckpt_path)
             ckpt_path.unlink()
     if ckpt_path.exists():
         state = load_checkpoint(ckpt_path)
@@ -230,6 +237,20 @@ def train_teacher(
             "train_seconds_this_run": round(seconds, 1),
         },
     )  # fmt: skip
+
+
+def teacher_sources(world_dir: str | Path) -> list[Path]:
+    """The code and world files whose contents shape the teacher's weights.
+
+    The teacher stage's deps in dvc.yaml, plus the text encoder and optimiser modules they use.
+    """
+    pkg = Path(__file__).resolve().parent
+    world = Path(world_dir)
+    return [
+        pkg / "teacher.py", pkg / "backbones", pkg / "schedules.py", pkg / "optim.py",
+        pkg / "world" / "scenes.py", pkg / "world" / "text.py",
+        world / "tokenizer", world / "text_encoder", world / "text_pooling.json",
+    ]  # fmt: skip
 
 
 def export_teacher(model: SD3Transformer2DModel, ema: EMAModel, folder: Path, recipe: dict) -> Path:

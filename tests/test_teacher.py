@@ -6,7 +6,9 @@ import torch
 from senseflow.backbones.base import Backbone
 from senseflow.samplers import NFECounter, euler_flow, prompt_noise, prompt_seed, sample_prompts
 from senseflow.schedules import euler_sigmas
-from senseflow.teacher import CheckpointError, load_teacher, train_teacher
+from senseflow.teacher import CheckpointError, load_teacher, teacher_sources, train_teacher
+
+real_sources = teacher_sources
 
 TINY = dict(
     resolution=16,
@@ -60,7 +62,9 @@ def test_checkpoint_of_another_configuration_is_refused(tmp_path, world_dir):
     train_teacher(run, world_dir=world_dir, steps=2, checkpoint_every=2, **{**TINY, "log_every": 1})
 
 
-def test_restart_stale_retrains_finished_or_foreign_checkpoints(tmp_path, world_dir, monkeypatch):
+def test_restart_stale_reexports_a_finished_run_and_retrains_a_foreign_one(tmp_path, world_dir, monkeypatch):
+    import shutil
+
     import senseflow.teacher as teacher
 
     run = tmp_path / "run"
@@ -71,17 +75,49 @@ def test_restart_stale_retrains_finished_or_foreign_checkpoints(tmp_path, world_
     monkeypatch.setattr(
         teacher, "atomic_torch_save", lambda o, p: (steps_run.append(o["step"]), real_save(o, p))
     )
-    # a finished checkpoint: without the flag nothing is trained again, with it everything is
-    train_teacher(run, world_dir=world_dir, steps=2, checkpoint_every=1, **TINY)
-    assert steps_run == []
+    # the export deleted by hand (dvc then reruns the stage): the finished run is exported again
+    shutil.rmtree(run / "teacher")
     train_teacher(run, world_dir=world_dir, steps=2, checkpoint_every=1, restart_stale=True, **TINY)
-    assert steps_run == [1, 2]
+    assert steps_run == []
     b = _weights(run)
-    assert all(torch.equal(first[k], b[k]) for k in first)  # same settings: same weights again
+    assert first.keys() == b.keys() and all(torch.equal(first[k], b[k]) for k in first)
+    # another sampling recipe (CFG scale) only re-exports too, with the new recipe
+    train_teacher(run, world_dir=world_dir, steps=2, checkpoint_every=1, restart_stale=True,
+                  **{**TINY, "sample_cfg": 6.5})  # fmt: skip
+    assert steps_run == []
+    assert json.loads((run / "teacher" / "recipe.json").read_text())["cfg"] == 6.5
     # other settings: retrained under the new ones instead of refused
-    steps_run.clear()
     train_teacher(run, world_dir=world_dir, steps=3, checkpoint_every=1, restart_stale=True, **TINY)
     assert steps_run == [1, 2, 3]
+    # other code (or world files) under the same settings: retrained as well
+    steps_run.clear()
+    extra = tmp_path / "code.py"
+    extra.write_text("x = 1\n")
+    monkeypatch.setattr(teacher, "teacher_sources", lambda w: [*real_sources(w), extra])
+    train_teacher(run, world_dir=world_dir, steps=3, checkpoint_every=1, restart_stale=True, **TINY)
+    assert steps_run == [1, 2, 3]  # the digest now covers code.py: the old checkpoint is foreign
+    steps_run.clear()
+    train_teacher(run, world_dir=world_dir, steps=3, checkpoint_every=1, restart_stale=True, **TINY)
+    assert steps_run == []  # unchanged since: re-export only
+    extra.write_text("x = 2\n")
+    train_teacher(run, world_dir=world_dir, steps=3, checkpoint_every=1, restart_stale=True, **TINY)
+    assert steps_run == [1, 2, 3]
+
+
+def test_teacher_sources_are_the_teacher_stage_deps():
+    """The fingerprint's code list covers what dvc.yaml's teacher stage tracks."""
+    import yaml
+
+    from senseflow.teacher import teacher_sources
+
+    root = teacher_sources("build/world")[0].parents[1]
+    deps = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["teacher"]["deps"]
+    code = {
+        str(p.relative_to(root))
+        for p in teacher_sources("build/world")
+        if p.is_relative_to(root / "senseflow")
+    }
+    assert {d for d in deps if d.startswith("senseflow/")} <= code
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, world_dir):
