@@ -160,7 +160,10 @@ def train_teacher(
                 f"checkpoint {ckpt_path} does not match this configuration ({exc}); "
                 "delete it to restart, or rerun with the configuration that wrote it"
             ) from exc
-        log.info("resuming teacher training from step %d (%s)", start, ckpt_path)
+        if start >= steps:
+            log.info("%s is a finished run of these settings and code: exporting it again", ckpt_path)
+        else:
+            log.info("resuming teacher training from step %d (%s)", start, ckpt_path)
 
     from dvclive import Live
 
