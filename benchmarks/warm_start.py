@@ -19,9 +19,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from senseflow.warm import background_server
 
 
 def _stage_commands(name: str, profile: str) -> list[tuple[str, list[str], Path]]:
@@ -49,21 +50,15 @@ def main() -> None:
     args = ap.parse_args()
     repo = args.repo.resolve()
     base_env = {k: v for k, v in os.environ.items() if k != "SENSEFLOW_WARM_SOCKET"}
-    folder = Path(tempfile.mkdtemp(prefix="warm-bench-"))
-    sock = folder / "s.sock"
     t0 = time.perf_counter()
-    server = subprocess.Popen(
-        [sys.executable, "-P", "-m", "senseflow.warm", "serve", "--socket", str(sock)],
-        cwd=repo, env=base_env, stdin=subprocess.DEVNULL,
-    )  # fmt: skip
-    while not sock.exists():
-        if server.poll() is not None:
-            sys.exit("the warm server did not start (see its message above)")
-        time.sleep(0.05)
-    print(f"server ready after {time.perf_counter() - t0:.1f} s (paid once per make run)")
-    warm_env = {**base_env, "SENSEFLOW_WARM_SOCKET": str(sock)}
     savings: dict[str, list[float]] = {}
-    try:
+    with background_server() as sock:
+        while not sock.exists():
+            if time.perf_counter() - t0 > 120:
+                sys.exit("the warm server did not start in 120 s (see its message above)")
+            time.sleep(0.05)
+        print(f"server ready after {time.perf_counter() - t0:.1f} s (paid once per make run)")
+        warm_env = {**base_env, "SENSEFLOW_WARM_SOCKET": str(sock)}
         for rep in range(args.repeat):
             for name in args.candidates:
                 for stage, cmd, out in _stage_commands(name, args.profile):
@@ -74,10 +69,6 @@ def main() -> None:
                     savings.setdefault(stage, []).append(times["cold"] - times["warm"])
                     cold, warm = times["cold"], times["warm"]
                     print(f"run {rep} {stage:8s} {name:14s} cold {cold:6.1f} s   warm {warm:6.1f} s")
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
-        shutil.rmtree(folder, ignore_errors=True)
     for stage, s in savings.items():
         print(f"{stage}: mean saving {sum(s) / len(s):.1f} s per stage over {len(s)} runs")
 

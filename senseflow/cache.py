@@ -92,15 +92,22 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def _files_fingerprint(root: Path, parts: list[Path]) -> str:
-    """sha256 over (relative path, content digest) of every file in ``parts``, in sorted order."""
-    files: list[Path] = []
-    for part in parts:
+def files_fingerprint(parts: Iterable[str | Path]) -> str:
+    """sha256 over (name, content digest) of every file in ``parts`` (files or folders), sorted.
+
+    A file is named by its path from its part's parent folder, so a copy elsewhere keeps the
+    fingerprint. Hidden files and ``__pycache__`` are left out (byte-code appears and changes
+    without its source changing).
+    """
+    named: list[tuple[str, Path]] = []
+    for part in map(Path, parts):
         if part.is_dir():
-            files += [f for f in part.rglob("*") if f.is_file() and not f.name.startswith(".")]
-        elif part.is_file():
-            files.append(part)
-    return _sha("files", *(f"{f.relative_to(root).as_posix()}={_file_digest(f)}" for f in sorted(files)))
+            files = [f for f in part.rglob("*") if f.is_file() and not f.name.startswith(".")
+                     and "__pycache__" not in f.parts]  # fmt: skip
+        else:
+            files = [part] if part.is_file() else []
+        named += [(f.relative_to(part.parent).as_posix(), f) for f in files]
+    return _sha("files", *(f"{name}={_file_digest(f)}" for name, f in sorted(named)))
 
 
 def encoder_fingerprint(folder: str | Path) -> str:
@@ -118,7 +125,7 @@ def encoder_fingerprint(folder: str | Path) -> str:
                 f"`senseflow world build --out {folder}` (dvc stage `world`)"
             )
     parts = [folder / "tokenizer", folder / "text_encoder", folder / POOLING_FILE]
-    return _files_fingerprint(folder, parts)
+    return files_fingerprint(parts)
 
 
 # ----------------------------------------------------------------------------- the store
@@ -647,7 +654,7 @@ def pretrained_encoder_id(family: str, pretrained) -> str:
         else []
     )
     if parts:
-        return _sha("pretrained", *settings, _files_fingerprint(folder, parts))
+        return _sha("pretrained", *settings, files_fingerprint(parts))
     return _sha("pretrained", *settings, pretrained.model_id, pretrained.revision)
 
 

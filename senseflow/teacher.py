@@ -23,13 +23,14 @@ from tqdm.auto import tqdm
 
 from senseflow.backbones.conversions import flow_add_noise, flow_velocity
 from senseflow.backbones.flow import SD3FlowBackbone, tiny_sd3_transformer
+from senseflow.cache import files_fingerprint
 from senseflow.errors import MissingArtefactError, UserError
 from senseflow.io import atomic_folder, atomic_torch_save, atomic_write_text, ensure_writable_dir
 from senseflow.optim import adamw
-from senseflow.run_state import config_differences, files_digest, run_fingerprint
+from senseflow.run_state import config_differences, run_fingerprint
 from senseflow.schedules import sample_train_sigmas
 from senseflow.world.scenes import caption, sample_batch, to_tensor_range
-from senseflow.world.text import WorldTextEncoder
+from senseflow.world.text import POOLING_FILE, WorldTextEncoder
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ def train_teacher(
     run_config = run_fingerprint(
         {
             **{k: v for k, v in locals().items() if k not in bookkeeping + recipe_only},
-            "sources": files_digest(teacher_sources(world_dir)),
+            "sources": files_fingerprint(teacher_sources(world_dir)),
             "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
         }
     )
@@ -252,7 +253,7 @@ def teacher_sources(world_dir: str | Path) -> list[Path]:
     return [
         pkg / "teacher.py", pkg / "backbones", pkg / "schedules.py", pkg / "optim.py",
         pkg / "world" / "scenes.py", pkg / "world" / "text.py",
-        world / "tokenizer", world / "text_encoder", world / "text_pooling.json",
+        world / "tokenizer", world / "text_encoder", world / POOLING_FILE,
     ]  # fmt: skip
 
 

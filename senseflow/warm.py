@@ -53,7 +53,7 @@ import tempfile
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 SOCKET_ENV = "SENSEFLOW_WARM_SOCKET"  # where the console scripts look for a server
@@ -487,16 +487,14 @@ def stop_server(path: str | Path) -> bool:
         sock.close()
 
 
-def run(
-    command: Sequence[str], *, preload: Sequence[str] = DEFAULT_PRELOAD, idle_timeout: float = 900.0
-) -> int:
-    """Run ``command`` (e.g. ``dvc repro``) with a warm server for its ``senseflow`` stages.
+@contextlib.contextmanager
+def background_server(
+    *, preload: Sequence[str] = DEFAULT_PRELOAD, idle_timeout: float = 900.0
+) -> Iterator[Path]:
+    """Start a server in the background; yield its socket path; stop it and remove the folder.
 
-    The server starts in the background (its imports overlap the first stages, which run cold
-    until it is ready) and stops when the command ends. Returns the command's exit code.
+    The socket appears once the server's imports are done: callers before that run cold.
     """
-    if os.environ.get(DISABLE_ENV) == "0":
-        return subprocess.call(list(command))
     base = tempfile.gettempdir()
     if len(base) > 64 and os.path.isdir("/tmp"):
         base = "/tmp"  # AF_UNIX socket paths are limited to ~107 bytes
@@ -510,9 +508,8 @@ def run(
         stdin=subprocess.DEVNULL,
         start_new_session=True,  # Ctrl-C reaches each worker once: through its caller, not the terminal
     )  # fmt: skip
-    env = {**os.environ, SOCKET_ENV: str(path)}
     try:
-        return _wait_for_command(subprocess.Popen(list(command), env=env))
+        yield path
     finally:
         if not stop_server(path):
             server.terminate()
@@ -524,6 +521,21 @@ def run(
             for p in folder.iterdir():
                 p.unlink()
             folder.rmdir()
+
+
+def run(
+    command: Sequence[str], *, preload: Sequence[str] = DEFAULT_PRELOAD, idle_timeout: float = 900.0
+) -> int:
+    """Run ``command`` (e.g. ``dvc repro``) with a warm server for its ``senseflow`` stages.
+
+    The server starts in the background (its imports overlap the first stages, which run cold
+    until it is ready) and stops when the command ends. Returns the command's exit code.
+    """
+    if os.environ.get(DISABLE_ENV) == "0":
+        return subprocess.call(list(command))
+    with background_server(preload=preload, idle_timeout=idle_timeout) as path:
+        env = {**os.environ, SOCKET_ENV: str(path)}
+        return _wait_for_command(subprocess.Popen(list(command), env=env))
 
 
 def _wait_for_command(proc: subprocess.Popen) -> int:
