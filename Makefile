@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # dvc stages call the `senseflow` console scripts: put the venv first on PATH
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup run run-ablations smoke test test-fast lint format clean dashboard
+.PHONY: setup render run run-ablations smoke test test-fast lint format clean dashboard
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,27 +32,31 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 
 setup: $(STAMP)  ## create .venv and install everything
 
-# The stages run through a warm-start server (senseflow/warm.py): it imports torch and diffusers
-# once and each stage forks from it, instead of paying 5-10 s of imports per stage.
-# `make run WARM=` runs every stage as a plain cold process.
-WARM ?= $(PY) -m senseflow.warm run --
+# dvc.yaml is rendered from senseflow/dvc_plan.py for params.yaml's profile; `make run PROFILE=smoke`
+# renders it for another profile first (docs/pipeline.md)
+PROFILE ?=
+
+render: setup  ## write dvc.yaml for params.yaml's profile (or PROFILE=NAME, which also sets params.yaml)
+	$(VENV)/bin/senseflow pipeline render $(if $(PROFILE),--profile $(PROFILE))
 
 run: setup  ## the main job: dvc repro of the profile in params.yaml (embedded by default)
-	$(WARM) $(VENV)/bin/dvc repro
+	$(if $(PROFILE),$(VENV)/bin/senseflow pipeline render --profile $(PROFILE))
+	$(VENV)/bin/dvc repro
 
 run-ablations: setup  ## the same plus the ablations (no-IDA, no-ISG, no-GAN, vanilla DMD)
-	$(WARM) $(VENV)/bin/dvc exp run -S ablations=true
+	$(VENV)/bin/dvc exp run -S ablations=true
 
 smoke: setup  ## the smoke profile end to end in a temporary copy, then the gate (what CI runs)
 	.ci/smoke
 
-test: setup  ## the whole test suite
+test: setup  ## the whole test suite (the smoke pipeline itself runs in `make smoke`, once per CI)
 	$(PY) -m pytest
 
-test-fast: setup  ## the suite without the end-to-end smoke runs
+test-fast: setup  ## the suite without the slow tests (DVC runs and repositories, the browser)
 	$(PY) -m pytest -m "not slow"
 
-lint: setup
+lint: setup  ## ruff, and dvc.yaml is the rendered plan
+	$(VENV)/bin/senseflow pipeline render --check
 	$(VENV)/bin/ruff check senseflow eval dashboard tests benchmarks
 	$(VENV)/bin/ruff format --check senseflow eval dashboard tests benchmarks
 

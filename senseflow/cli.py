@@ -69,16 +69,6 @@ def _embedded(cfg):
     return cfg
 
 
-def _embedded_or_skipped(cfg, stage: str, out: Path):
-    """``cfg`` for an embedded profile; on a real one write the stage's skip markers and return None."""
-    if cfg.family == "embedded":
-        return cfg
-    from senseflow.stages import skip_embedded_stage
-
-    typer.echo(skip_embedded_stage(cfg, stage, out))
-    return None
-
-
 def _threads(cfg) -> None:
     if cfg.runtime.threads:
         import torch
@@ -111,9 +101,7 @@ def world_build(out: Out, profile: Profile = "embedded", set_: Sets = None) -> N
     """Write the tokenizer, the frozen text encoder and the fixed prompt splits (dvc stage `world`)."""
     from senseflow.world.build import build_world
 
-    cfg = _embedded_or_skipped(_cfg(profile, set_), "world", out)
-    if cfg is None:
-        return
+    cfg = _embedded(_cfg(profile, set_))
     w = cfg.world
     summary = build_world(
         out,
@@ -161,9 +149,7 @@ def world_train_probe(
     """Train the attribute probe on real scenes; write probe.safetensors and probe_report.json."""
     from senseflow.world.probes import train_probe_for_profile
 
-    cfg = _embedded_or_skipped(_cfg(profile, set_), "probes", out)
-    if cfg is None:
-        return
+    cfg = _embedded(_cfg(profile, set_))
     _threads(cfg)
     report = train_probe_for_profile(cfg, out, progress=not quiet)
     typer.echo(json.dumps(report, indent=2))
@@ -180,9 +166,7 @@ def world_train_clip(
     """Train the world's tiny CLIP on real scenes and captions (metric clip_score_embedded)."""
     from senseflow.world.clip import train_clip_for_profile
 
-    cfg = _embedded_or_skipped(_cfg(profile, set_), "clip", out)
-    if cfg is None:
-        return
+    cfg = _embedded(_cfg(profile, set_))
     _threads(cfg)
     report = train_clip_for_profile(cfg, world, out, progress=not quiet)
     typer.echo(json.dumps(report, indent=2))
@@ -249,9 +233,7 @@ def train_teacher_cmd(
     from senseflow.io import atomic_write_text, ensure_writable_dir
     from senseflow.teacher import train_teacher
 
-    cfg = _embedded_or_skipped(_cfg(profile, set_), "teacher", out)
-    if cfg is None:
-        return
+    cfg = _embedded(_cfg(profile, set_))
     _threads(cfg)
     ensure_writable_dir(out)
     atomic_write_text(out / "config.yaml", dump_profile(cfg))
@@ -271,62 +253,6 @@ def train_teacher_cmd(
         restart_stale=restart_stale,
     )
     typer.echo(f"teacher exported to {folder}")
-
-
-@app.command("sample")
-def sample_cmd(
-    model: Annotated[Path, typer.Option(help="Exported model folder (recipe.json + transformer/).")],
-    prompts: Annotated[Path, typer.Option(help="Prompt file: .txt (one per line) or .jsonl.")],
-    out: Out,
-    steps: Annotated[
-        int | None, typer.Option(min=1, help="Euler steps [default: profile, else recipe].")
-    ] = None,
-    cfg: Annotated[
-        float | None, typer.Option(min=1.0, help="CFG scale [default: profile, else recipe].")
-    ] = None,
-    world: WorldDir = Path("build/world"),
-    seed: Annotated[
-        int | None, typer.Option(help="Base seed; a prompt's seed derives from it and its id.")
-    ] = None,
-    limit: Annotated[
-        int | None, typer.Option(min=1, help="Only the first N prompts [default: profile].")
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option(min=1)] = None,
-    profile: Annotated[
-        str | None, typer.Option("--profile", "-p", help="Take defaults from this profile's teacher.sample.")
-    ] = None,
-    set_: Sets = None,
-    quiet: Quiet = False,
-) -> None:
-    """Sample a model with the Euler flow ODE and CFG; PNGs + manifest.jsonl (resumable).
-
-    Explicit flags win over the profile's `teacher.sample` section, which wins over the
-    model's own recipe.json.
-    """
-    from senseflow.samples import sample_to_folder
-    from senseflow.teacher import load_teacher
-    from senseflow.world.prompts import load_prompt_file
-
-    plan = _cfg(profile, set_).teacher.sample if profile else None
-    records = load_prompt_file(prompts)
-    limit = limit or (plan.n_prompts if plan else None)
-    records = records[:limit]
-    backbone, recipe = load_teacher(model, world)
-    backbone.text.check([r.prompt for r in records])
-    steps = steps or (plan.steps if plan else int(recipe["steps"]))
-    scale = cfg if cfg is not None else (plan.cfg if plan else float(recipe["cfg"]))
-    done = sample_to_folder(
-        backbone,
-        records,
-        out,
-        shape=(recipe["channels"], recipe["resolution"], recipe["resolution"]),
-        steps=steps,
-        cfg=scale,
-        seed=seed if seed is not None else (plan.seed if plan else 0),
-        batch_size=batch_size or (plan.batch_size if plan else 64),
-        progress=not quiet,
-    )
-    typer.echo(f"{len(done)} images in {out} ({steps} steps, CFG {scale}, NFE {done[0]['nfe']} per image)")
 
 
 # ----------------------------------------------------------------------------- cache
@@ -410,26 +336,13 @@ def distill_cmd(
 
     Example: senseflow distill --profile smoke --variant no_ida --out build/distill/no_ida
     """
-    from senseflow.consistency_run import consistency_embedded, is_consistency_variant
-    from senseflow.distill_run import distill_embedded
+    from senseflow.stages import train
 
     cfg = _embedded(_cfg(profile, set_))
     _threads(cfg)
-    if is_consistency_variant(cfg, variant):  # LCM / Hyper-SD baselines: their own loop
-        if init_from is not None:
-            from senseflow.errors import UserError
-
-            raise UserError(f"--init-from is not supported by the {variant} baseline")
-        summary = consistency_embedded(
-            cfg, out, variant=variant, world_dir=world, teacher_dir=teacher, probe_path=probe,
-            reference_dir=reference, eval_prompts=eval_prompts, cache_dir=cache, progress=not quiet,
-        )  # fmt: skip
-        typer.echo(json.dumps(summary, indent=2))
-        return
-    summary = distill_embedded(
-        cfg, out, variant=variant, world_dir=world, teacher_dir=teacher, probe_path=probe,
-        reference_dir=reference, eval_prompts=eval_prompts, sampler=sampler, cache_dir=cache,
-        init_from=init_from, progress=not quiet,
+    summary = train(
+        cfg, out, variant, world_dir=world, teacher_dir=teacher, probe_path=probe, reference_dir=reference,
+        eval_prompts=eval_prompts, sampler=sampler, cache_dir=cache, init_from=init_from, progress=not quiet,
     )  # fmt: skip
     typer.echo(json.dumps(summary, indent=2))
 
@@ -619,14 +532,44 @@ def _stage_cfg(profile: str, sets: list[str] | None):
 
 @pipeline_app.command("list")
 def pipeline_list(profile: Profile = "embedded", set_: Sets = None, ablations: Ablations = "false") -> None:
-    """Which methods and candidates PROFILE runs, and why the others are skipped."""
+    """Which methods and candidates PROFILE runs (by source model), and why the others are skipped."""
     from senseflow import pipeline as pl
 
     cfg = _cfg(profile, set_)
     for m in pl.METHODS:
         typer.echo(f"distill  {m:16s} {pl.method_inactive(cfg, m, _flag(ablations)) or 'runs'}")
     for c in pl.CANDIDATES:
-        typer.echo(f"generate {c:16s} {pl.candidate_inactive(cfg, c, _flag(ablations)) or 'runs'}")
+        why = pl.candidate_inactive(cfg, c, _flag(ablations))
+        typer.echo(f"generate {c:16s} {why or 'runs (stage generate-' + pl.source_of(c) + ')'}")
+
+
+@pipeline_app.command("render")
+def pipeline_render(
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            "--profile",
+            "-p",
+            help="Render for this profile and write it to params.yaml [default: params.yaml's].",
+        ),
+    ] = None,
+    check: Annotated[
+        bool, typer.Option(help="Write nothing; exit 1 when dvc.yaml is not the rendered plan.")
+    ] = False,
+) -> None:
+    """Write dvc.yaml: the stages PROFILE needs, each with its code, params and data deps."""
+    from senseflow import dvc_plan
+    from senseflow.config import load_profile
+
+    if check:
+        name = profile or dvc_plan.read_params()["profile"]
+        stale = dvc_plan.stale_plan(load_profile(name))
+        typer.echo(stale or f"dvc.yaml is the rendered plan of profile {name!r}")
+        if stale:
+            raise typer.Exit(1)
+        return
+    name, changed = dvc_plan.render_to_disk(profile)
+    typer.echo(f"dvc.yaml {'written' if changed else 'unchanged'} for profile {name!r}")
 
 
 @pipeline_app.command("preflight")
@@ -671,36 +614,43 @@ def pipeline_export(
     typer.echo(str(export(_cfg(profile, set_), method, ablations=_flag(ablations))))
 
 
+@pipeline_app.command("curve-reference")
+def pipeline_curve_reference(profile: Profile = "embedded", set_: Sets = None, quiet: Quiet = False) -> None:
+    """Teacher samples the distillation stages measure their in-loop FID-T curve against (embedded)."""
+    from senseflow.stages import curve_reference
+
+    cfg = _embedded(_cfg(profile, set_))
+    _threads(cfg)
+    typer.echo(str(curve_reference(cfg, progress=not quiet)))
+
+
+Source = Annotated[str, typer.Argument(help="teacher or a method (`senseflow pipeline list`).")]
+
+
 @pipeline_app.command("generate")
 def pipeline_generate(
-    candidate: Annotated[str, typer.Argument(help="A candidate of `senseflow pipeline list`.")],
-    profile: Profile = "embedded",
-    set_: Sets = None,
-    ablations: Ablations = "false",
+    source: Source, profile: Profile = "embedded", set_: Sets = None, ablations: Ablations = "false",
     quiet: Quiet = False,
-) -> None:
-    """Sample CANDIDATE on the profile's prompts into build/samples/CANDIDATE (resumable)."""
+) -> None:  # fmt: skip
+    """Sample every candidate of SOURCE (all its step counts) into build/samples/CANDIDATE (resumable)."""
     from senseflow.stages import generate
 
     cfg = _stage_cfg(profile, set_)
     if cfg is None:
         return
-    typer.echo(str(generate(cfg, candidate, ablations=_flag(ablations), progress=not quiet)))
+    for out in generate(cfg, source, ablations=_flag(ablations), progress=not quiet):
+        typer.echo(str(out))
 
 
 @pipeline_app.command("evaluate")
-def pipeline_evaluate(
-    candidate: Annotated[str, typer.Argument(help="A candidate of `senseflow pipeline list`.")],
-    profile: Profile = "embedded",
-    set_: Sets = None,
-) -> None:
-    """Score build/samples/CANDIDATE with the profile's metrics into build/eval/CANDIDATE."""
+def pipeline_evaluate(source: Source, profile: Profile = "embedded", set_: Sets = None) -> None:
+    """Score every candidate of SOURCE with the profile's metrics into build/eval/CANDIDATE."""
     from senseflow.stages import evaluate
 
     cfg = _cfg(profile, set_)
     _threads(cfg)
-    res = evaluate(cfg, candidate)
-    typer.echo(json.dumps({k: v for k, v in res.items() if k in ("skipped", "n_images", "candidate")}))
+    for res in evaluate(cfg, source):
+        typer.echo(json.dumps({k: v for k, v in res.items() if k in ("skipped", "n_images", "candidate")}))
 
 
 @pipeline_app.command("report")

@@ -21,13 +21,6 @@ from senseflow.errors import UserError
 from senseflow.io import atomic_write_text
 from senseflow.student import anchors_for_steps, export_student
 
-BASELINE_VARIANTS = ("lcm", "hyper_sd")
-
-
-def is_consistency_variant(cfg: ProfileConfig, variant: str) -> bool:
-    """Whether ``variant`` names a consistency baseline (LCM, Hyper-SD) rather than a SenseFlow variant."""
-    return variant in BASELINE_VARIANTS and variant not in cfg.variants
-
 
 def baseline_section(cfg: ProfileConfig, variant: str) -> LCMConfig | HyperSDConfig:
     """The profile's ``baselines.<variant>`` section; a missing one is a clear error."""

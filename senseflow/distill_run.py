@@ -284,28 +284,3 @@ def _state_network(teacher, state: dict) -> torch.nn.Module:
     net = teacher.trainable_copy()
     net.load_state_dict(state)
     return net.eval().requires_grad_(False)
-
-
-def distill_method(cfg: ProfileConfig, out_dir: str | Path, method: str, **kwargs) -> dict:
-    """Train pipeline method ``method`` (a SenseFlow-loop variant, or an in-world baseline)."""
-    from senseflow.consistency_run import consistency_embedded, is_consistency_variant
-
-    if is_consistency_variant(cfg, method):  # LCM / Hyper-SD: their own loop, same folder layout
-        return consistency_embedded(cfg, out_dir, variant=method, **kwargs)
-    return distill_embedded(cfg, out_dir, variant=method, **kwargs)
-
-
-def export_method(
-    cfg: ProfileConfig, run_dir: str | Path, out: str | Path, method: str, *, world_dir, teacher_dir
-) -> Path:
-    """Export pipeline method ``method``'s generator from ``run_dir``'s latest checkpoint to ``out``.
-
-    For a run stopped before its own export (a finished run's ``student/`` is published by
-    :func:`senseflow.stages.export` without loading torch). The consistency baselines export
-    only at the end of their run.
-    """
-    from senseflow.consistency_run import is_consistency_variant
-
-    if is_consistency_variant(cfg, method):
-        raise UserError(f"{run_dir} has no exported student: rerun `dvc repro distill@{method}` to finish it")
-    return export_from_run(cfg, run_dir, out, variant=method, world_dir=world_dir, teacher_dir=teacher_dir)

@@ -1,13 +1,13 @@
-"""The ``dvc repro`` pipeline's plan: which methods and candidates a profile runs.
+"""The ``dvc repro`` pipeline's plan: which stages a profile runs, what each reads and writes.
 
-Also where each stage writes, and the skip markers of the stages a profile does not run.
+``dvc.yaml`` is rendered from this plan (``senseflow pipeline render``; never edit it by hand)
+for the profile named in ``params.yaml``, so it holds exactly the stages that profile needs
+(a real profile has no embedded-world stages) and each stage tracks exactly what it reads:
 
-``dvc.yaml`` cannot take its ``foreach`` lists from the profile file (DVC refuses interpolated
-``vars``), so it lists every method and candidate name once (:data:`METHODS`,
-:data:`CANDIDATES`; a test keeps the two in step) and each stage asks this module whether the
-profile runs it. A stage the profile does not run writes ``skipped.json`` with the reason into
-its output folder and returns at once, so a profile switch costs a second per skipped stage and
-the report shows what was left out and why.
+- code: the import closure of the modules the stage runs (:mod:`senseflow.code_deps`);
+- params: the profile keys its recipe reads (a SenseFlow variant without IDA does not track
+  ``distill.ida.lam``; a consistency baseline tracks its own ``baselines.<name>`` section);
+- data: every folder it reads, including other stages' outputs (``init_from`` of a variant).
 
 Layout (fixed paths, so DVC can track them)::
 
@@ -16,6 +16,11 @@ Layout (fixed paths, so DVC can track them)::
     build/samples/<candidate>/   PNGs + manifest.jsonl + generation.json + speed.json
     build/eval/<candidate>/      summary.json + scores.parquet
     results/                     summary.json, tables/<profile>/, gate.json
+
+One ``generate-<source>`` and one ``evaluate-<source>`` stage per source model (the teacher,
+each method): a source's step counts are written by one process. The ablations of
+``pipeline.ablations`` are stages of their own that write ``skipped.json`` unless
+``params.yaml`` says ``ablations: true`` (``dvc exp run -S ablations=true``).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ SKIPPED = "skipped.json"
 REFERENCE = "teacher_full"  # the teacher at its full step count: FID-T's reference set
 NOISE_FLOOR = "teacher_reseed"  # the same teacher, other seeds: FID-T's noise floor
 
-# Everything dvc.yaml lists. A profile runs a subset (PipelineConfig); the rest is skipped.
+# Every method and candidate name the pipeline knows; a profile runs a subset (PipelineConfig).
 METHODS: tuple[str, ...] = (
     "senseflow", "dmd2", "lcm", "hyper_sd", "senseflow_1step",
     "no_ida", "no_isg", "no_gan", "vanilla_dmd",
@@ -79,6 +84,14 @@ class Candidate:
         if self.name == NOISE_FLOOR:
             return "Teacher, other seeds (noise floor)"
         return f"{base} ({'full' if self.steps is None else self.steps} step{'s' * (self.steps != 1)})"
+
+
+CONSISTENCY_LOOP = ("lcm", "hyper_sd")  # trained by senseflow.consistency_run from `baselines.<name>`
+
+
+def uses_consistency_loop(cfg: ProfileConfig, method: str) -> bool:
+    """Whether ``method`` is a consistency baseline (LCM, Hyper-SD) rather than a SenseFlow-loop variant."""
+    return method in CONSISTENCY_LOOP and method not in cfg.variants
 
 
 def method_kind(method: str) -> Kind:
@@ -162,7 +175,17 @@ def validate_pipeline(cfg: ProfileConfig) -> None:
                 )
 
 
-# ----------------------------------------------------------------------------- paths
+# ----------------------------------------------------------------------------- build paths
+# every build path a stage reads or writes (senseflow.stages, senseflow.dvc_plan): one place
+PREFLIGHT = Path("build/preflight.json")
+WORLD = Path("build/world")
+TEACHER = Path("build/teacher/teacher")
+PROBE = Path("build/probes/probe.safetensors")
+CLIP = Path("build/clip")
+CACHE = Path("build/cache")
+CURVE_REFERENCE = Path("build/curve_reference")  # teacher samples of the in-loop curve (embedded)
+
+
 def distill_dir(method: str) -> Path:
     """Training run folder of ``method``."""
     return Path("build/distill") / method
@@ -201,3 +224,25 @@ def skipped_reason(folder: str | Path) -> str | None:
         return json.loads(path.read_text()).get("reason", "skipped")
     except (OSError, json.JSONDecodeError):
         return "skipped (unreadable skipped.json)"
+
+
+# ----------------------------------------------------------------------------- sources
+def source_of(candidate: str) -> str:
+    """The model a candidate is sampled from: ``teacher`` or the method whose student it is."""
+    c = parse_candidate(candidate)
+    return "teacher" if c.method == "teacher" else c.source_method
+
+
+def planned_candidates(cfg: ProfileConfig) -> list[str]:
+    """Every candidate ``dvc.yaml`` lists for ``cfg`` (ablations included; they may be skipped)."""
+    return [n for n in CANDIDATES if candidate_inactive(cfg, n, ablations=True) is None]
+
+
+def candidates_of(cfg: ProfileConfig, source: str) -> list[str]:
+    """The candidates of ``source`` in ``cfg``'s plan, in table order."""
+    return [n for n in planned_candidates(cfg) if source_of(n) == source]
+
+
+def planned_methods(cfg: ProfileConfig) -> list[str]:
+    """The methods ``dvc.yaml`` lists for ``cfg``: ``pipeline.methods`` then ``pipeline.ablations``."""
+    return [m for m in METHODS if m in cfg.pipeline.methods or m in cfg.pipeline.ablations]

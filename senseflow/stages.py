@@ -1,11 +1,13 @@
-"""What each ``dvc.yaml`` stage runs (``senseflow pipeline STAGE ...``).
+"""What each ``dvc.yaml`` stage runs (``senseflow pipeline STAGE ...``), and the hand-run commands too.
 
-The glue between the profile, the fixed layout of :mod:`senseflow.pipeline` and the commands that do the work.
+The glue between the profile, the fixed layout of :mod:`senseflow.pipeline` and the modules
+that do the work. Each function lazily imports the work of its own stage only, so a stage's
+code deps (:mod:`senseflow.code_deps`) are its entry modules, not this file's every import.
 
-Each function either does its stage's work or, when the profile does not run it, writes the
-skip marker. Training stages resume an interrupted run and start over when DVC reruns a
-finished one (DVC only reruns a stage whose code or params changed, so a finished run found
-at the start of the stage is stale by construction).
+An ablation stage whose switch is off (``params.yaml`` ``ablations: false``) writes the skip
+marker. Training stages resume an interrupted run and start over when DVC reruns a finished
+one (DVC only reruns a stage whose code or params changed, so a finished run found at the
+start of the stage is stale by construction).
 """
 
 from __future__ import annotations
@@ -22,12 +24,15 @@ from senseflow.io import atomic_write_text, ensure_writable_dir
 
 log = logging.getLogger(__name__)
 
-PREFLIGHT = Path("build/preflight.json")
-WORLD = Path("build/world")
-TEACHER = Path("build/teacher/teacher")
-PROBE = Path("build/probes/probe.safetensors")
-CLIP = Path("build/clip")
-CACHE = Path("build/cache")
+PREFLIGHT, WORLD, TEACHER, PROBE, CLIP, CACHE = (
+    pl.PREFLIGHT,
+    pl.WORLD,
+    pl.TEACHER,
+    pl.PROBE,
+    pl.CLIP,
+    pl.CACHE,
+)
+CURVE_PROMPTS = 256  # test prompts of the in-loop FID-T / adherence curve
 # measured against teacher_full (the pipeline's `fid` too: its reference is teacher_full, i.e. FID-T)
 REFERENCE_METRICS = frozenset({"fid_t_probe", "fid_t", "patch_fid_t", "fid"})
 
@@ -38,7 +43,12 @@ def preflight(cfg: ProfileConfig, weights_dir: str | Path | None = None) -> dict
     Real profiles check the weights manifest (``senseflow weights check``) so a machine without
     the weights stops before any stage writes anything, with the command that fetches them.
     """
+    from senseflow.dvc_plan import stale_plan
+
     pl.validate_pipeline(cfg)
+    stale = stale_plan(cfg)
+    if stale:
+        raise UserError(stale)
     record = {"profile": cfg.name, "family": cfg.family}
     if cfg.family != "embedded":
         from eval.weights import check, render_check
@@ -64,53 +74,6 @@ def preflight(cfg: ProfileConfig, weights_dir: str | Path | None = None) -> dict
     # deterministic content: an unchanged preflight never invalidates the stages after it
     atomic_write_text(PREFLIGHT, json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record
-
-
-EMBEDDED_STAGES = ("world", "probes", "clip", "teacher")
-
-
-def skip_embedded_stage(cfg: ProfileConfig, stage: str, out: str | Path) -> str:
-    """On a real profile, write the outputs of the embedded world's ``stage`` as skip markers.
-
-    ``dvc.yaml`` lists the world, probes, clip and teacher stages for every profile and checks
-    that their outputs exist, so a real profile (pretrained teacher, pretrained judges) writes
-    each of them as a marker with the reason: ``skipped.json`` in folders, the reason as JSON
-    in report files, and an empty safetensors file whose metadata holds the reason where
-    weights are expected. Nothing reads them on a real profile. Returns the reason.
-    """
-    from senseflow.io import atomic_save_safetensors, atomic_torch_save
-
-    if stage not in EMBEDDED_STAGES:
-        raise ValueError(f"{stage!r} is not one of the embedded world's stages {EMBEDDED_STAGES}")
-    reason = f"profile {cfg.name!r} (family {cfg.family}) distils a pretrained teacher: no embedded {stage}"
-    out = ensure_writable_dir(out)
-    note = json.dumps({"skipped": True, "reason": reason}, indent=2) + "\n"
-
-    def empty_weights(path: Path) -> None:
-        atomic_save_safetensors({}, path, metadata={"skipped": reason})
-
-    if stage == "world":
-        pl.write_skipped(out, reason)
-        pl.write_skipped(out / "tokenizer", reason)  # the clip stage depends on this folder
-    elif stage == "probes":
-        empty_weights(out / "probe.safetensors")
-        atomic_write_text(out / "probe_report.json", note)
-    elif stage == "clip":
-        empty_weights(out / "clip.safetensors")
-        atomic_write_text(out / "clip_config.json", note)
-        pl.write_skipped(out / "tokenizer", reason)
-        atomic_write_text(out / "clip_report.json", note)
-    else:
-        from senseflow.config import dump_profile
-
-        pl.write_skipped(out / "teacher", reason)
-        pl.write_skipped(out / "dvclive" / "plots" / "metrics", reason)
-        atomic_write_text(out / "dvclive" / "metrics.json", note)
-        atomic_write_text(out / "config.yaml", dump_profile(cfg))
-        # the persisted output dvc expects; its foreign "config" makes a later embedded run start over
-        marker = {"skipped": reason, "step": 0, "config": {"skipped": reason}}
-        atomic_torch_save(marker, out / "checkpoint.pt")
-    return reason
 
 
 def missing_inputs(cfg: ProfileConfig) -> list[str]:
@@ -184,8 +147,73 @@ def _clear(folder: Path) -> None:
         shutil.rmtree(child) if child.is_dir() else child.unlink()
 
 
+def curve_reference(
+    cfg: ProfileConfig, out: str | Path = pl.CURVE_REFERENCE, *, progress: bool = True
+) -> Path:
+    """Teacher samples of the first test prompts: the reference of the in-loop FID-T curve (embedded).
+
+    Sampled at the steps and CFG of the teacher's own ``recipe.json`` with a fixed seed, so it
+    depends on the teacher folder and the world only: a change of ``teacher.sample``
+    (``teacher_full``'s prompt count, seed, batch size) never retrains a student.
+    """
+    from senseflow.samples import sample_to_folder
+    from senseflow.teacher import load_teacher
+    from senseflow.world.prompts import load_prompt_file
+
+    backbone, recipe = load_teacher(TEACHER, WORLD)
+    records = load_prompt_file(WORLD / "prompts" / "test.jsonl")[:CURVE_PROMPTS]
+    sample_to_folder(
+        backbone, records, out, shape=(recipe["channels"], recipe["resolution"], recipe["resolution"]),
+        steps=int(recipe["steps"]), cfg=float(recipe["cfg"]), seed=0, batch_size=256, progress=progress,
+    )  # fmt: skip
+    return Path(out)
+
+
+def train(
+    cfg: ProfileConfig,
+    out: str | Path,
+    method: str,
+    *,
+    world_dir: str | Path = WORLD,
+    teacher_dir: str | Path = TEACHER,
+    probe_path: str | Path = PROBE,
+    reference_dir: str | Path | None = pl.CURVE_REFERENCE,
+    cache_dir: str | Path | None = CACHE,
+    eval_prompts: int = CURVE_PROMPTS,
+    sampler: str = "euler",
+    init_from: str | Path | None = None,
+    progress: bool = True,
+) -> dict:
+    """The one dispatch of distillation: train ``method`` of ``cfg`` into ``out``.
+
+    Real families: :func:`senseflow.real_run.distill_real`. Embedded: the consistency loop
+    (:mod:`senseflow.consistency_run`) for LCM / Hyper-SD, else the SenseFlow loop
+    (:mod:`senseflow.distill_run`) with the variant's recipe. ``senseflow distill`` (by hand)
+    and the ``distill-<method>`` stages both call this.
+    """
+    if cfg.family != "embedded":
+        from senseflow.real_run import distill_real
+
+        return distill_real(cfg, out, variant=method, cache_dir=cache_dir, progress=progress)
+    common = dict(
+        world_dir=world_dir, teacher_dir=teacher_dir, probe_path=probe_path, reference_dir=reference_dir,
+        eval_prompts=eval_prompts, cache_dir=cache_dir, progress=progress,
+    )  # fmt: skip
+    if pl.uses_consistency_loop(cfg, method):
+        from senseflow.consistency_run import consistency_embedded
+
+        if init_from is not None:
+            raise UserError(f"--init-from is not supported by the {method} baseline")
+        return consistency_embedded(cfg, out, variant=method, **common)
+    from senseflow.distill_run import distill_embedded
+
+    return distill_embedded(cfg, out, variant=method, sampler=sampler, init_from=init_from, **common)
+
+
 def distill(cfg: ProfileConfig, method: str, *, ablations: bool, progress: bool = True) -> dict:
-    """Train ``method`` into ``build/distill/<method>`` (or record why the profile skips it)."""
+    """Train ``method`` into ``build/distill/<method>`` (an ablation whose switch is off: skip marker)."""
+    from senseflow.train import ResumeError
+
     out = pl.distill_dir(method)
     reason = pl.method_inactive(cfg, method, ablations)
     if reason:
@@ -197,37 +225,17 @@ def distill(cfg: ProfileConfig, method: str, *, ablations: bool, progress: bool 
     if _stale_run(out) or (out / pl.SKIPPED).is_file():
         log.info("%s holds a finished run of other code or params: starting over", out)
         _clear(out)
-    from senseflow.train import ResumeError
-
-    if cfg.family == "embedded":
-        from senseflow.distill_run import distill_method
-
-        kwargs = dict(
-            world_dir=WORLD, teacher_dir=TEACHER, probe_path=PROBE,
-            reference_dir=pl.samples_dir(pl.REFERENCE), cache_dir=CACHE, progress=progress,
-        )  # fmt: skip
-
-        def run() -> dict:
-            return distill_method(cfg, out, method, **kwargs)
-
-    else:
-        # real teachers: weights, data and the VFM from the profile; the prompt cache if it covers the data
-        from senseflow.real_run import distill_real
-
-        def run() -> dict:
-            return distill_real(cfg, out, variant=method, cache_dir=CACHE, progress=progress)
-
     try:
-        return run()
+        return train(cfg, out, method, progress=progress)
     except ResumeError as exc:
         # the interrupted run was started under other settings: DVC asked for the new ones
         log.warning("%s; starting over", exc)
         _clear(out)
-        return run()
+        return train(cfg, out, method, progress=progress)
 
 
 def export(cfg: ProfileConfig, method: str, *, ablations: bool) -> Path:
-    """Export ``method``'s trained generator to ``build/students/<method>``."""
+    """Publish ``method``'s trained generator to ``build/students/<method>``."""
     out = pl.student_dir(method)
     reason = pl.method_inactive(cfg, method, ablations)
     if reason:
@@ -241,13 +249,20 @@ def export(cfg: ProfileConfig, method: str, *, ablations: bool) -> Path:
         with atomic_folder(out) as tmp:
             shutil.copytree(final, tmp, dirs_exist_ok=True)
         return out
+    if pl.uses_consistency_loop(cfg, method):  # the consistency loop exports only at its end
+        raise UserError(
+            f"{pl.distill_dir(method)} has no exported student: "
+            f"rerun `dvc repro distill-{method}` to finish it"
+        )
     if cfg.family != "embedded":
         from senseflow.real_run import export_real_from_run
 
         return export_real_from_run(cfg, pl.distill_dir(method), out, method)
-    from senseflow.distill_run import export_method
+    from senseflow.distill_run import export_from_run
 
-    return export_method(cfg, pl.distill_dir(method), out, method, world_dir=WORLD, teacher_dir=TEACHER)
+    return export_from_run(
+        cfg, pl.distill_dir(method), out, variant=method, world_dir=WORLD, teacher_dir=TEACHER
+    )
 
 
 def generation_prompts(cfg: ProfileConfig) -> tuple[str, str | None]:
@@ -267,8 +282,8 @@ def generation_prompts(cfg: ProfileConfig) -> tuple[str, str | None]:
     return p.set, p.source
 
 
-def generate(cfg: ProfileConfig, name: str, *, ablations: bool, progress: bool = True) -> Path:
-    """Sample candidate ``name`` on the profile's prompts into ``build/samples/<name>``."""
+def generate_candidate(cfg: ProfileConfig, name: str, *, ablations: bool, progress: bool = True) -> Path:
+    """Sample candidate ``name`` on the profile's prompts into ``build/samples/<name>`` (resumable)."""
     out = pl.samples_dir(name)
     reason = pl.candidate_inactive(cfg, name, ablations)
     if reason:
@@ -297,13 +312,31 @@ def generate(cfg: ProfileConfig, name: str, *, ablations: bool, progress: bool =
     return out
 
 
-def evaluate(cfg: ProfileConfig, name: str) -> dict:
+def _source_candidates(cfg: ProfileConfig, source: str) -> list[str]:
+    names = pl.candidates_of(cfg, source)
+    if not names:
+        raise UserError(
+            f"profile {cfg.name!r} samples nothing from {source!r} "
+            f"(`senseflow pipeline list --profile {cfg.name}`)"
+        )
+    return names
+
+
+def generate(cfg: ProfileConfig, source: str, *, ablations: bool, progress: bool = True) -> list[Path]:
+    """Every candidate of ``source`` (``teacher`` or a method): all its step counts, in this one process."""
+    return [
+        generate_candidate(cfg, name, ablations=ablations, progress=progress)
+        for name in _source_candidates(cfg, source)
+    ]
+
+
+def evaluate_candidate(cfg: ProfileConfig, name: str) -> dict:
     """Score ``build/samples/<name>`` with the profile's metrics into ``build/eval/<name>``."""
     out = pl.eval_dir(name)
     reason = pl.skipped_reason(pl.samples_dir(name))
     if reason:
         pl.write_skipped(out, reason)
-        return {"skipped": reason}
+        return {"skipped": reason, "candidate": name}
     from eval.evaluate import evaluate as run_evaluate
 
     p = cfg.pipeline
@@ -321,3 +354,8 @@ def evaluate(cfg: ProfileConfig, name: str) -> dict:
         pl.samples_dir(name), list(p.metrics), out, reference=reference,
         seed=p.eval_seed, n_boot=p.n_boot, n_boot_set=p.n_boot_set, not_applicable=skip, **extra,
     )  # fmt: skip
+
+
+def evaluate(cfg: ProfileConfig, source: str) -> list[dict]:
+    """Score every candidate of ``source`` (``teacher`` or a method), in this one process."""
+    return [evaluate_candidate(cfg, name) for name in _source_candidates(cfg, source)]

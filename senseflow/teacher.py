@@ -225,7 +225,10 @@ def train_teacher(
                 ckpt_path,
             )
     live.end()
-    seconds = time.perf_counter() - t0
+    # wall clock goes to a metrics file nothing depends on, never into the export (its hash is a
+    # dep of every student: a re-export must not retrain them)
+    timing = {"train_seconds_this_run": round(time.perf_counter() - t0, 1), "train_steps": steps}
+    atomic_write_text(out_dir / "timing.json", json.dumps(timing, indent=2) + "\n")
     return export_teacher(
         model, ema, out_dir / EXPORT,
         recipe={
@@ -238,7 +241,6 @@ def train_teacher(
             "steps": sample_steps,
             "cfg": sample_cfg,
             "train_steps": steps,
-            "train_seconds_this_run": round(seconds, 1),
         },
     )  # fmt: skip
 

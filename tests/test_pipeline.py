@@ -1,4 +1,10 @@
-"""End to end: `dvc repro` of the smoke profile in a fresh copy of the repository."""
+"""End to end: `dvc repro` of the smoke profile in a fresh copy of the repository, run ONCE.
+
+The module's fixture runs the smoke pipeline from nothing; the tests after it read its results,
+ask `dvc status` what an edit would rerun, and finally (last, as it changes code) break the DMD
+sign and check that the gate fails. CI runs this file once (`make test`); `.ci/smoke` is the
+same pipeline for a person to watch.
+"""
 
 import json
 import os
@@ -9,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from .conftest import ROOT
 
@@ -21,8 +28,9 @@ SKIP = {".venv", ".git", "build", "results", ".pytest_cache", ".ruff_cache", "__
 
 def _copy_repo(dest: Path, profile: str = "smoke") -> Path:
     shutil.copytree(ROOT, dest, ignore=lambda d, names: [n for n in names if n in SKIP])
-    params = dest / "params.yaml"
-    params.write_text(params.read_text().replace("profile: embedded", f"profile: {profile}"))
+    # params.yaml and dvc.yaml of the profile (the render command the README gives)
+    subprocess.run([sys.executable, "-m", "senseflow.cli", "pipeline", "render", "--profile", profile],
+                   cwd=dest, env=_env(dest), check=True, capture_output=True)  # fmt: skip
     for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
                 ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"]):  # fmt: skip
         subprocess.run(cmd, cwd=dest, check=True)
@@ -48,13 +56,36 @@ def _ran(out: str) -> set[str]:
     return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
 
 
-def test_smoke_pipeline_end_to_end(tmp_path):
-    repo = _copy_repo(tmp_path / "repo")
+def _changed(repo: Path) -> set[str]:
+    """Stages `dvc status` reports as changed (their own deps, params or outs)."""
+    status = _dvc(repo, "status", "--json", timeout=300)
+    assert status.returncode == 0, status.stderr[-2000:]
+    return set(json.loads(status.stdout or "{}"))
+
+
+def _restore(repo: Path) -> None:
+    subprocess.run(["git", "checkout", "-q", "--", "."], cwd=repo, check=True)
+
+
+def _deps_of(repo: Path, path: str) -> set[str]:
+    """Stages of the rendered dvc.yaml with a dep covering ``path``."""
+    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    return {name for name, s in stages.items()
+            if any(path == d or path.startswith(d + "/") for d in s.get("deps", []))}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> Path:
+    repo = _copy_repo(tmp_path_factory.mktemp("smoke") / "repo")
     t0 = time.perf_counter()
-    run = _dvc(repo, "repro")
+    run = _dvc(repo, "repro", timeout=1800)
     print(f"smoke dvc repro from nothing: {time.perf_counter() - t0:.0f} s")
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
+    return repo
 
+
+def test_smoke_pipeline_end_to_end(smoke):
+    repo = smoke
     summary = json.loads((repo / "results/summary.json").read_text())
     cands = summary["candidates"]
     assert set(cands) == {"teacher_full", "senseflow_4", "lcm_4"}, sorted(cands)
@@ -76,30 +107,67 @@ def test_smoke_pipeline_end_to_end(tmp_path):
     metrics = _dvc(repo, "metrics", "show", "--json")
     assert "senseflow_4" in metrics.stdout
 
-    # nothing changed: a second repro runs no stage
+
+def test_nothing_changed_reruns_nothing(smoke):
     t0 = time.perf_counter()
-    again = _dvc(repo, "repro", timeout=300)
+    again = _dvc(smoke, "repro", timeout=300)
     print(f"second dvc repro, nothing changed: {time.perf_counter() - t0:.1f} s")
     assert again.returncode == 0 and not _ran(again.stdout), again.stdout[-2000:]
+    assert _changed(smoke) == set()
 
-    # an evaluation knob reruns only the evaluation stages, the report and the gate
-    exp = _dvc(repo, "exp", "run", "-S", "experiments/smoke.yaml:pipeline.n_boot=100", timeout=600)
+
+def test_editing_the_student_code_marks_the_generate_stages(smoke):
+    # issue 16: an edit of senseflow/student.py used to mark no generate stage
+    path = smoke / "senseflow/student.py"
+    path.write_text(path.read_text() + "\n# an edit\n")
+    try:
+        changed = _changed(smoke)
+    finally:
+        _restore(smoke)
+    generate = {
+        s for s in yaml.safe_load((smoke / "dvc.yaml").read_text())["stages"] if s.startswith("generate-")
+    }
+    assert generate <= changed, (generate, changed)
+    # exactly the stages that import it (and the first stage, which tracks all code for the render check)
+    assert changed == _deps_of(smoke, "senseflow/student.py") | {"preflight"}, changed
+    assert not {"world", "probes", "clip", "teacher", "cache", "curve-reference"} & changed
+
+
+def test_a_knob_of_ida_marks_only_the_methods_that_use_ida(smoke):
+    # the README's example: `dvc exp run -S experiments/smoke.yaml:distill.ida.lam=0.95` edits this key
+    path = smoke / "experiments/smoke.yaml"
+    before = "ida: {enabled: true, lam: 0.97}"
+    assert before in path.read_text()
+    path.write_text(path.read_text().replace(before, "ida: {enabled: true, lam: 0.95}"))
+    try:
+        changed = _changed(smoke)
+    finally:
+        _restore(smoke)
+    # senseflow uses IDA; lcm (consistency loop) and no_ida (an ablation without it) do not
+    assert changed == {"preflight", "distill-senseflow"}, changed
+
+
+def test_an_evaluation_knob_reruns_only_the_evaluation(smoke):
+    exp = _dvc(smoke, "exp", "run", "-S", "experiments/smoke.yaml:pipeline.n_boot=100", timeout=600)
     assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-2000:]
     ran = _ran(exp.stdout)
-    assert ran and all(s.startswith("evaluate@") or s in ("report", "gate") for s in ran), ran
+    assert ran and all(s.startswith("evaluate-") or s in ("preflight", "report", "gate") for s in ran), ran
+    _restore(smoke)
 
 
-def test_broken_dmd_sign_fails_the_gate(tmp_path):
-    # the distillation loss pushed the wrong way: the pipeline still runs to the end, and the
-    # gate fails on the SenseFlow student's FID-T (experiments/thresholds/smoke.yaml)
-    repo = _copy_repo(tmp_path / "repo")
+def test_broken_dmd_sign_fails_the_gate(smoke):
+    # last: it changes code. The distillation loss pushed the wrong way: the pipeline still runs to
+    # the end, and the gate fails on the SenseFlow student's FID-T (experiments/thresholds/smoke.yaml);
+    # only the stages that import the loss rerun (not the world, the teacher, the probe)
+    repo = smoke
     dmd = repo / "senseflow/losses/dmd.py"
     src = dmd.read_text()
     assert "grad = (fake - real) / w" in src
     dmd.write_text(src.replace("grad = (fake - real) / w", "grad = (real - fake) / w"))
-    run = _dvc(repo, "repro")
+    run = _dvc(repo, "repro", timeout=1200)
     out = run.stdout + run.stderr
     assert run.returncode != 0 and "failed to reproduce 'gate'" in out, out[-4000:]
+    assert not {"world", "probes", "clip", "teacher"} & _ran(run.stdout), _ran(run.stdout)
     gate = json.loads((repo / "results/gate.json").read_text())
     failed = {(r["candidate"], r["metric"]) for r in gate["rows"] if not r["passed"]}
     assert gate["passed"] is False and failed == {("senseflow_4", "fid_t_probe")}, failed
@@ -158,13 +226,16 @@ def test_real_profile_runs_through_dvc_on_tiny_weights(tmp_path):
                          n_boot_set=5, student_steps=[4], teacher_steps=[4], noise_floor=False)  # fmt: skip
     p["runtime"] = {"nproc_per_node": 1, "device": "cpu", "threads": 1}
     path.write_text(yaml.safe_dump(p, sort_keys=False))
+    subprocess.run([sys.executable, "-m", "senseflow.cli", "pipeline", "render"], cwd=repo, env=_env(repo),
+                   check=True)  # the pipeline section changed: render the plan again  # fmt: skip
     subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "tiny"], cwd=repo,
                    check=True)  # fmt: skip
     env = {**_env(repo), "SENSEFLOW_WEIGHTS": str(weights)}
     run = subprocess.run(["dvc", "repro", "report"], cwd=repo, env=env, capture_output=True, text=True,
                          timeout=900)  # fmt: skip
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
-    assert {"world", "teacher", "cache", "distill@senseflow", "generate@senseflow_4"} <= _ran(run.stdout)
+    assert {"cache", "distill-senseflow", "generate-senseflow"} <= _ran(run.stdout)
+    assert not {"world", "teacher"} & set(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
     assert json.loads((repo / "build/distill/senseflow/summary.json").read_text())["text"] == "cached"
     cands = json.loads((repo / "results/summary.json").read_text())["candidates"]
     assert set(cands) == {"teacher_full", "teacher_4", "senseflow_4"}, sorted(cands)

@@ -11,31 +11,13 @@ from senseflow import pipeline as pl
 from senseflow.config import ConfigError, load_profile
 from senseflow.errors import UserError
 
-from .conftest import ROOT
 
-
-def test_dvc_yaml_lists_every_method_and_candidate_once():
-    dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for stage in ("distill", "export"):
-        # only the ablation stages take the `ablations` switch: flipping it reruns nothing else
-        main, ablation = dvc[stage], dvc[f"{stage}_ablation"]
-        assert tuple(ablation["foreach"]) == pl.ABLATION_METHODS
-        assert tuple(main["foreach"]) + tuple(ablation["foreach"]) == pl.METHODS
-        assert "--ablations" not in main["do"]["cmd"] and "ablations" not in main["do"]["params"]
-        assert "--ablations ${ablations}" in ablation["do"]["cmd"] and "ablations" in ablation["do"]["params"]
-    generate = {**dvc["generate"]["foreach"], **dvc["generate_ablation"]["foreach"]}
-    assert set(dvc["generate_ablation"]["foreach"]) == {f"{m}_4" for m in pl.ABLATION_METHODS}
-    assert "--ablations" not in dvc["generate"]["do"]["cmd"]
-    for items in (generate, dvc["evaluate"]["foreach"]):
-        assert sorted(items) == sorted(pl.CANDIDATES) and len(items) == len(pl.CANDIDATES)
-        for name, item in items.items():  # each candidate depends on the folder it is sampled from
-            c = pl.parse_candidate(name)
-            expected = (
-                "build/teacher/teacher" if c.method == "teacher" else f"build/students/{c.source_method}"
-            )
-            assert item["source"] == expected
-    report_deps = set(dvc["report"]["deps"])
-    assert {f"build/eval/{c}" for c in pl.CANDIDATES} <= report_deps
+def test_sources_group_the_candidates():
+    smoke = load_profile("smoke")
+    assert pl.source_of("senseflow_1") == "senseflow_1step" and pl.source_of("teacher_reseed") == "teacher"
+    assert pl.candidates_of(smoke, "teacher") == [pl.REFERENCE]
+    assert pl.candidates_of(smoke, "no_ida") == ["no_ida_4"]  # planned, run only with ablations=true
+    assert pl.planned_methods(smoke) == ["senseflow", "lcm", "no_ida"]
 
 
 def test_candidates_parse_and_profiles_choose():

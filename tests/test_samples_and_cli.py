@@ -94,17 +94,9 @@ def test_cli_bad_profiles_are_one_line(args, message):
 def test_cli_bad_inputs(tmp_path, world_dir, teacher_dir):
     prompts = tmp_path / "p.txt"
     prompts.write_text("at the top left a red 3 on a black background\n\n")
-    r = _cli(
-        "sample",
-        "--model",
-        str(teacher_dir),
-        "--prompts",
-        str(prompts),
-        "--world",
-        str(world_dir),
-        "--out",
-        str(tmp_path / "o"),
-    )
+    # `senseflow sample` is gone: `senseflow generate --candidate teacher` is the one way to sample
+    r = _cli("generate", "--candidate", "teacher", "--teacher", str(teacher_dir), "--prompts", str(prompts),
+             "--world", str(world_dir), "--out", str(tmp_path / "o"))  # fmt: skip
     assert r.returncode == 2 and "p.txt:2: empty line" in r.stderr
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -124,7 +116,7 @@ def test_cli_bad_inputs(tmp_path, world_dir, teacher_dir):
     assert r.returncode == 2 and "checkpoint.pt is corrupt" in r.stderr and "delete it" in r.stderr
     good = tmp_path / "good.txt"
     good.write_text("at the top left a red 3 on a black background\n")
-    r = _cli("sample", "--model", str(tmp_path), "--prompts", str(good), "--out", str(tmp_path / "o"))
+    r = _cli("generate", "--candidate", str(tmp_path), "--prompts", str(good), "--out", str(tmp_path / "o"))
     assert r.returncode == 2 and "recipe.json is missing" in r.stderr
 
 
