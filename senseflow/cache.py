@@ -36,10 +36,11 @@ import torch
 from safetensors import SafetensorError, safe_open
 from tqdm.auto import tqdm
 
+from senseflow.conditioning import PromptEmbeds
 from senseflow.errors import MissingArtefactError, UserError
 from senseflow.io import atomic_save_safetensors, atomic_write_text, ensure_writable_dir
 from senseflow.world.prompts import load_prompt_file
-from senseflow.world.text import POOLING_FILE, PromptEmbeds, WorldTextEncoder
+from senseflow.world.text import POOLING_FILE, WorldTextEncoder
 
 log = logging.getLogger(__name__)
 

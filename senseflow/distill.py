@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from senseflow.backbones.base import Backbone
+from senseflow.conditioning import PromptEmbeds
 from senseflow.discriminator.fake_head import FakeFeatureHead
 from senseflow.losses import (
     dmd_loss,
@@ -27,7 +28,6 @@ from senseflow.losses import (
     sample_fake_score_sigmas,
     sample_isg_mid,
 )
-from senseflow.world.text import PromptEmbeds
 
 
 def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:

@@ -6,6 +6,7 @@ renamed over the target (``os.replace`` is atomic on POSIX within one filesystem
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -104,3 +105,16 @@ def atomic_save_safetensors(
 
     tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
     atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in ``chunk``-byte blocks (weights can be gigabytes).
+
+    The one implementation: weight manifests, encoder fingerprints, preference-model caches
+    and reference statistics all hash files through this.
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -12,7 +12,7 @@ from typing import Literal, Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from senseflow.world.text import PromptEmbeds
+from senseflow.conditioning import PromptEmbeds
 
 Prediction = Literal["flow", "epsilon"]
 Guidance = Literal["cfg", "embedded"]

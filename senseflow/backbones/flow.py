@@ -13,8 +13,8 @@ from diffusers import SD3Transformer2DModel
 from senseflow.backbones.base import IdentityCodec, LatentCodec, PromptEncoder
 from senseflow.backbones.conversions import flow_add_noise, flow_x0_from_velocity
 from senseflow.backbones.guidance import batched_cfg, per_sample
+from senseflow.conditioning import PromptEmbeds
 from senseflow.schedules import NUM_TRAIN_TIMESTEPS
-from senseflow.world.text import PromptEmbeds
 
 
 class SD3FlowBackbone:

@@ -24,9 +24,9 @@ from senseflow.backbones.guidance import is_unit_scale, per_sample
 from senseflow.backbones.prompts import PipelinePromptEncoder
 from senseflow.backbones.shift import resolution_mu, scheduler_shift
 from senseflow.backbones.vae import VaeCodec
+from senseflow.conditioning import PromptEmbeds
 from senseflow.config import PretrainedConfig
 from senseflow.errors import UserError
-from senseflow.world.text import PromptEmbeds
 
 GUIDANCE_PREFIX = "time_text_embed.guidance_embedder."
 

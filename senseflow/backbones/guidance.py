@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 
 from senseflow.backbones.conversions import cfg_combine
-from senseflow.world.text import PromptEmbeds
+from senseflow.conditioning import PromptEmbeds
 
 # (x_t, per-sample t of shape (B,), conditioning) -> native prediction
 PredictFn = Callable[[torch.Tensor, torch.Tensor, PromptEmbeds], torch.Tensor]

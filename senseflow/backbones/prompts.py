@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from diffusers import DiffusionPipeline
 
-from senseflow.world.text import PromptEmbeds
+from senseflow.conditioning import PromptEmbeds
 
 
 def text_only_pipeline(pipeline: DiffusionPipeline, names: tuple[str, ...]) -> DiffusionPipeline:

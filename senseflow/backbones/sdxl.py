@@ -17,9 +17,9 @@ from senseflow.backbones.conversions import eps_add_noise, eps_x0_from_eps
 from senseflow.backbones.guidance import batched_cfg, per_sample
 from senseflow.backbones.prompts import PipelinePromptEncoder
 from senseflow.backbones.vae import VaeCodec
+from senseflow.conditioning import PromptEmbeds
 from senseflow.config import PretrainedConfig
 from senseflow.errors import UserError
-from senseflow.world.text import PromptEmbeds
 
 
 def ddpm_alphas_cumprod(scheduler_config) -> torch.Tensor:

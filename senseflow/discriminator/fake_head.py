@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from senseflow.backbones.base import Backbone
-from senseflow.world.text import PromptEmbeds
+from senseflow.conditioning import PromptEmbeds
 
 
 class FakeFeatureHead(nn.Module):

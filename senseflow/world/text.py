@@ -13,7 +13,6 @@ bytes instead of rebuilding them.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,6 +22,7 @@ from tokenizers.pre_tokenizers import WhitespaceSplit
 from tokenizers.processors import TemplateProcessing
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
+from senseflow.conditioning import PromptEmbeds  # noqa: F401  (moved there; re-exported)
 from senseflow.errors import MissingArtefactError, UserError
 from senseflow.io import atomic_write_text
 from senseflow.world.scenes import BACKGROUND_NAMES, COLOUR_NAMES, DIGIT_NAMES, POSITIONS
@@ -84,30 +84,6 @@ def build_text_encoder(
         torch.manual_seed(seed)
         model = CLIPTextModel(config)
     return model.eval().requires_grad_(False)
-
-
-@dataclass
-class PromptEmbeds:
-    """Per-token and pooled text embeddings, the conditioning of every backbone."""
-
-    hidden: torch.Tensor  # (B, L, D)
-    pooled: torch.Tensor  # (B, D)
-
-    def __len__(self) -> int:
-        return self.hidden.shape[0]
-
-    def index(self, idx) -> PromptEmbeds:
-        """Rows ``idx`` of both tensors."""
-        return PromptEmbeds(self.hidden[idx], self.pooled[idx])
-
-    def to(self, device) -> PromptEmbeds:
-        """Move both tensors to ``device``."""
-        return PromptEmbeds(self.hidden.to(device), self.pooled.to(device))
-
-    @staticmethod
-    def cat(items: list[PromptEmbeds]) -> PromptEmbeds:
-        """Concatenate along the batch dimension."""
-        return PromptEmbeds(torch.cat([e.hidden for e in items]), torch.cat([e.pooled for e in items]))
 
 
 POOLINGS = ("eos", "tokens")
