@@ -11,12 +11,14 @@ import pytest  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def torchrun(port: int, nproc: int = 2) -> list[str]:
-    """Launcher prefix for CPU processes under torchrun (its own port per test: they may run back to back)."""
+def torchrun(port: int | None = None, nproc: int = 2) -> list[str]:
+    """Launcher prefix for CPU processes under torchrun, on a free port unless one is given."""
     import sys
 
+    from tests.helpers.ports import free_port
+
     return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-            "--master_port", str(port), "-m"]  # fmt: skip
+            "--master_port", str(port or free_port()), "-m"]  # fmt: skip
 
 
 @pytest.fixture(scope="session")

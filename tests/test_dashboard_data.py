@@ -256,6 +256,7 @@ def test_paired_comparison_matches_direct_difference(roots, summary):
     assert table.at["clip_score_embedded", "ci_low"] <= expected <= table.at["clip_score_embedded", "ci_high"]
 
 
+@pytest.mark.slow  # a DVC repository with experiments
 def test_experiments_from_dvc(tmp_path):
     repo = tmp_path / "repo"
     repo.mkdir()

@@ -263,7 +263,7 @@ def test_two_ranks_split_the_prompts_and_merge_one_manifest(tmp_path, world_dir,
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     res = subprocess.run(
-        [*_torchrun(29541), "senseflow.cli", *args, "--out", str(tmp_path / "two")],
+        [*_torchrun(), "senseflow.cli", *args, "--out", str(tmp_path / "two")],
         cwd=ROOT,
         env=env,
         capture_output=True,
