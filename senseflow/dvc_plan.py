@@ -346,12 +346,22 @@ def render_to_disk(profile: str | None = None, *, root: Path = Path(".")) -> tup
 
 
 def stale_plan(cfg: ProfileConfig, root: Path = Path(".")) -> str | None:
-    """Why ``dvc.yaml`` is not the plan of ``cfg`` (None when it is): the fix is the render command."""
+    """Why ``dvc.yaml`` is not the plan of ``cfg`` (None when it is): the fix is the render command.
+
+    Also stale: ``params.yaml`` naming another profile (``dvc exp run -S profile=NAME`` changes
+    that file, not the stages, whose commands name the profile they were rendered for).
+    """
+    fix = "run `senseflow pipeline render --profile {0}`, then `dvc repro` again"
+    params = root / PARAMS_FILE
+    if params.is_file():
+        wanted = read_params(params)["profile"]
+        if wanted != cfg.name:
+            why = f"{params} names profile {wanted!r} but dvc.yaml was rendered for {cfg.name!r}"
+            return f"{why}: {fix.format(wanted)}"
     path = root / DVC_FILE
     if path.is_file() and path.read_text() == render(cfg):
         return None
     return (
         f"{path} is not the rendered plan of profile {cfg.name!r} (profile, pipeline section or code "
-        f"changed since it was rendered): run `senseflow pipeline render --profile {cfg.name}`, then "
-        "`dvc repro` again"
+        "changed since it was rendered): " + fix.format(cfg.name)
     )

@@ -206,6 +206,10 @@ def test_preflight_stops_on_a_stale_plan(tmp_path, monkeypatch):
         preflight(load_profile("smoke"))
     (tmp_path / "dvc.yaml").write_text(dvc_plan.render(load_profile("smoke")))
     assert preflight(load_profile("smoke"))["profile"] == "smoke"
+    # `dvc exp run -S profile=embedded` rewrites params.yaml only: the smoke stages must not run
+    (tmp_path / "params.yaml").write_text("profile: embedded\nablations: false\n")
+    with pytest.raises(UserError, match="names profile 'embedded'.*render --profile embedded"):
+        preflight(load_profile("smoke"))
 
 
 def test_render_switches_the_profile(tmp_path):
