@@ -3,7 +3,7 @@
 #   sbatch --nodes=2 experiments/launch/slurm_distill.sh flux_dev senseflow
 # Every node runs one torchrun with 8 processes; torchrun's c10d rendezvous on the first node
 # joins them. The stage command is the one dvc.yaml runs, so its outputs land where
-# `dvc commit distill@<method>` expects them; a killed job resumes when resubmitted.
+# `dvc commit distill-<method>` expects them; a killed job resumes when resubmitted.
 #SBATCH --job-name=senseflow-distill
 #SBATCH --gpus-per-node=8
 #SBATCH --ntasks-per-node=1
