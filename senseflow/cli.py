@@ -621,7 +621,7 @@ def pipeline_curve_reference(profile: Profile = "embedded", set_: Sets = None, q
 
     cfg = _embedded(_cfg(profile, set_))
     _threads(cfg)
-    typer.echo(str(curve_reference(cfg, progress=not quiet)))
+    typer.echo(str(curve_reference(progress=not quiet)))
 
 
 Source = Annotated[str, typer.Argument(help="teacher or a method (`senseflow pipeline list`).")]

@@ -148,7 +148,11 @@ def _clear(folder: Path) -> None:
 
 
 def curve_reference(
-    cfg: ProfileConfig, out: str | Path = pl.CURVE_REFERENCE, *, progress: bool = True
+    out: str | Path = pl.CURVE_REFERENCE,
+    *,
+    teacher_dir: str | Path = TEACHER,
+    world_dir: str | Path = WORLD,
+    progress: bool = True,
 ) -> Path:
     """Teacher samples of the first test prompts: the reference of the in-loop FID-T curve (embedded).
 
@@ -156,16 +160,21 @@ def curve_reference(
     depends on the teacher folder and the world only: a change of ``teacher.sample``
     (``teacher_full``'s prompt count, seed, batch size) never retrains a student.
     """
-    from senseflow.samples import sample_to_folder
+    from senseflow.samples import MANIFEST, SPEED, sample_to_folder
     from senseflow.teacher import load_teacher
     from senseflow.world.prompts import load_prompt_file
 
-    backbone, recipe = load_teacher(TEACHER, WORLD)
-    records = load_prompt_file(WORLD / "prompts" / "test.jsonl")[:CURVE_PROMPTS]
-    sample_to_folder(
+    backbone, recipe = load_teacher(teacher_dir, world_dir)
+    records = load_prompt_file(Path(world_dir) / "prompts" / "test.jsonl")[:CURVE_PROMPTS]
+    done = sample_to_folder(
         backbone, records, out, shape=(recipe["channels"], recipe["resolution"], recipe["resolution"]),
         steps=int(recipe["steps"]), cfg=float(recipe["cfg"]), seed=0, batch_size=256, progress=progress,
     )  # fmt: skip
+    # every distillation stage reads this folder: no wall clock in it (the measured seconds per
+    # image would change its hash on a rerun with the same images)
+    (Path(out) / SPEED).unlink(missing_ok=True)
+    timeless = [{k: v for k, v in r.items() if "second" not in k} for r in done]
+    atomic_write_text(Path(out) / MANIFEST, "".join(json.dumps(r) + "\n" for r in timeless))
     return Path(out)
 
 

@@ -219,3 +219,22 @@ def test_render_switches_the_profile(tmp_path):
     assert dvc_plan.read_params(tmp_path / "params.yaml")["profile"] == "smoke"
     assert "# do not edit" in (tmp_path / "dvc.yaml").read_text().splitlines()[1]
     assert dvc_plan.render_to_disk(None, root=tmp_path) == ("smoke", False)
+
+
+def test_curve_reference_is_deterministic_and_holds_no_wall_clock(tmp_path, world_dir):
+    # every distillation stage reads it: a rerun with the same teacher must give the same bytes
+    from senseflow.stages import curve_reference
+
+    from .distill_script import tiny_teacher
+
+    teacher = tmp_path / "teacher"
+    tiny_teacher(str(world_dir)).network.save_pretrained(teacher / "transformer")
+    recipe = {"steps": 2, "cfg": 2.0, "channels": 3, "resolution": 16, "shift": 1.0}
+    (teacher / "recipe.json").write_text(json.dumps(recipe))
+    a = curve_reference(tmp_path / "a", teacher_dir=teacher, world_dir=world_dir, progress=False)
+    b = curve_reference(tmp_path / "b", teacher_dir=teacher, world_dir=world_dir, progress=False)
+    assert not (a / "speed.json").exists()
+    records = [json.loads(line) for line in (a / "manifest.jsonl").read_text().splitlines()]
+    assert records and all("scene" in r and not any("second" in k for k in r) for r in records)
+    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())
+    assert all((a / p.name).read_bytes() == (b / p.name).read_bytes() for p in a.iterdir() if p.is_file())
