@@ -347,9 +347,9 @@ def distill(
         freeze_others = mode != "fsdp"
         if g_step:
             if freeze_others:
-                f_net.requires_grad_(False)
-                if d_module is not None:
-                    d_module.requires_grad_(False)
+                # each parameter's own flag comes back after the generator's backward: a LoRA
+                # fake model must keep its base weights frozen (issue 14, defect 3)
+                restore = _freeze([f_net, *([d_module] if d_module is not None else [])])
             with timer("generator_forward"), amp:
                 pred = G_train.predict(inputs.x, inputs.t, cond)
                 x0_g = G_train.x0(inputs.x, pred, inputs.t)
@@ -383,9 +383,7 @@ def distill(
                 skip = {"gan_g"} if (mode == "fsdp" and head is not None) else set()
                 _term_grad_norms({k: v for k, v in losses.items() if k not in skip}, pred, acc, n_acc)
             if freeze_others:
-                f_net.requires_grad_(True)
-                for p in d_params:
-                    p.requires_grad_(True)
+                restore()
             with timer("generator_backward"):
                 opt_g.zero_grad(set_to_none=True)
                 total.backward()
@@ -533,6 +531,24 @@ def merge_lora(net: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch
     merged.fuse_lora()
     merged.unload_lora()
     return {k: v.detach().cpu() for k, v in merged.state_dict().items()}, lora
+
+
+def _freeze(modules: list[nn.Module]) -> Callable[[], None]:
+    """Turn off ``requires_grad`` on every parameter of ``modules``; return what restores each one's flag.
+
+    Restoring the recorded flags (not switching everything back on) keeps frozen parts
+    frozen: a LoRA model's base weights, a discriminator's VFM.
+    """
+    params = [p for m in modules for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+
+    def restore() -> None:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+
+    return restore
 
 
 def _iteration_seed(seed: int, iteration: int, rank: int) -> int:
