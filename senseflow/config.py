@@ -214,7 +214,11 @@ class ISGConfig(Strict):
 
     enabled: bool = True
     weight: Annotated[float, Field(ge=0)] = 1.0
-    margin: Annotated[float, Field(ge=0)] = 0.05  # in sigma units (50 DDPM index units = 0.05)
+    # t_mid ~ U(prev + margin, tau - margin) in `margin_units`: "unshifted" time (the released
+    # SD 3.5 code: 50 of its 1000 unshifted grid steps = 0.05, then shifted) or raw "sigma"
+    # (the released FLUX code: 20 of 1000 = 0.02); DDPM families: t = index / 999 either way
+    margin: Annotated[float, Field(ge=0)] = 0.05
+    margin_units: Literal["unshifted", "sigma"] = "unshifted"
     distance: Literal["l2", "charbonnier"] = "l2"  # paper: l2; released code: charbonnier
 
 
@@ -283,17 +287,26 @@ class DistillConfig(Strict):
             raise ValueError("teacher_cfg is a (low, high) range")
         if self.dmd_t_range[0] > self.dmd_t_range[1]:
             raise ValueError("dmd_t_range is a (low, high) range")
-        if self.isg.enabled:
-            # every segment (tau_prev, tau] must leave room for t_mid after the margins
-            scale = 999.0 if self.anchor_units == "ddpm_index" else 1.0
-            bounds = [a / scale for a in self.anchors] + [0.0]
-            for hi, lo in zip(bounds[:-1], bounds[1:], strict=True):
-                if hi - lo < 2 * self.isg.margin - 1e-9:
-                    raise ValueError(
-                        f"ISG segment ({lo:g}, {hi:g}] is narrower than 2 * isg.margin = "
-                        f"{2 * self.isg.margin:g}: lower isg.margin or space the anchors"
-                    )
+        if self.isg.enabled and (self.isg.margin_units == "sigma" or self.anchor_units == "ddpm_index"):
+            self.check_isg_segments(1.0)  # unshifted flow margins: checked by the profile (shift)
         return self
+
+    def check_isg_segments(self, shift: float) -> None:
+        """Raise unless every segment ``(tau_prev, tau]`` leaves room for ``t_mid`` after the margins.
+
+        Measured in the units ``t_mid`` is drawn in: unshifted time for ``isg.margin_units:
+        unshifted`` with the teacher's ``shift``, the anchors' own time otherwise.
+        """
+        use_shift = shift if self.isg.margin_units == "unshifted" and self.anchor_units == "sigma" else 1.0
+        # unshift_sigma of senseflow.schedules, on floats (this module does not import torch)
+        bounds = [a / (use_shift - (use_shift - 1) * a) for a in self.anchor_times()] + [0.0]
+        for hi, lo in zip(bounds[:-1], bounds[1:], strict=True):
+            if hi - lo < 2 * self.isg.margin - 1e-9:
+                units = f"unshifted time (shift {use_shift:g})" if use_shift != 1.0 else "time"
+                raise ValueError(
+                    f"ISG segment ({lo:g}, {hi:g}] in {units} is narrower than 2 * isg.margin = "
+                    f"{2 * self.isg.margin:g}: lower isg.margin or space the anchors"
+                )
 
     def anchor_times(self) -> list[float]:
         """Anchors as backbone times ``t`` in [0, 1] (DDPM indices are divided by 999)."""
@@ -464,7 +477,22 @@ class ProfileConfig(Strict):
             raise ValueError(f"family {self.family!r} distils a pretrained teacher")
         for name, assignments in self.variants.items():
             variant_distill(self, name, assignments)  # raises naming the variant and the key
+        if self.distill.isg.enabled and self.distill.isg.margin_units == "unshifted":
+            shift = self.teacher_shift()
+            if shift is not None:
+                try:
+                    self.distill.check_isg_segments(shift)
+                except ValueError as exc:
+                    raise ValueError(f"distill.isg: {exc}") from None
         return self
+
+    def teacher_shift(self) -> float | None:
+        """The teacher's constant sigma shift (None: resolution-dependent, FLUX's dynamic shift)."""
+        if self.teacher.source == "pretrained":
+            if self.family == "sdxl":
+                return 1.0
+            return self.teacher.pretrained.shift
+        return self.teacher.train.shift
 
     def variant(self, name: str) -> DistillConfig:
         """The ``distill`` section with variant ``name``'s overrides applied (``senseflow``: as is)."""

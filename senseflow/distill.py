@@ -226,8 +226,12 @@ def isg_term(
     margin: float,
     distance: str,
     gen: torch.Generator,
+    margin_units: str = "unshifted",
 ) -> torch.Tensor:
     """Intra-Segment Guidance loss for the iteration's anchor inputs (method.md section 3).
+
+    ``t_mid`` is drawn ``margin`` inside the segment in ``margin_units``: ``"unshifted"``
+    time of the backbone's shift (released SD 3.5) or raw ``"sigma"`` (released FLUX).
 
     Flow backbones: :func:`senseflow.losses.isg_loss` (Euler). Epsilon backbones:
     :func:`senseflow.losses.isg_loss_ddim` on the adapter's integer timesteps (the last
@@ -235,7 +239,10 @@ def isg_term(
     ``inputs.x`` with gradient.
     """
     x, t, t_next = inputs.x, inputs.t, inputs.t_next
-    mid = sample_isg_mid(t, t_next, margin, generator=gen)
+    if margin_units not in ("unshifted", "sigma"):
+        raise ValueError(f"ISG margin_units must be 'unshifted' or 'sigma', got {margin_units!r}")
+    shift = generator.shift if margin_units == "unshifted" and generator.prediction == "flow" else 1.0
+    mid = sample_isg_mid(t, t_next, margin, generator=gen, shift=shift)
 
     def teacher_fn(xx: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
         return teacher.guided_predict(xx, tt, cond, uncond, cfg)

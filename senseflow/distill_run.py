@@ -55,6 +55,7 @@ def distill_kwargs(d: DistillConfig) -> dict:
         "isg": d.isg.enabled,
         "isg_weight": d.isg.weight,
         "isg_margin": d.isg.margin,
+        "isg_margin_units": d.isg.margin_units,
         "isg_distance": d.isg.distance,
         "gan": d.gan.enabled,
         "gan_head": d.gan.head,

@@ -190,6 +190,7 @@ def distill(
     isg: bool = True,  # Intra-Segment Guidance term
     isg_weight: float = 1.0,
     isg_margin: float = 0.05,  # t_mid ~ U(tau_prev + m, tau - m)
+    isg_margin_units: str = "unshifted",  # ... in unshifted time (released SD 3.5) or "sigma" (FLUX)
     isg_distance: str = "l2",  # "l2" (paper) | "charbonnier" (released code)
     gan: bool = True,  # adversarial terms
     gan_head: str = "vfm",  # "vfm" (SenseFlow) | "fake_features" (DMD2)
@@ -363,6 +364,7 @@ def distill(
                     losses["isg"] = terms.isg_term(
                         teacher, G, inputs, pred, cond, uncond,
                         cfg=cfg, margin=isg_margin, distance=isg_distance, gen=gen,
+                        margin_units=isg_margin_units,
                     )  # fmt: skip
                 total = total + isg_weight * losses["isg"]
             if gan and gan_weight > 0:

@@ -56,3 +56,36 @@ def test_lora_run_keeps_the_fake_models_base_weights_frozen(tmp_path, monkeypatc
     assert len(counts) == 3
     assert counts[0] == counts[-1], f"fake model's trainable weights grew over iterations: {counts}"
     assert counts[0] < sum(p.numel() for p in teacher.network.parameters()) / 10  # LoRA only
+
+
+# ----------------------------------------------------------------------------- defect 2
+# the released SD 3.5 code: t_mid's index in [idx_prev + 50, idx_tau - 50] of the unshifted
+# 1000-step grid, read through the shift-3 sigmas (its last segment ends at index 0)
+RELEASED_SD35_MID = [(0.923, 0.983), (0.786, 0.875), (0.563, 0.711), (0.139, 0.429)]
+
+
+def test_isg_mid_point_is_drawn_in_unshifted_time_like_the_released_sd35_code():
+    from senseflow.losses import sample_isg_mid
+
+    anchors = [1.0, 0.9, 0.75, 0.5, 0.0]
+    gen = torch.Generator().manual_seed(0)
+    for k, (lo, hi) in enumerate(RELEASED_SD35_MID):
+        tau = torch.full((20000,), anchors[k])
+        mid = sample_isg_mid(tau, anchors[k + 1], 0.05, generator=gen, shift=3.0)
+        assert abs(float(mid.min()) - lo) < 0.005 and abs(float(mid.max()) - hi) < 0.005, (
+            f"segment {k}: mid in [{float(mid.min()):.3f}, {float(mid.max()):.3f}], released [{lo}, {hi}]"
+        )
+    # shift 1 (FLUX's margin in sigma): the plain interval
+    mid = sample_isg_mid(torch.full((5000,), 0.904), 0.759, 0.02, generator=gen)
+    assert 0.779 <= float(mid.min()) < 0.781 and 0.883 < float(mid.max()) <= 0.884
+
+
+def test_profiles_check_isg_segments_in_the_units_they_draw_in():
+    from senseflow.config import ConfigError, load_profile
+
+    cfg = load_profile("sd35_large")
+    assert cfg.distill.isg.margin_units == "unshifted" and cfg.teacher_shift() == 3.0
+    assert load_profile("flux_dev").distill.isg.margin_units == "sigma"
+    # in unshifted time the last SD 3.5 segment (0, 0.5] is (0, 0.25]: a 0.15 margin leaves no room
+    with pytest.raises(ConfigError, match="unshifted time"):
+        load_profile("sd35_large", ["distill.isg.margin=0.15"])
