@@ -203,7 +203,7 @@ def distill(
     lora_alpha: float | None = None,  # LoRA scale numerator (None: = rank)
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),  # attention projections
     ema_decay: float | None = None,  # generator EMA (exported instead of the raw weights)
-    precision: str = "fp32",  # "fp32" | "bf16" autocast of forward passes
+    precision: str = "fp32",  # "fp32" | "bf16" autocast of forward passes (weights stay float32)
     grad_checkpointing: bool = False,
     seed: int = 0,
     checkpoint_every: int = 100,
@@ -217,8 +217,8 @@ def distill(
 ) -> DistillResult:
     """Distil ``teacher`` into a few-step generator; return its final weights (on every rank).
 
-    The generator and the fake score model start as copies of the teacher's network
-    (:meth:`Backbone.trainable_copy`), or from ``init_from``'s checkpoint. Writes
+    The generator and the fake score model start as float32 copies of the teacher's network
+    (:func:`trainable_network`), or from ``init_from``'s checkpoint. Writes
     ``checkpoint/`` (DCP), ``state.json``, ``dvclive/`` and ``eval_curve.jsonl`` in ``out_dir``.
     """
     settings = {k: v for k, v in locals().items() if k not in _NOT_FINGERPRINTED}
@@ -242,9 +242,16 @@ def distill(
     barrier()
 
     # ---------------------------------------------------------------- networks
+    teacher_dtype = next(teacher.network.parameters()).dtype
+    if precision == "bf16" and teacher_dtype == torch.float16:
+        # autocast cannot mix float16 tensors with its bfloat16 ones (SDXL's added embeddings)
+        raise UserError(
+            "distill.precision is bf16 but the teacher is loaded in float16: set "
+            "teacher.pretrained.dtype: bfloat16 (as the released trainers do) or distill.precision: fp32"
+        )
     teacher.network.requires_grad_(False).eval()
     teacher.network.to(info.device)
-    g_net, f_net = teacher.trainable_copy().to(info.device), teacher.trainable_copy().to(info.device)
+    g_net, f_net = trainable_network(teacher).to(info.device), trainable_network(teacher).to(info.device)
     if lora_rank:
         if mode == "fsdp":
             raise UserError("LoRA with FSDP is not supported: use DDP (runtime.parallel: ddp) for LoRA runs")
@@ -512,6 +519,19 @@ _NOT_FINGERPRINTED = {
 }  # fmt: skip
 
 
+def trainable_network(teacher: Backbone) -> nn.Module:
+    """A trainable copy of the teacher's network in float32: the generator's or fake model's master weights.
+
+    Real teachers load in 16 bits (SDXL float16, SD 3.5 / FLUX bfloat16). At the recipes'
+    learning rate 1e-6 an AdamW step is below half an ulp of most 16-bit weights, so it would
+    round away (in 10 steps only 2% of bf16 weights changed), and IDA's ``lerp`` by 0.03 would
+    change 3.5% of them. The released SD 3.5 / SDXL trainers keep trainable networks (and so
+    their EMA) in float32 and run forward passes under bf16 autocast (``distill.precision:
+    bf16``); the frozen teacher and VAE stay in their load dtype.
+    """
+    return teacher.trainable_copy().float()
+
+
 def add_lora(net: nn.Module, rank: int, alpha: float | None, targets, seed: int) -> None:
     """Freeze ``net`` and add peft LoRA adapters (rank ``rank``) on ``targets``, initialised from ``seed``."""
     from peft import LoraConfig
@@ -676,7 +696,7 @@ def _load_checkpoint(ckpt: Path, nets: dict, ema, sched, *, models_only: bool) -
 
 def load_generator_state(run_dir: Path, teacher: Backbone) -> dict[str, torch.Tensor]:
     """The generator weights of a run's latest checkpoint (EMA not applied), as a plain state dict."""
-    net = teacher.trainable_copy()
+    net = trainable_network(teacher)
     _load_checkpoint(run_dir / CHECKPOINT, {"generator": (net, None)}, None, None, models_only=True)
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 

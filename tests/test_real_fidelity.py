@@ -15,7 +15,7 @@ from senseflow.config import PretrainedConfig
 from senseflow.data import WorldData
 from tests.tiny_pipelines import RESOLUTION, T5_LENGTH, save_tiny_pipeline
 
-LOAD_DTYPE = {"sdxl": "float16", "sd3": "bfloat16", "flux": "bfloat16"}  # the profiles' teacher dtypes
+LOAD_DTYPE = {"sdxl": "bfloat16", "sd3": "bfloat16", "flux": "bfloat16"}  # the profiles' teacher dtypes
 ANCHORS = {"sdxl": (999 / 999, 749 / 999, 499 / 999, 249 / 999), "sd3": (1.0, 0.9, 0.75, 0.5),
            "flux": (1.0, 0.904, 0.759, 0.512)}  # fmt: skip
 
@@ -89,3 +89,45 @@ def test_profiles_check_isg_segments_in_the_units_they_draw_in():
     # in unshifted time the last SD 3.5 segment (0, 0.5] is (0, 0.25]: a 0.15 margin leaves no room
     with pytest.raises(ConfigError, match="unshifted time"):
         load_profile("sd35_large", ["distill.isg.margin=0.15"])
+
+
+# ----------------------------------------------------------------------------- defect 1
+def moved_share(after: dict[str, torch.Tensor], before: dict[str, torch.Tensor], names) -> float:
+    """Share of the elements of parameters ``names`` that differ between ``after`` and ``before``."""
+    changed = sum(int((after[k].float() != before[k].float()).sum()) for k in names)
+    return changed / sum(after[k].numel() for k in names)
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux", "sdxl"])
+def test_one_step_at_lr_1e6_moves_every_weight_of_a_16_bit_family(family, tmp_path, monkeypatch):
+    """Float32 master weights: one AdamW step at LR 1e-6 moves the generator, IDA moves the fake."""
+    from senseflow import train
+
+    ida_moved: list[float] = []
+    real_ida = train.ida_update
+
+    def spy(fake, generator, lam):
+        before = {k: v.detach().clone() for k, v in fake.state_dict().items()}
+        differs = {k: v.detach() != before[k] for k, v in generator.state_dict().items()}
+        n = real_ida(fake, generator, lam)
+        after = fake.state_dict()
+        moved = sum(int(((after[k] != before[k]) & d).sum()) for k, d in differs.items())
+        ida_moved.append(moved / max(1, sum(int(d.sum()) for d in differs.values())))
+        return n
+
+    monkeypatch.setattr(train, "ida_update", spy)
+    teacher = tiny_family(family, tmp_path)
+    before = {k: v.clone() for k, v in teacher.network.state_dict().items()}
+    result = train.distill(
+        tmp_path / "run", teacher=teacher, data=world_data(), anchors=ANCHORS[family], iterations=1,
+        global_batch=2, ttur=1, gan=False, generator_lr=1e-6, fake_lr=1e-6, precision="bf16",
+        progress=False, checkpoint_every=10, isg_margin_units="sigma",
+    )  # fmt: skip
+    names = [k for k, _ in teacher.trainable_copy().named_parameters()]
+    share = moved_share(result.generator_state, before, names)
+    # not 100%: a tiny model has a few parameters without gradient (SD3's last context query)
+    assert share > 0.9, f"{family}: one step at LR 1e-6 moved {share:.1%} of the generator's weights"
+    assert all(v.dtype == torch.float32 for v in result.generator_state.values())
+    assert ida_moved and ida_moved[0] > 0.95, f"{family}: IDA moved {ida_moved[0]:.1%} of the fake model"
+    # the frozen teacher keeps its 16-bit load dtype
+    assert next(teacher.network.parameters()).dtype == getattr(torch, LOAD_DTYPE[family])
