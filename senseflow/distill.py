@@ -18,6 +18,7 @@ from torch import nn
 from senseflow.backbones.base import Backbone
 from senseflow.discriminator.fake_head import FakeFeatureHead
 from senseflow.losses import (
+    d_loss_parts,
     dmd_loss,
     fake_score_loss,
     gan_losses,
@@ -290,7 +291,7 @@ def vfm_generator_gan(
     return g_loss(logits, gan_weight(t_anchor, curve).to(logits.device)), images
 
 
-def vfm_discriminator_loss(
+def vfm_discriminator_step(
     discriminator: nn.Module,
     fake_images: torch.Tensor,
     real_images: torch.Tensor,
@@ -298,18 +299,22 @@ def vfm_discriminator_loss(
     *,
     loss: str,
     gen: torch.Generator,
+    scale: float = 1.0,
 ) -> torch.Tensor:
-    """Discriminator loss on real vs detached generated images, both conditioned on the real image."""
-    _, d_loss = gan_losses(loss)
-    # one batched call: a single forward per backward keeps DDP's gradient hooks simple
-    b = real_images.shape[0]
-    logits = discriminator(
-        torch.cat([real_images, fake_images.detach()]),
-        torch.cat([cond.pooled, cond.pooled]),
-        torch.cat([real_images, real_images]),
-        gen,
-    )
-    return d_loss(logits[:b], logits[b:])
+    """Backpropagate ``scale`` times the discriminator loss on real vs detached generated images.
+
+    Real and generated images go through the discriminator in two forward passes, each
+    followed by its backward (the released code's order): the heads' BatchNorm sees a
+    fake-only batch here just as in the generator's step, so a fake's logit never depends
+    on the real images beside it. Both are conditioned on the paired real image. Returns the
+    loss (detached); the gradients are accumulated in the discriminator's parameters.
+    """
+    real_part, fake_part = d_loss_parts(loss)
+    real = real_part(discriminator(real_images, cond.pooled, real_images, gen))
+    (scale * real).backward()
+    fake = fake_part(discriminator(fake_images.detach(), cond.pooled, real_images, gen))
+    (scale * fake).backward()
+    return (real + fake).detach()
 
 
 def fake_features_gan(

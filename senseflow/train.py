@@ -436,11 +436,9 @@ def distill(
                 if fake_images is None:
                     with torch.no_grad():
                         fake_images = G.codec.decode(x0_detached)
-                losses["gan_d"] = terms.vfm_discriminator_loss(
-                    d_train, fake_images.detach(), images, cond, loss=gan_loss, gen=gen
+                losses["gan_d"] = terms.vfm_discriminator_step(
+                    d_train, fake_images.detach(), images, cond, loss=gan_loss, gen=gen, scale=gan_fake_weight
                 )
-            with timer("discriminator_step"):
-                (gan_fake_weight * losses["gan_d"]).backward()
         if opt_d is not None:
             d_norm = _grad_norm(d_params, grad_clip)
         if not all_true(_is_finite(*losses.values(), f_norm, d_norm), info.device):

@@ -76,6 +76,34 @@ def d_logistic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> tor
     return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()
 
 
+def _weighted_mean(per_logit: torch.Tensor, weight: torch.Tensor | float | None) -> torch.Tensor:
+    """``mean(w * per_logit)`` with ``w`` per sample (B,) broadcast over each sample's logits."""
+    if weight is None:
+        return per_logit.mean()
+    w = _bcast(weight, per_logit)
+    if w.ndim and w.shape[0] != per_logit.shape[0]:
+        raise ValueError(f"weight has {w.shape[0]} entries for a batch of {per_logit.shape[0]}")
+    return (w * per_logit).mean()
+
+
+def d_loss_parts(kind: str) -> tuple[Callable, Callable]:
+    """``(real_part, fake_part)`` of the discriminator loss, each ``(logits, weight=None) -> loss``.
+
+    Their sum is :func:`d_hinge_loss` / :func:`d_logistic_loss` (unweighted). Separate parts
+    let real and generated images go through the discriminator in separate forward passes,
+    as the released code does: its heads' BatchNorm then normalises a real batch and a fake
+    batch each by its own statistics, exactly as in the generator's step (fakes only).
+    ``weight`` is per sample (the released code weights both parts by w(t)).
+    """
+    if kind == "hinge":
+        return (lambda x, w=None: _weighted_mean(torch.relu(1 - _up(x)), w),
+                lambda x, w=None: _weighted_mean(torch.relu(1 + _up(x)), w))  # fmt: skip
+    if kind == "logistic":
+        return (lambda x, w=None: _weighted_mean(F.softplus(-_up(x)), w),
+                lambda x, w=None: _weighted_mean(F.softplus(_up(x)), w))  # fmt: skip
+    raise ValueError(f"unknown GAN loss {kind!r}; expected 'hinge' or 'logistic'")
+
+
 def gan_losses(kind: str) -> tuple[Callable, Callable]:
     """``(generator_loss, discriminator_loss)`` for ``"hinge"`` (SenseFlow) or ``"logistic"`` (DMD2)."""
     if kind == "hinge":
