@@ -240,6 +240,22 @@ class GANConfig(Strict):
     fake_weight: Annotated[float, Field(ge=0)] = 1.0  # weight of D's loss ("fake_features": in the fake step)
 
 
+class TimeDensityConfig(Strict):
+    """Noise times of one loss term (``senseflow.schedules.TimeDensity``)."""
+
+    density: Literal["uniform", "logit_normal"] = "uniform"
+    range: tuple[Probability, Probability] = (0.0, 1.0)  # uniform: U(range); logit_normal: clamped into it
+    logit_mean: float = 0.0
+    logit_std: Annotated[float, Field(gt=0)] = 1.0
+    shifted: bool = False  # shift the draw by the teacher's shift (SD 3.5: 3; FLUX: exp(mu); SDXL: none)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TimeDensityConfig:
+        if self.range[0] > self.range[1]:
+            raise ValueError("range is a (low, high) range")
+        return self
+
+
 class DistillConfig(Strict):
     """SenseFlow distillation hyper-parameters (method.md sections 1-6)."""
 
@@ -257,12 +273,13 @@ class DistillConfig(Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     grad_clip: Annotated[float, Field(gt=0)] = 1.0
     ttur: PositiveInt = 5  # generator steps once every `ttur` iterations
-    dmd_t_range: tuple[Probability, Probability] = (0.02, 0.98)
+    # DMD's re-noising time (released SD 3.5: shift-3 of U(0.02, 0.98); FLUX: unshifted logit-normal)
+    dmd_t: TimeDensityConfig = TimeDensityConfig(density="uniform", range=(0.02, 0.98), shifted=False)
     teacher_cfg: tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]] = (3.0, 10.0)
     guidance_embed: bool = False  # FLUX: teacher guidance comes in through an embedding
     backward_simulation_prob: Probability = 0.5
-    fake_logit_mean: float = 0.0  # logit-normal density of the fake model's training sigmas
-    fake_logit_std: Annotated[float, Field(gt=0)] = 1.0
+    # the fake model's training time (released SD 3.5: shifted logit-normal; FLUX: unshifted)
+    fake_t: TimeDensityConfig = TimeDensityConfig(density="logit_normal", shifted=True)
     init_from: str | None = None  # exported student to start G and the fake model from (1-step fine-tune)
     ema_decay: Annotated[float, Field(ge=0, lt=1)] | None = None  # generator EMA (None: off)
     lora_rank: PositiveInt | None = None  # train LoRA adapters on the attention projections (None: full)
@@ -285,8 +302,6 @@ class DistillConfig(Strict):
             raise ValueError("anchors must be strictly decreasing (noisiest first)")
         if self.teacher_cfg[0] > self.teacher_cfg[1]:
             raise ValueError("teacher_cfg is a (low, high) range")
-        if self.dmd_t_range[0] > self.dmd_t_range[1]:
-            raise ValueError("dmd_t_range is a (low, high) range")
         if self.isg.enabled and (self.isg.margin_units == "sigma" or self.anchor_units == "ddpm_index"):
             self.check_isg_segments(1.0)  # unshifted flow margins: checked by the profile (shift)
         return self

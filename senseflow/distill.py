@@ -25,9 +25,9 @@ from senseflow.losses import (
     gan_weight,
     isg_loss,
     isg_loss_ddim,
-    sample_fake_score_sigmas,
     sample_isg_mid,
 )
+from senseflow.schedules import TimeDensity
 from senseflow.world.text import PromptEmbeds
 
 
@@ -156,18 +156,19 @@ def dmd_term(
     cond: PromptEmbeds,
     uncond: PromptEmbeds | None,
     *,
-    t_range: tuple[float, float],
+    t_density: TimeDensity,
     cfg: torch.Tensor,
     gen: torch.Generator,
 ) -> torch.Tensor:
     """DMD loss of the generator's clean samples ``x0_g`` (Yin et al. 2024; method.md section 1).
 
-    Re-noise ``x0_g`` at ``t ~ U(t_range)``; the guided teacher (scale ``cfg`` per sample)
-    and the unguided fake model each give an x0 estimate without gradient; the gradient on
-    ``x0_g`` is their normalised difference (:func:`senseflow.losses.dmd_loss`).
+    Re-noise ``x0_g`` at ``t ~ t_density`` (shifted by the teacher's shift if the density
+    says so); the guided teacher (scale ``cfg`` per sample) and the unguided fake model each
+    give an x0 estimate without gradient; the gradient on ``x0_g`` is their normalised
+    difference (:func:`senseflow.losses.dmd_loss`).
     """
     b = x0_g.shape[0]
-    t = _uniform(b, *t_range, gen).to(x0_g.device)
+    t = t_density.sample(b, shift=teacher.shift, generator=gen).to(x0_g.device)
     x_t = teacher.add_noise(x0_g.detach(), _randn(x0_g.shape, gen, x0_g), t)
     with torch.no_grad():
         x0_real = teacher.x0(x_t, teacher.guided_predict(x_t, t, cond, uncond, cfg), t)
@@ -181,21 +182,16 @@ def fake_term(
     cond: PromptEmbeds,
     *,
     gen: torch.Generator,
-    logit_mean: float = 0.0,
-    logit_std: float = 1.0,
+    t_density: TimeDensity | None = None,
 ) -> torch.Tensor:
     """Denoising loss of the fake score model on detached generator samples (method.md section 1).
 
-    Flow: logit-normal sigmas (shifted by the backbone's shift), velocity target. Epsilon:
-    uniform time, noise target.
+    Times ``t ~ t_density`` (default: logit-normal shifted by the backbone's shift); flow
+    families regress the velocity, epsilon families the noise.
     """
     b = x0.shape[0]
-    if fake.prediction == "flow":
-        t = sample_fake_score_sigmas(
-            b, logit_mean=logit_mean, logit_std=logit_std, shift=fake.shift, generator=gen
-        ).to(x0.device)
-    else:
-        t = torch.rand(b, generator=gen).to(x0.device)
+    density = t_density or TimeDensity(density="logit_normal", shifted=True)
+    t = density.sample(b, shift=fake.shift, generator=gen).to(x0.device)
     eps = _randn(x0.shape, gen, x0)
     x_t = fake.add_noise(x0.detach(), eps, t)
     return fake_score_loss(fake.prediction, fake.predict(x_t, t, cond), x0.detach(), eps)

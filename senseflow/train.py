@@ -62,6 +62,7 @@ from senseflow.io import atomic_write_text, ensure_writable_dir
 from senseflow.losses import ida_update
 from senseflow.optim import adamw
 from senseflow.run_state import config_differences, run_fingerprint
+from senseflow.schedules import TimeDensity
 
 log = logging.getLogger(__name__)
 
@@ -180,11 +181,10 @@ def distill(
     weight_decay: float = 0.0,
     grad_clip: float = 1.0,  # max gradient norm of each network
     ttur: int = 5,  # generator steps once every `ttur` iterations (two time-scale update rule)
-    dmd_t_range: tuple[float, float] = (0.02, 0.98),  # DMD re-noising time range
+    dmd_t: dict | None = None,  # DMD's re-noising time density (TimeDensity.from_dict; None: U(0.02, 0.98))
     teacher_cfg: tuple[float, float] = (3.0, 10.0),  # teacher guidance scale ~ U(low, high)
     backward_simulation_prob: float = 0.5,  # P(generator input made by the student itself)
-    fake_logit_mean: float = 0.0,  # fake model's logit-normal sigma density
-    fake_logit_std: float = 1.0,
+    fake_t: dict | None = None,  # fake model's time density (None: logit-normal, shifted)
     ida: bool = True,  # Implicit Distribution Alignment after each generator step
     ida_lam: float = 0.97,  # phi <- lam phi + (1 - lam) theta
     isg: bool = True,  # Intra-Segment Guidance term
@@ -241,6 +241,8 @@ def distill(
     out_dir = ensure_writable_dir(out_dir) if info.is_main else Path(out_dir)
     barrier()
 
+    dmd_density = TimeDensity.from_dict(dmd_t or {"density": "uniform", "range": (0.02, 0.98)})
+    fake_density = TimeDensity.from_dict(fake_t or {"density": "logit_normal", "shifted": True})
     # ---------------------------------------------------------------- networks
     teacher_dtype = next(teacher.network.parameters()).dtype
     if precision == "bf16" and teacher_dtype == torch.float16:
@@ -363,7 +365,7 @@ def distill(
                 x0_g = G_train.x0(inputs.x, pred, inputs.t)
             with timer("dmd"), amp:
                 losses["dmd"] = terms.dmd_term(
-                    teacher, F, x0_g, cond, uncond, t_range=dmd_t_range, cfg=cfg, gen=gen
+                    teacher, F, x0_g, cond, uncond, t_density=dmd_density, cfg=cfg, gen=gen
                 )
             total = losses["dmd"]
             if isg and isg_weight > 0:
@@ -378,7 +380,7 @@ def distill(
                 with timer("gan_generator"), amp:
                     if head is not None:
                         losses["gan_g"] = terms.fake_features_gan(
-                            head, F, x0_g, cond, t_range=dmd_t_range, loss=gan_loss, gen=gen
+                            head, F, x0_g, cond, t_range=(dmd_density.low, dmd_density.high), loss=gan_loss, gen=gen
                         )
                     else:
                         losses["gan_g"], fake_images = terms.vfm_generator_gan(
@@ -415,12 +417,13 @@ def distill(
         # ------------------------------------------------------------ fake score step
         with timer("fake_step"), amp:
             losses["fake"] = terms.fake_term(
-                F_train, x0_detached, cond, gen=gen, logit_mean=fake_logit_mean, logit_std=fake_logit_std
+                F_train, x0_detached, cond, gen=gen, t_density=fake_density
             )
             fake_total = losses["fake"]
             if head is not None:
                 losses["gan_d"] = terms.fake_features_discriminator_loss(
-                    head, F_train, x0_detached, x_real, cond, t_range=dmd_t_range, loss=gan_loss, gen=gen
+                    head, F_train, x0_detached, x_real, cond, t_range=(dmd_density.low, dmd_density.high),
+                    loss=gan_loss, gen=gen,
                 )
                 fake_total = fake_total + gan_fake_weight * losses["gan_d"]
         with timer("fake_step"):

@@ -179,3 +179,58 @@ def test_a_fakes_logit_in_the_discriminator_step_equals_the_generator_steps():
     d_step = [out for x, out in seen[:-1] if torch.equal(x, fake)]
     # equal up to spectral norm's power-iteration update between the calls (mixing: ~0.25 apart)
     assert len(d_step) == 1 and torch.allclose(d_step[0], in_g_step, atol=2e-3)
+
+
+# ----------------------------------------------------------------------------- defect 5
+class TimeRecorder:
+    """A flow backbone stand-in that records the times it is noised at (predictions: zeros)."""
+
+    prediction = "flow"
+
+    def __init__(self, shift: float):
+        self.shift = shift
+        self.times: list[torch.Tensor] = []
+
+    def add_noise(self, x0, eps, t):
+        self.times.append(t)
+        return x0
+
+    def predict(self, x, t, cond):
+        return torch.zeros_like(x)
+
+    def guided_predict(self, x, t, cond, uncond, scale):
+        return torch.zeros_like(x)
+
+    def x0(self, x, v, t):
+        return x - t.view(-1, 1) * v
+
+
+def term_times(profile: str, term: str, backbone_shift: float, n: int = 4000) -> torch.Tensor:
+    """The times the loop's ``term`` ("dmd" or "fake") draws under ``profile``'s settings."""
+    from senseflow import distill as terms
+    from senseflow.config import load_profile
+    from senseflow.distill_run import distill_kwargs
+    from senseflow.schedules import TimeDensity
+
+    kw = distill_kwargs(load_profile(profile).distill)
+    rec, x0, gen = TimeRecorder(backbone_shift), torch.randn(n, 1), torch.Generator().manual_seed(0)
+    if term == "dmd":
+        density = TimeDensity.from_dict(kw["dmd_t"])
+        terms.dmd_term(rec, rec, x0, None, None, t_density=density, cfg=torch.ones(n), gen=gen)
+    else:
+        terms.fake_term(rec, x0, None, gen=gen, t_density=TimeDensity.from_dict(kw["fake_t"]))
+    return rec.times[0]
+
+
+def test_dmd_and_fake_times_follow_the_released_densities():
+    # SD 3.5: DMD's t is shift-3 of U(0.02, 0.98): bounds shift(0.02) = 0.058, shift(0.98) = 0.993
+    t = term_times("sd35_large", "dmd", 3.0)
+    assert 0.057 < float(t.min()) < 0.07 and 0.985 < float(t.max()) < 0.9935
+    assert abs(float((t < 0.75).float().mean()) - 0.5) < 0.03  # shift(0.5) = 0.75 is the median
+    # SD 3.5's fake model: shifted logit-normal (median shift(0.5) = 0.75)
+    assert abs(float(term_times("sd35_large", "fake", 3.0).median()) - 0.75) < 0.03
+    # FLUX: both logit-normal and unshifted although the backbone's shift is exp(mu) = 3.16
+    for term in ("dmd", "fake"):
+        t = term_times("flux_dev", term, 3.16)
+        assert abs(float(t.median()) - 0.5) < 0.03, f"FLUX {term} t median {float(t.median()):.3f}"
+        assert float(t.min()) < 0.1 and float(t.max()) > 0.9
