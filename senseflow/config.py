@@ -266,6 +266,8 @@ class DistillConfig(Strict):
     global_batch: PositiveInt = 8
     generator_lr: Annotated[float, Field(gt=0)] = 1e-6
     fake_lr: Annotated[float, Field(gt=0)] = 1e-6
+    # warm-up in loop iterations, of all three optimisers (G, fake, D): linear from 0, or with
+    # lr_after_warmup from each LR to lr_after_warmup / generator_lr times it (released FLUX)
     lr_warmup: Annotated[int, Field(ge=0)] = 0
     lr_after_warmup: Annotated[float, Field(gt=0)] | None = None
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"

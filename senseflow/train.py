@@ -119,8 +119,36 @@ def _make_optimizer(params, kind: str, lr: float, betas, weight_decay: float) ->
     raise UserError(f"distill.optimizer must be adamw or adamw8bit, got {kind!r}")
 
 
+class _Schedules:
+    """LambdaLR schedulers that step together, once per iteration; one ``last_epoch`` in checkpoints."""
+
+    def __init__(self, schedulers: list[torch.optim.lr_scheduler.LambdaLR]):
+        self.schedulers = schedulers
+
+    def step(self) -> None:
+        """Advance every scheduler by one iteration."""
+        for s in self.schedulers:
+            s.step()
+
+    @property
+    def last_epoch(self) -> int:
+        """Iterations stepped so far (the same for every scheduler)."""
+        return self.schedulers[0].last_epoch
+
+    @last_epoch.setter
+    def last_epoch(self, value: int) -> None:
+        for s in self.schedulers:  # resume: the LRs of iteration `value`
+            s.last_epoch = value
+            for group, lr in zip(s.optimizer.param_groups, s.get_lr(), strict=True):
+                group["lr"] = lr
+
+
 def _lr_factor(lr: float, warmup: int, lr_after_warmup: float | None) -> Callable[[int], float]:
-    """Generator LR multiplier: linear warm-up from 0 (or from ``lr`` to ``lr_after_warmup``, FLUX)."""
+    """LR multiplier at iteration n: linear warm-up from 0, or from ``lr`` to ``lr_after_warmup`` (FLUX).
+
+    Applied to the generator's, the fake model's and the discriminator's LRs alike (released
+    FLUX: all three 5e-6 -> 1e-5 over 500 iterations).
+    """
 
     def factor(step: int) -> float:
         if warmup <= 0:
@@ -174,8 +202,8 @@ def distill(
     global_batch: int = 8,  # samples per iteration over all ranks
     generator_lr: float = 1e-6,  # AdamW LR of the generator
     fake_lr: float = 1e-6,  # AdamW LR of the fake score model
-    lr_warmup: int = 0,  # generator warm-up iterations
-    lr_after_warmup: float | None = None,  # FLUX: generator LR ramps generator_lr -> this
+    lr_warmup: int = 0,  # warm-up iterations (every optimiser, counted in loop iterations)
+    lr_after_warmup: float | None = None,  # FLUX: LRs ramp by lr_after_warmup / generator_lr
     optimizer: str = "adamw",  # "adamw" | "adamw8bit" (bitsandbytes)
     betas: tuple[float, float] = (0.9, 0.999),
     weight_decay: float = 0.0,
@@ -282,7 +310,10 @@ def distill(
     opt_f = _make_optimizer(f_train.parameters(), optimizer, fake_lr, betas, weight_decay)
     d_params = _d_parameters(d_module) if d_module is not None else []
     opt_d = adamw(d_params, lr=gan_lr, betas=tuple(betas)) if d_params else None
-    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, _lr_factor(generator_lr, lr_warmup, lr_after_warmup))
+    # one LR multiplier per iteration for all three optimisers (the released trainers step the
+    # generator's, the fake model's and D's schedulers every iteration, generator step or not)
+    factor = _lr_factor(generator_lr, lr_warmup, lr_after_warmup)
+    sched_g = _Schedules([torch.optim.lr_scheduler.LambdaLR(o, factor) for o in (opt_g, opt_f, opt_d) if o])
     ema = None
     if ema_decay is not None:
         from diffusers.training_utils import EMAModel
@@ -402,7 +433,6 @@ def distill(
             if not all_true(_is_finite(total, g_norm), info.device):
                 _diverged(it, {**losses, "generator_grad_norm": g_norm}, last_good, ckpt, live)
             opt_g.step()
-            sched_g.step()
             if ema is not None:
                 ema.step(g_net.parameters())
             if ida:
@@ -449,6 +479,7 @@ def distill(
         opt_f.step()
         if opt_d is not None:
             opt_d.step()
+        sched_g.step()
         for k, v in losses.items():
             acc[k] += float(v.detach())
             n_acc[k] += 1
@@ -461,7 +492,10 @@ def distill(
                 live.step = done
                 for k in sorted(acc):
                     live.log_metric(f"train/{k}", acc[k] / max(n_acc[k], 1))
-                live.log_metric("train/generator_lr", sched_g.get_last_lr()[0])
+                live.log_metric("train/generator_lr", opt_g.param_groups[0]["lr"])
+                live.log_metric("train/fake_lr", opt_f.param_groups[0]["lr"])
+                if opt_d is not None:
+                    live.log_metric("train/discriminator_lr", opt_d.param_groups[0]["lr"])
                 elapsed = max(time.perf_counter() - t_start, 1e-9)
                 live.log_metric("time/seconds_per_iteration", elapsed / (done - start))
                 for k, v in timer.total.items():
@@ -690,8 +724,6 @@ def _load_checkpoint(ckpt: Path, nets: dict, ema, sched, *, models_only: bool) -
             p.copy_(state["ema"][str(i)])
         ema.optimization_step = int(state["ema_step"])
     sched.last_epoch = int(state["generator_scheduler"]["last_epoch"])
-    for group, factor_lr in zip(sched.optimizer.param_groups, sched.get_lr(), strict=True):
-        group["lr"] = factor_lr
     return int(state["iteration"])
 
 

@@ -234,3 +234,23 @@ def test_dmd_and_fake_times_follow_the_released_densities():
         t = term_times("flux_dev", term, 3.16)
         assert abs(float(t.median()) - 0.5) < 0.03, f"FLUX {term} t median {float(t.median()):.3f}"
         assert float(t.min()) < 0.1 and float(t.max()) > 0.9
+
+
+# ----------------------------------------------------------------------------- defect 6
+def test_warm_up_ramps_all_three_learning_rates_per_iteration(tmp_path):
+    """Released FLUX: G, fake and D go 5e-6 -> 1e-5 over the warm-up, counted in iterations."""
+    from senseflow.train import distill
+
+    teacher = tiny_family("sd3", tmp_path, "float32")
+    disc = tiny_discriminator(teacher.text.encode([""]).pooled.shape[1])
+    out = tmp_path / "run"
+    distill(
+        out, teacher=teacher, data=world_data(), discriminator=disc, anchors=ANCHORS["sd3"], iterations=4,
+        global_batch=2, ttur=5, isg=False, generator_lr=5e-6, fake_lr=5e-6, gan_lr=5e-6, lr_warmup=4,
+        lr_after_warmup=1e-5, log_every=1, progress=False, checkpoint_every=10,
+    )  # fmt: skip
+    plots = out / "dvclive" / "plots" / "metrics" / "train"
+    expected = [5e-6 * (1 + n / 4) for n in range(1, 5)]  # the LR of the next iteration, logged after n
+    for name in ("generator_lr", "fake_lr", "discriminator_lr"):
+        rows = (plots / f"{name}.tsv").read_text().splitlines()[1:]
+        assert [float(r.split("\t")[-1]) for r in rows] == pytest.approx(expected), name
