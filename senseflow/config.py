@@ -219,7 +219,16 @@ class ISGConfig(Strict):
     # (the released FLUX code: 20 of 1000 = 0.02); DDPM families: t = index / 999 either way
     margin: Annotated[float, Field(ge=0)] = 0.05
     margin_units: Literal["unshifted", "sigma"] = "unshifted"
-    distance: Literal["l2", "charbonnier"] = "l2"  # paper: l2; released code: charbonnier
+    distance: Literal["l2", "charbonnier"] = "l2"  # paper: l2; released code: charbonnier (real profiles)
+    # teacher guidance of ISG's teacher leg, (low, high) drawn per sample; None: reuse DMD's draw
+    # (released: SD 3.5 L fixed 5.0, SD 3.5 M U(2, 4), SDXL U(3, 15), FLUX U(1, 8))
+    cfg: tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]] | None = None
+
+    @model_validator(mode="after")
+    def _cfg_range(self) -> ISGConfig:
+        if self.cfg is not None and self.cfg[0] > self.cfg[1]:
+            raise ValueError("cfg is a (low, high) range")
+        return self
 
 
 class GANConfig(Strict):

@@ -56,6 +56,7 @@ def distill_kwargs(d: DistillConfig) -> dict:
         "isg_margin": d.isg.margin,
         "isg_margin_units": d.isg.margin_units,
         "isg_distance": d.isg.distance,
+        "isg_cfg": None if d.isg.cfg is None else tuple(d.isg.cfg),
         "gan": d.gan.enabled,
         "gan_head": d.gan.head,
         "gan_loss": d.gan.loss,

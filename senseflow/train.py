@@ -220,6 +220,7 @@ def distill(
     isg_margin: float = 0.05,  # t_mid ~ U(tau_prev + m, tau - m)
     isg_margin_units: str = "unshifted",  # ... in unshifted time (released SD 3.5) or "sigma" (FLUX)
     isg_distance: str = "l2",  # "l2" (paper) | "charbonnier" (released code)
+    isg_cfg: tuple[float, float] | None = None,  # ISG teacher guidance ~ U(low, high); None: DMD's draw
     gan: bool = True,  # adversarial terms
     gan_head: str = "vfm",  # "vfm" (SenseFlow) | "fake_features" (DMD2)
     gan_loss: str = "hinge",  # "hinge" | "logistic"
@@ -365,9 +366,7 @@ def distill(
             x_real = teacher.codec.encode(images)
         cond = teacher.text.encode(prompts).to(info.device)
         uncond = uncond_one.index([0] * len(prompts)).to(info.device)
-        cfg = (teacher_cfg[0] + (teacher_cfg[1] - teacher_cfg[0]) * torch.rand(batch, generator=gen)).to(
-            info.device
-        )
+        cfg = _uniform_scales(teacher_cfg, batch, gen).to(info.device)
         g_step = it % ttur == 0
         with timer("inputs"), amp:
             inputs = terms.generator_inputs(
@@ -400,10 +399,11 @@ def distill(
                 )
             total = losses["dmd"]
             if isg and isg_weight > 0:
+                isg_scale = cfg if isg_cfg is None else _uniform_scales(isg_cfg, batch, gen).to(info.device)
                 with timer("isg"), amp:
                     losses["isg"] = terms.isg_term(
                         teacher, G, inputs, pred, cond, uncond,
-                        cfg=cfg, margin=isg_margin, distance=isg_distance, gen=gen,
+                        cfg=isg_scale, margin=isg_margin, distance=isg_distance, gen=gen,
                         margin_units=isg_margin_units,
                     )  # fmt: skip
                 total = total + isg_weight * losses["isg"]
@@ -606,6 +606,11 @@ def _freeze(modules: list[nn.Module]) -> Callable[[], None]:
             p.requires_grad_(flag)
 
     return restore
+
+
+def _uniform_scales(bounds: tuple[float, float], n: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` guidance scales ~ U(low, high), one per sample (a fixed scale when low == high)."""
+    return bounds[0] + (bounds[1] - bounds[0]) * torch.rand(n, generator=gen)
 
 
 def _iteration_seed(seed: int, iteration: int, rank: int) -> int:

@@ -254,3 +254,29 @@ def test_warm_up_ramps_all_three_learning_rates_per_iteration(tmp_path):
     for name in ("generator_lr", "fake_lr", "discriminator_lr"):
         rows = (plots / f"{name}.tsv").read_text().splitlines()[1:]
         assert [float(r.split("\t")[-1]) for r in rows] == pytest.approx(expected), name
+
+
+# ----------------------------------------------------------------------------- defect 7
+def test_isg_has_its_own_guidance_and_the_released_distance(tmp_path, monkeypatch):
+    from senseflow import distill as terms
+    from senseflow.config import load_profile
+    from senseflow.train import distill
+
+    released = {"sd35_large": (5.0, 5.0), "sd35_medium": (2.0, 4.0), "sdxl": (3.0, 15.0), "flux_dev": (1.0, 8.0)}
+    for name, cfg in released.items():
+        isg = load_profile(name).distill.isg
+        assert (isg.distance, tuple(isg.cfg)) == ("charbonnier", cfg), name
+    scales: list[torch.Tensor] = []
+    real_isg = terms.isg_term
+
+    def spy(*args, cfg, **kwargs):
+        scales.append(cfg)
+        return real_isg(*args, cfg=cfg, **kwargs)
+
+    monkeypatch.setattr(terms, "isg_term", spy)
+    distill(
+        tmp_path / "run", teacher=tiny_family("sd3", tmp_path, "float32"), data=world_data(),
+        anchors=ANCHORS["sd3"], iterations=1, global_batch=2, ttur=1, gan=False, teacher_cfg=(3.0, 10.0),
+        isg_cfg=(5.0, 5.0), progress=False, checkpoint_every=10,
+    )  # fmt: skip
+    assert scales and torch.equal(scales[0].cpu(), torch.full((2,), 5.0))
