@@ -284,7 +284,7 @@ def vfm_generator_gan(
     images = generator.codec.decode(x0_g)
     logits = discriminator(images, cond.pooled, real_images, gen)
     g_loss, _ = gan_losses(loss)
-    return g_loss(logits, gan_weight(t_anchor, curve).to(logits.device)), images
+    return g_loss(logits, gan_weight(t_anchor, curve, generator.shift).to(logits.device)), images
 
 
 def vfm_discriminator_step(
@@ -296,8 +296,12 @@ def vfm_discriminator_step(
     loss: str,
     gen: torch.Generator,
     scale: float = 1.0,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Backpropagate ``scale`` times the discriminator loss on real vs detached generated images.
+
+    ``weight`` (B,): per-sample w(t) of the anchor each generated image came from, applied to
+    both parts (the released code weights D's real and fake terms by the generator's w(t)).
 
     Real and generated images go through the discriminator in two forward passes, each
     followed by its backward (the released code's order): the heads' BatchNorm sees a
@@ -306,9 +310,11 @@ def vfm_discriminator_step(
     loss (detached); the gradients are accumulated in the discriminator's parameters.
     """
     real_part, fake_part = d_loss_parts(loss)
-    real = real_part(discriminator(real_images, cond.pooled, real_images, gen))
+    real_logits = discriminator(real_images, cond.pooled, real_images, gen)
+    w = None if weight is None else weight.to(real_logits.device)
+    real = real_part(real_logits, w)
     (scale * real).backward()
-    fake = fake_part(discriminator(fake_images.detach(), cond.pooled, real_images, gen))
+    fake = fake_part(discriminator(fake_images.detach(), cond.pooled, real_images, gen), w)
     (scale * fake).backward()
     return (real + fake).detach()
 

@@ -63,6 +63,7 @@ def distill_kwargs(d: DistillConfig) -> dict:
         "gan_weight": d.gan.weight,
         "gan_fake_weight": d.gan.fake_weight,
         "gan_curve": d.gan.weight_curve,
+        "gan_weight_discriminator": d.gan.weight_discriminator,
         "gan_lr": d.gan.lr,
         "init_from": d.init_from,
         "ema_decay": d.ema_decay,

@@ -59,6 +59,7 @@ from senseflow.distributed import (
 )
 from senseflow.errors import UserError
 from senseflow.io import atomic_write_text, ensure_writable_dir
+from senseflow.losses import gan_weight as gan_time_weight
 from senseflow.losses import ida_update
 from senseflow.optim import adamw
 from senseflow.run_state import config_differences, run_fingerprint
@@ -227,6 +228,7 @@ def distill(
     gan_weight: float = 1.0,  # lambda_gan in the generator loss
     gan_fake_weight: float = 1.0,  # weight of the discriminator's own loss
     gan_curve: str = "one_minus_sigma_sq",  # w(t) of the anchor
+    gan_weight_discriminator: bool = True,  # D's loss weighted by w(t) too (released code)
     gan_lr: float = 1e-6,  # discriminator heads' LR
     lora_rank: int | None = None,  # train LoRA adapters (G and fake alike) instead of full weights
     lora_alpha: float | None = None,  # LoRA scale numerator (None: = rank)
@@ -310,7 +312,8 @@ def distill(
     opt_g = _make_optimizer(g_train.parameters(), optimizer, generator_lr, betas, weight_decay)
     opt_f = _make_optimizer(f_train.parameters(), optimizer, fake_lr, betas, weight_decay)
     d_params = _d_parameters(d_module) if d_module is not None else []
-    opt_d = adamw(d_params, lr=gan_lr, betas=tuple(betas)) if d_params else None
+    # weight decay as for G and fake (0 in every recipe), not AdamW's default 0.01
+    opt_d = adamw(d_params, lr=gan_lr, betas=tuple(betas), weight_decay=weight_decay) if d_params else None
     # one LR multiplier per iteration for all three optimisers (the released trainers step the
     # generator's, the fake model's and D's schedulers every iteration, generator step or not)
     factor = _lr_factor(generator_lr, lr_warmup, lr_after_warmup)
@@ -470,7 +473,8 @@ def distill(
                     with torch.no_grad():
                         fake_images = G.codec.decode(x0_detached)
                 losses["gan_d"] = terms.vfm_discriminator_step(
-                    d_train, fake_images.detach(), images, cond, loss=gan_loss, gen=gen, scale=gan_fake_weight
+                    d_train, fake_images.detach(), images, cond, loss=gan_loss, gen=gen, scale=gan_fake_weight,
+                    weight=gan_time_weight(inputs.t, gan_curve, G.shift) if gan_weight_discriminator else None,
                 )
         if opt_d is not None:
             d_norm = _grad_norm(d_params, grad_clip)

@@ -280,3 +280,46 @@ def test_isg_has_its_own_guidance_and_the_released_distance(tmp_path, monkeypatc
         isg_cfg=(5.0, 5.0), progress=False, checkpoint_every=10,
     )  # fmt: skip
     assert scales and torch.equal(scales[0].cpu(), torch.full((2,), 5.0))
+
+
+# ----------------------------------------------------------------------------- defect 8
+def test_released_sd35_gan_curve_and_cutout():
+    from senseflow.config import load_profile
+    from senseflow.discriminator.diffaug import diffaugment
+    from senseflow.losses import gan_weight
+
+    # released SD 3.5: sigma_desc[idx]^2 at indices 999 / 749 / 499 / 249 (0.003^2 ~ 0 at the first)
+    w = gan_weight(torch.tensor([1.0, 0.9, 0.75, 0.5]), "mirrored_sigma_sq", shift=3.0)
+    assert w.tolist() == pytest.approx([0.0, 0.25, 0.5625, 0.81], abs=1e-4)
+    assert load_profile("sd35_large").distill.gan.weight_curve == "mirrored_sigma_sq"
+    # DiffAugment's cutout erases a square of 0.2 of the side (released), not 1/2
+    x = torch.ones(64, 3, 40, 40)
+    erased = (diffaugment(x, ["cutout"], torch.Generator().manual_seed(0)) == 0).all(1).sum((1, 2))
+    assert int(erased.max()) == 8 * 8
+
+
+def test_discriminator_loss_is_time_weighted_and_its_adamw_has_no_weight_decay(tmp_path, monkeypatch):
+    from senseflow import distill as terms
+    from senseflow import train
+
+    decays, weights = [], []
+    real_adamw, real_step = train.adamw, terms.vfm_discriminator_step
+
+    def adamw_spy(params, **kw):
+        decays.append(kw.get("weight_decay", "torch default 0.01"))
+        return real_adamw(params, **kw)
+
+    def step_spy(*args, **kw):
+        weights.append(kw.get("weight"))
+        return real_step(*args, **kw)
+
+    monkeypatch.setattr(train, "adamw", adamw_spy)
+    monkeypatch.setattr(terms, "vfm_discriminator_step", step_spy)
+    teacher = tiny_family("sd3", tmp_path, "float32")
+    train.distill(
+        tmp_path / "run", teacher=teacher, data=world_data(), anchors=ANCHORS["sd3"], iterations=1,
+        discriminator=tiny_discriminator(teacher.text.encode([""]).pooled.shape[1]), global_batch=4,
+        ttur=1, isg=False, gan_curve="mirrored_sigma_sq", progress=False, checkpoint_every=10,
+    )  # fmt: skip
+    assert decays and all(d == 0.0 for d in decays), f"AdamW weight decays {decays}"
+    assert weights and weights[0] is not None and ((weights[0] >= 0) & (weights[0] <= 1)).all()
