@@ -506,7 +506,12 @@ class ProfileConfig(Strict):
         elif self.teacher.source != "pretrained":
             raise ValueError(f"family {self.family!r} distils a pretrained teacher")
         for name, assignments in self.variants.items():
-            variant_distill(self, name, assignments)  # raises naming the variant and the key
+            variant = variant_distill(self, name, assignments)  # raises naming the variant and the key
+            if variant == self.distill and name in self.pipeline.ablations:
+                raise ValueError(
+                    f"ablation {name!r} ({', '.join(assignments)}) changes nothing in the distill "
+                    f"section: it would train a copy of the main run; drop it from pipeline.ablations"
+                )
         if self.distill.isg.enabled and self.distill.isg.margin_units == "unshifted":
             shift = self.teacher_shift()
             if shift is not None:

@@ -8,7 +8,7 @@ Per iteration (method.md sections 1-5):
 
 1. prompts and real images from the data source, seeded by (seed, iteration, rank);
 2. generator inputs at uniformly drawn anchors (backward simulation or forward-noised real);
-3. every ``ttur``-th iteration, the generator step
+3. every ``ttur``-th iteration (the ttur-th, 2 ttur-th, ...), the generator step
    ``L_G = L_dmd + lambda_gan w(t) L_adv + lambda_isg L_isg``, clipped, then IDA
    ``phi <- lam phi + (1 - lam) theta``;
 4. every iteration, the fake score model's denoising step on the detached samples (plus
@@ -370,7 +370,9 @@ def distill(
         cond = teacher.text.encode(prompts).to(info.device)
         uncond = uncond_one.index([0] * len(prompts)).to(info.device)
         cfg = _uniform_scales(teacher_cfg, batch, gen).to(info.device)
-        g_step = it % ttur == 0
+        # the generator steps at iterations ttur, 2 ttur, ... (1-based, as released): the
+        # fake model has trained ttur - 1 times on the generator's samples before the first
+        g_step = (it + 1) % ttur == 0
         with timer("inputs"), amp:
             inputs = terms.generator_inputs(
                 G,

@@ -323,3 +323,35 @@ def test_discriminator_loss_is_time_weighted_and_its_adamw_has_no_weight_decay(t
     )  # fmt: skip
     assert decays and all(d == 0.0 for d in decays), f"AdamW weight decays {decays}"
     assert weights and weights[0] is not None and ((weights[0] >= 0) & (weights[0] <= 1)).all()
+
+
+# ----------------------------------------------------------------------------- defect 12
+def test_no_ablation_duplicates_the_main_run():
+    from senseflow.config import ConfigError, load_profile
+
+    for name in ("sdxl", "sd35_large", "sd35_medium", "flux_dev", "embedded", "smoke"):
+        cfg = load_profile(name)
+        for ablation in cfg.pipeline.ablations:
+            assert cfg.variant(ablation) != cfg.distill, f"{name}: {ablation} is the main recipe"
+    with pytest.raises(ConfigError, match="copy of the main run"):
+        load_profile("sdxl", ["variants.no_ida=[ida.enabled=false]", "pipeline.ablations=[no_ida]"])
+
+
+def test_generator_steps_after_the_fake_model_has_trained(tmp_path, monkeypatch):
+    """Released: the generator steps at iterations ttur, 2 ttur, ... (1-based), never at the first."""
+    from senseflow import distill as terms
+    from senseflow.train import distill
+
+    steps: list[int] = []
+    real_dmd = terms.dmd_term
+    monkeypatch.setattr(terms, "dmd_term", lambda *a, **k: steps.append(len(steps)) or real_dmd(*a, **k))
+    fake_calls: list[int] = []
+    real_fake = terms.fake_term
+    monkeypatch.setattr(terms, "fake_term", lambda *a, **k: fake_calls.append(len(steps)) or real_fake(*a, **k))
+    distill(
+        tmp_path / "run", teacher=tiny_family("sd3", tmp_path, "float32"), data=world_data(),
+        anchors=ANCHORS["sd3"], iterations=4, global_batch=2, ttur=2, gan=False, isg=False,
+        progress=False, checkpoint_every=10,
+    )  # fmt: skip
+    # generator steps before the fake steps of iterations 2 and 4 only
+    assert fake_calls == [0, 1, 1, 2], fake_calls
