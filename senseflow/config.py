@@ -214,8 +214,21 @@ class ISGConfig(Strict):
 
     enabled: bool = True
     weight: Annotated[float, Field(ge=0)] = 1.0
-    margin: Annotated[float, Field(ge=0)] = 0.05  # in sigma units (50 DDPM index units = 0.05)
-    distance: Literal["l2", "charbonnier"] = "l2"  # paper: l2; released code: charbonnier
+    # t_mid ~ U(prev + margin, tau - margin) in `margin_units`: "unshifted" time (the released
+    # SD 3.5 code: 50 of its 1000 unshifted grid steps = 0.05, then shifted) or raw "sigma"
+    # (the released FLUX code: 20 of 1000 = 0.02); DDPM families: t = index / 999 either way
+    margin: Annotated[float, Field(ge=0)] = 0.05
+    margin_units: Literal["unshifted", "sigma"] = "unshifted"
+    distance: Literal["l2", "charbonnier"] = "l2"  # paper: l2; released code: charbonnier (real profiles)
+    # teacher guidance of ISG's teacher leg, (low, high) drawn per sample; None: reuse DMD's draw
+    # (released: SD 3.5 L fixed 5.0, SD 3.5 M U(2, 4), SDXL U(3, 15), FLUX U(1, 8))
+    cfg: tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]] | None = None
+
+    @model_validator(mode="after")
+    def _cfg_range(self) -> ISGConfig:
+        if self.cfg is not None and self.cfg[0] > self.cfg[1]:
+            raise ValueError("cfg is a (low, high) range")
+        return self
 
 
 class GANConfig(Strict):
@@ -226,7 +239,11 @@ class GANConfig(Strict):
     backbone: str = "dinov2_vitl14"
     blocks: list[Annotated[int, Field(ge=0)]] = [2, 5, 8, 10, 14, 19, 23]
     text_projection_dim: PositiveInt = 64
-    weight_curve: Literal["one_minus_sigma_sq", "constant", "sigma", "one_minus_sigma"] = "one_minus_sigma_sq"
+    # w(t) of the anchor (losses/adversarial.py gan_weight); released SD 3.5: mirrored_sigma_sq
+    weight_curve: Literal["one_minus_sigma_sq", "mirrored_sigma_sq", "constant", "sigma", "one_minus_sigma"] = (
+        "one_minus_sigma_sq"
+    )
+    weight_discriminator: bool = True  # D's real and fake terms weighted by w(t) too (released code)
     diffaug: list[Literal["color", "translation", "cutout"]] = ["color", "translation", "cutout"]
     lr: Annotated[float, Field(gt=0)] = 1e-6
     # "vfm": SenseFlow's frozen-VFM discriminator on decoded images; "fake_features": DMD2's
@@ -234,6 +251,22 @@ class GANConfig(Strict):
     head: Literal["vfm", "fake_features"] = "vfm"
     loss: Literal["hinge", "logistic"] = "hinge"  # SenseFlow: hinge; DMD2: logistic (softplus)
     fake_weight: Annotated[float, Field(ge=0)] = 1.0  # weight of D's loss ("fake_features": in the fake step)
+
+
+class TimeDensityConfig(Strict):
+    """Noise times of one loss term (``senseflow.schedules.TimeDensity``)."""
+
+    density: Literal["uniform", "logit_normal"] = "uniform"
+    range: tuple[Probability, Probability] = (0.0, 1.0)  # uniform: U(range); logit_normal: clamped into it
+    logit_mean: float = 0.0
+    logit_std: Annotated[float, Field(gt=0)] = 1.0
+    shifted: bool = False  # shift the draw by the teacher's shift (SD 3.5: 3; FLUX: exp(mu); SDXL: none)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TimeDensityConfig:
+        if self.range[0] > self.range[1]:
+            raise ValueError("range is a (low, high) range")
+        return self
 
 
 class DistillConfig(Strict):
@@ -246,6 +279,8 @@ class DistillConfig(Strict):
     global_batch: PositiveInt = 8
     generator_lr: Annotated[float, Field(gt=0)] = 1e-6
     fake_lr: Annotated[float, Field(gt=0)] = 1e-6
+    # warm-up in loop iterations, of all three optimisers (G, fake, D): linear from 0, or with
+    # lr_after_warmup from each LR to lr_after_warmup / generator_lr times it (released FLUX)
     lr_warmup: Annotated[int, Field(ge=0)] = 0
     lr_after_warmup: Annotated[float, Field(gt=0)] | None = None
     optimizer: Literal["adamw", "adamw8bit"] = "adamw"
@@ -253,12 +288,13 @@ class DistillConfig(Strict):
     weight_decay: Annotated[float, Field(ge=0)] = 0.0
     grad_clip: Annotated[float, Field(gt=0)] = 1.0
     ttur: PositiveInt = 5  # generator steps once every `ttur` iterations
-    dmd_t_range: tuple[Probability, Probability] = (0.02, 0.98)
+    # DMD's re-noising time (released SD 3.5: shift-3 of U(0.02, 0.98); FLUX: unshifted logit-normal)
+    dmd_t: TimeDensityConfig = TimeDensityConfig(density="uniform", range=(0.02, 0.98), shifted=False)
     teacher_cfg: tuple[Annotated[float, Field(ge=0)], Annotated[float, Field(ge=0)]] = (3.0, 10.0)
     guidance_embed: bool = False  # FLUX: teacher guidance comes in through an embedding
     backward_simulation_prob: Probability = 0.5
-    fake_logit_mean: float = 0.0  # logit-normal density of the fake model's training sigmas
-    fake_logit_std: Annotated[float, Field(gt=0)] = 1.0
+    # the fake model's training time (released SD 3.5: shifted logit-normal; FLUX: unshifted)
+    fake_t: TimeDensityConfig = TimeDensityConfig(density="logit_normal", shifted=True)
     init_from: str | None = None  # exported student to start G and the fake model from (1-step fine-tune)
     ema_decay: Annotated[float, Field(ge=0, lt=1)] | None = None  # generator EMA (None: off)
     lora_rank: PositiveInt | None = None  # train LoRA adapters on the attention projections (None: full)
@@ -281,19 +317,26 @@ class DistillConfig(Strict):
             raise ValueError("anchors must be strictly decreasing (noisiest first)")
         if self.teacher_cfg[0] > self.teacher_cfg[1]:
             raise ValueError("teacher_cfg is a (low, high) range")
-        if self.dmd_t_range[0] > self.dmd_t_range[1]:
-            raise ValueError("dmd_t_range is a (low, high) range")
-        if self.isg.enabled:
-            # every segment (tau_prev, tau] must leave room for t_mid after the margins
-            scale = 999.0 if self.anchor_units == "ddpm_index" else 1.0
-            bounds = [a / scale for a in self.anchors] + [0.0]
-            for hi, lo in zip(bounds[:-1], bounds[1:], strict=True):
-                if hi - lo < 2 * self.isg.margin - 1e-9:
-                    raise ValueError(
-                        f"ISG segment ({lo:g}, {hi:g}] is narrower than 2 * isg.margin = "
-                        f"{2 * self.isg.margin:g}: lower isg.margin or space the anchors"
-                    )
+        if self.isg.enabled and (self.isg.margin_units == "sigma" or self.anchor_units == "ddpm_index"):
+            self.check_isg_segments(1.0)  # unshifted flow margins: checked by the profile (shift)
         return self
+
+    def check_isg_segments(self, shift: float) -> None:
+        """Raise unless every segment ``(tau_prev, tau]`` leaves room for ``t_mid`` after the margins.
+
+        Measured in the units ``t_mid`` is drawn in: unshifted time for ``isg.margin_units:
+        unshifted`` with the teacher's ``shift``, the anchors' own time otherwise.
+        """
+        use_shift = shift if self.isg.margin_units == "unshifted" and self.anchor_units == "sigma" else 1.0
+        # unshift_sigma of senseflow.schedules, on floats (this module does not import torch)
+        bounds = [a / (use_shift - (use_shift - 1) * a) for a in self.anchor_times()] + [0.0]
+        for hi, lo in zip(bounds[:-1], bounds[1:], strict=True):
+            if hi - lo < 2 * self.isg.margin - 1e-9:
+                units = f"unshifted time (shift {use_shift:g})" if use_shift != 1.0 else "time"
+                raise ValueError(
+                    f"ISG segment ({lo:g}, {hi:g}] in {units} is narrower than 2 * isg.margin = "
+                    f"{2 * self.isg.margin:g}: lower isg.margin or space the anchors"
+                )
 
     def anchor_times(self) -> list[float]:
         """Anchors as backbone times ``t`` in [0, 1] (DDPM indices are divided by 999)."""
@@ -463,8 +506,28 @@ class ProfileConfig(Strict):
         elif self.teacher.source != "pretrained":
             raise ValueError(f"family {self.family!r} distils a pretrained teacher")
         for name, assignments in self.variants.items():
-            variant_distill(self, name, assignments)  # raises naming the variant and the key
+            variant = variant_distill(self, name, assignments)  # raises naming the variant and the key
+            if variant == self.distill and name in self.pipeline.ablations:
+                raise ValueError(
+                    f"ablation {name!r} ({', '.join(assignments)}) changes nothing in the distill "
+                    f"section: it would train a copy of the main run; drop it from pipeline.ablations"
+                )
+        if self.distill.isg.enabled and self.distill.isg.margin_units == "unshifted":
+            shift = self.teacher_shift()
+            if shift is not None:
+                try:
+                    self.distill.check_isg_segments(shift)
+                except ValueError as exc:
+                    raise ValueError(f"distill.isg: {exc}") from None
         return self
+
+    def teacher_shift(self) -> float | None:
+        """The teacher's constant sigma shift (None: resolution-dependent, FLUX's dynamic shift)."""
+        if self.teacher.source == "pretrained":
+            if self.family == "sdxl":
+                return 1.0
+            return self.teacher.pretrained.shift
+        return self.teacher.train.shift
 
     def variant(self, name: str) -> DistillConfig:
         """The ``distill`` section with variant ``name``'s overrides applied (``senseflow``: as is)."""

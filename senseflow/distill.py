@@ -19,15 +19,16 @@ from senseflow.backbones.base import Backbone
 from senseflow.conditioning import PromptEmbeds
 from senseflow.discriminator.fake_head import FakeFeatureHead
 from senseflow.losses import (
+    d_loss_parts,
     dmd_loss,
     fake_score_loss,
     gan_losses,
     gan_weight,
     isg_loss,
     isg_loss_ddim,
-    sample_fake_score_sigmas,
     sample_isg_mid,
 )
+from senseflow.schedules import TimeDensity
 
 
 def _uniform(n: int, lo: float, hi: float, gen: torch.Generator) -> torch.Tensor:
@@ -155,18 +156,19 @@ def dmd_term(
     cond: PromptEmbeds,
     uncond: PromptEmbeds | None,
     *,
-    t_range: tuple[float, float],
+    t_density: TimeDensity,
     cfg: torch.Tensor,
     gen: torch.Generator,
 ) -> torch.Tensor:
     """DMD loss of the generator's clean samples ``x0_g`` (Yin et al. 2024; method.md section 1).
 
-    Re-noise ``x0_g`` at ``t ~ U(t_range)``; the guided teacher (scale ``cfg`` per sample)
-    and the unguided fake model each give an x0 estimate without gradient; the gradient on
-    ``x0_g`` is their normalised difference (:func:`senseflow.losses.dmd_loss`).
+    Re-noise ``x0_g`` at ``t ~ t_density`` (shifted by the teacher's shift if the density
+    says so); the guided teacher (scale ``cfg`` per sample) and the unguided fake model each
+    give an x0 estimate without gradient; the gradient on ``x0_g`` is their normalised
+    difference (:func:`senseflow.losses.dmd_loss`).
     """
     b = x0_g.shape[0]
-    t = _uniform(b, *t_range, gen).to(x0_g.device)
+    t = t_density.sample(b, shift=teacher.shift, generator=gen).to(x0_g.device)
     x_t = teacher.add_noise(x0_g.detach(), _randn(x0_g.shape, gen, x0_g), t)
     with torch.no_grad():
         x0_real = teacher.x0(x_t, teacher.guided_predict(x_t, t, cond, uncond, cfg), t)
@@ -180,21 +182,16 @@ def fake_term(
     cond: PromptEmbeds,
     *,
     gen: torch.Generator,
-    logit_mean: float = 0.0,
-    logit_std: float = 1.0,
+    t_density: TimeDensity | None = None,
 ) -> torch.Tensor:
     """Denoising loss of the fake score model on detached generator samples (method.md section 1).
 
-    Flow: logit-normal sigmas (shifted by the backbone's shift), velocity target. Epsilon:
-    uniform time, noise target.
+    Times ``t ~ t_density`` (default: logit-normal shifted by the backbone's shift); flow
+    families regress the velocity, epsilon families the noise.
     """
     b = x0.shape[0]
-    if fake.prediction == "flow":
-        t = sample_fake_score_sigmas(
-            b, logit_mean=logit_mean, logit_std=logit_std, shift=fake.shift, generator=gen
-        ).to(x0.device)
-    else:
-        t = torch.rand(b, generator=gen).to(x0.device)
+    density = t_density or TimeDensity(density="logit_normal", shifted=True)
+    t = density.sample(b, shift=fake.shift, generator=gen).to(x0.device)
     eps = _randn(x0.shape, gen, x0)
     x_t = fake.add_noise(x0.detach(), eps, t)
     return fake_score_loss(fake.prediction, fake.predict(x_t, t, cond), x0.detach(), eps)
@@ -226,8 +223,12 @@ def isg_term(
     margin: float,
     distance: str,
     gen: torch.Generator,
+    margin_units: str = "unshifted",
 ) -> torch.Tensor:
     """Intra-Segment Guidance loss for the iteration's anchor inputs (method.md section 3).
+
+    ``t_mid`` is drawn ``margin`` inside the segment in ``margin_units``: ``"unshifted"``
+    time of the backbone's shift (released SD 3.5) or raw ``"sigma"`` (released FLUX).
 
     Flow backbones: :func:`senseflow.losses.isg_loss` (Euler). Epsilon backbones:
     :func:`senseflow.losses.isg_loss_ddim` on the adapter's integer timesteps (the last
@@ -235,7 +236,10 @@ def isg_term(
     ``inputs.x`` with gradient.
     """
     x, t, t_next = inputs.x, inputs.t, inputs.t_next
-    mid = sample_isg_mid(t, t_next, margin, generator=gen)
+    if margin_units not in ("unshifted", "sigma"):
+        raise ValueError(f"ISG margin_units must be 'unshifted' or 'sigma', got {margin_units!r}")
+    shift = generator.shift if margin_units == "unshifted" and generator.prediction == "flow" else 1.0
+    mid = sample_isg_mid(t, t_next, margin, generator=gen, shift=shift)
 
     def teacher_fn(xx: torch.Tensor, tt: torch.Tensor) -> torch.Tensor:
         return teacher.guided_predict(xx, tt, cond, uncond, cfg)
@@ -280,10 +284,10 @@ def vfm_generator_gan(
     images = generator.codec.decode(x0_g)
     logits = discriminator(images, cond.pooled, real_images, gen)
     g_loss, _ = gan_losses(loss)
-    return g_loss(logits, gan_weight(t_anchor, curve).to(logits.device)), images
+    return g_loss(logits, gan_weight(t_anchor, curve, generator.shift).to(logits.device)), images
 
 
-def vfm_discriminator_loss(
+def vfm_discriminator_step(
     discriminator: nn.Module,
     fake_images: torch.Tensor,
     real_images: torch.Tensor,
@@ -291,18 +295,28 @@ def vfm_discriminator_loss(
     *,
     loss: str,
     gen: torch.Generator,
+    scale: float = 1.0,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Discriminator loss on real vs detached generated images, both conditioned on the real image."""
-    _, d_loss = gan_losses(loss)
-    # one batched call: a single forward per backward keeps DDP's gradient hooks simple
-    b = real_images.shape[0]
-    logits = discriminator(
-        torch.cat([real_images, fake_images.detach()]),
-        torch.cat([cond.pooled, cond.pooled]),
-        torch.cat([real_images, real_images]),
-        gen,
-    )
-    return d_loss(logits[:b], logits[b:])
+    """Backpropagate ``scale`` times the discriminator loss on real vs detached generated images.
+
+    ``weight`` (B,): per-sample w(t) of the anchor each generated image came from, applied to
+    both parts (the released code weights D's real and fake terms by the generator's w(t)).
+
+    Real and generated images go through the discriminator in two forward passes, each
+    followed by its backward (the released code's order): the heads' BatchNorm sees a
+    fake-only batch here just as in the generator's step, so a fake's logit never depends
+    on the real images beside it. Both are conditioned on the paired real image. Returns the
+    loss (detached); the gradients are accumulated in the discriminator's parameters.
+    """
+    real_part, fake_part = d_loss_parts(loss)
+    real_logits = discriminator(real_images, cond.pooled, real_images, gen)
+    w = None if weight is None else weight.to(real_logits.device)
+    real = real_part(real_logits, w)
+    (scale * real).backward()
+    fake = fake_part(discriminator(fake_images.detach(), cond.pooled, real_images, gen), w)
+    (scale * fake).backward()
+    return (real + fake).detach()
 
 
 def fake_features_gan(

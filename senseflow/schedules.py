@@ -6,6 +6,8 @@ with sigma in [0, 1], sigma = 1 pure noise. The model's "timestep" input is ``10
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 NUM_TRAIN_TIMESTEPS = 1000
@@ -66,3 +68,49 @@ def sample_train_sigmas(
         generator=generator,
     )
     return shift_sigma(u.clamp(0.0, 1.0), shift)
+
+
+TIME_DENSITIES: tuple[str, ...] = ("uniform", "logit_normal")
+
+
+@dataclass(frozen=True)
+class TimeDensity:
+    """A density of noise times ``t`` in [0, 1] for one term of the distillation loss.
+
+    ``uniform``: ``U(low, high)``; ``logit_normal``: ``sigmoid(N(logit_mean, logit_std))``
+    (Esser et al. 2024, eq. 19) clamped into ``[low, high]``. With ``shifted`` the draw is then
+    resolution-shifted by the backbone's shift (:func:`shift_sigma`; 1 for DDPM families).
+    Released recipes: DMD's t on SD 3.5 is shift-3 of U(0.02, 0.98), on FLUX an unshifted
+    logit-normal; the fake model's t on SD 3.5 a shifted logit-normal, on FLUX unshifted.
+    """
+
+    density: str = "uniform"
+    low: float = 0.0
+    high: float = 1.0
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shifted: bool = False
+
+    def __post_init__(self):
+        if self.density not in TIME_DENSITIES:
+            raise ValueError(f"unknown time density {self.density!r}; expected one of {', '.join(TIME_DENSITIES)}")
+        if not 0.0 <= self.low <= self.high <= 1.0:
+            raise ValueError(f"time range must satisfy 0 <= low <= high <= 1, got ({self.low}, {self.high})")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> TimeDensity:
+        """From a config section's dump (``range`` as ``[low, high]``); None gives the defaults."""
+        if d is None:
+            return cls()
+        d = dict(d)
+        low, high = d.pop("range", (0.0, 1.0))
+        return cls(low=float(low), high=float(high), **d)
+
+    def sample(self, n: int, *, shift: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` times (float32, on the generator's device: CPU by default)."""
+        if self.density == "uniform":
+            u = self.low + (self.high - self.low) * torch.rand(n, generator=generator)
+        else:
+            z = self.logit_mean + self.logit_std * torch.randn(n, generator=generator)
+            u = torch.sigmoid(z).clamp(self.low, self.high)
+        return shift_sigma(u, shift) if self.shifted and shift != 1.0 else u

@@ -8,7 +8,7 @@ Per iteration (method.md sections 1-5):
 
 1. prompts and real images from the data source, seeded by (seed, iteration, rank);
 2. generator inputs at uniformly drawn anchors (backward simulation or forward-noised real);
-3. every ``ttur``-th iteration, the generator step
+3. every ``ttur``-th iteration (the ttur-th, 2 ttur-th, ...), the generator step
    ``L_G = L_dmd + lambda_gan w(t) L_adv + lambda_isg L_isg``, clipped, then IDA
    ``phi <- lam phi + (1 - lam) theta``;
 4. every iteration, the fake score model's denoising step on the detached samples (plus
@@ -59,9 +59,11 @@ from senseflow.distributed import (
 )
 from senseflow.errors import UserError
 from senseflow.io import atomic_write_text, ensure_writable_dir
+from senseflow.losses import gan_weight as gan_time_weight
 from senseflow.losses import ida_update
 from senseflow.optim import adamw
 from senseflow.run_state import config_differences, run_fingerprint
+from senseflow.schedules import TimeDensity
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +120,36 @@ def _make_optimizer(params, kind: str, lr: float, betas, weight_decay: float) ->
     raise UserError(f"distill.optimizer must be adamw or adamw8bit, got {kind!r}")
 
 
+class _Schedules:
+    """LambdaLR schedulers that step together, once per iteration; one ``last_epoch`` in checkpoints."""
+
+    def __init__(self, schedulers: list[torch.optim.lr_scheduler.LambdaLR]):
+        self.schedulers = schedulers
+
+    def step(self) -> None:
+        """Advance every scheduler by one iteration."""
+        for s in self.schedulers:
+            s.step()
+
+    @property
+    def last_epoch(self) -> int:
+        """Iterations stepped so far (the same for every scheduler)."""
+        return self.schedulers[0].last_epoch
+
+    @last_epoch.setter
+    def last_epoch(self, value: int) -> None:
+        for s in self.schedulers:  # resume: the LRs of iteration `value`
+            s.last_epoch = value
+            for group, lr in zip(s.optimizer.param_groups, s.get_lr(), strict=True):
+                group["lr"] = lr
+
+
 def _lr_factor(lr: float, warmup: int, lr_after_warmup: float | None) -> Callable[[int], float]:
-    """Generator LR multiplier: linear warm-up from 0 (or from ``lr`` to ``lr_after_warmup``, FLUX)."""
+    """LR multiplier at iteration n: linear warm-up from 0, or from ``lr`` to ``lr_after_warmup`` (FLUX).
+
+    Applied to the generator's, the fake model's and the discriminator's LRs alike (released
+    FLUX: all three 5e-6 -> 1e-5 over 500 iterations).
+    """
 
     def factor(step: int) -> float:
         if warmup <= 0:
@@ -173,36 +203,38 @@ def distill(
     global_batch: int = 8,  # samples per iteration over all ranks
     generator_lr: float = 1e-6,  # AdamW LR of the generator
     fake_lr: float = 1e-6,  # AdamW LR of the fake score model
-    lr_warmup: int = 0,  # generator warm-up iterations
-    lr_after_warmup: float | None = None,  # FLUX: generator LR ramps generator_lr -> this
+    lr_warmup: int = 0,  # warm-up iterations (every optimiser, counted in loop iterations)
+    lr_after_warmup: float | None = None,  # FLUX: LRs ramp by lr_after_warmup / generator_lr
     optimizer: str = "adamw",  # "adamw" | "adamw8bit" (bitsandbytes)
     betas: tuple[float, float] = (0.9, 0.999),
     weight_decay: float = 0.0,
     grad_clip: float = 1.0,  # max gradient norm of each network
     ttur: int = 5,  # generator steps once every `ttur` iterations (two time-scale update rule)
-    dmd_t_range: tuple[float, float] = (0.02, 0.98),  # DMD re-noising time range
+    dmd_t: dict | None = None,  # DMD's re-noising time density (TimeDensity.from_dict; None: U(0.02, 0.98))
     teacher_cfg: tuple[float, float] = (3.0, 10.0),  # teacher guidance scale ~ U(low, high)
     backward_simulation_prob: float = 0.5,  # P(generator input made by the student itself)
-    fake_logit_mean: float = 0.0,  # fake model's logit-normal sigma density
-    fake_logit_std: float = 1.0,
+    fake_t: dict | None = None,  # fake model's time density (None: logit-normal, shifted)
     ida: bool = True,  # Implicit Distribution Alignment after each generator step
     ida_lam: float = 0.97,  # phi <- lam phi + (1 - lam) theta
     isg: bool = True,  # Intra-Segment Guidance term
     isg_weight: float = 1.0,
     isg_margin: float = 0.05,  # t_mid ~ U(tau_prev + m, tau - m)
+    isg_margin_units: str = "unshifted",  # ... in unshifted time (released SD 3.5) or "sigma" (FLUX)
     isg_distance: str = "l2",  # "l2" (paper) | "charbonnier" (released code)
+    isg_cfg: tuple[float, float] | None = None,  # ISG teacher guidance ~ U(low, high); None: DMD's draw
     gan: bool = True,  # adversarial terms
     gan_head: str = "vfm",  # "vfm" (SenseFlow) | "fake_features" (DMD2)
     gan_loss: str = "hinge",  # "hinge" | "logistic"
     gan_weight: float = 1.0,  # lambda_gan in the generator loss
     gan_fake_weight: float = 1.0,  # weight of the discriminator's own loss
     gan_curve: str = "one_minus_sigma_sq",  # w(t) of the anchor
+    gan_weight_discriminator: bool = True,  # D's loss weighted by w(t) too (released code)
     gan_lr: float = 1e-6,  # discriminator heads' LR
     lora_rank: int | None = None,  # train LoRA adapters (G and fake alike) instead of full weights
     lora_alpha: float | None = None,  # LoRA scale numerator (None: = rank)
     lora_targets: tuple[str, ...] = ("to_q", "to_k", "to_v", "to_out.0"),  # attention projections
     ema_decay: float | None = None,  # generator EMA (exported instead of the raw weights)
-    precision: str = "fp32",  # "fp32" | "bf16" autocast of forward passes
+    precision: str = "fp32",  # "fp32" | "bf16" autocast of forward passes (weights stay float32)
     grad_checkpointing: bool = False,
     seed: int = 0,
     checkpoint_every: int = 100,
@@ -216,8 +248,8 @@ def distill(
 ) -> DistillResult:
     """Distil ``teacher`` into a few-step generator; return its final weights (on every rank).
 
-    The generator and the fake score model start as copies of the teacher's network
-    (:meth:`Backbone.trainable_copy`), or from ``init_from``'s checkpoint. Writes
+    The generator and the fake score model start as float32 copies of the teacher's network
+    (:func:`trainable_network`), or from ``init_from``'s checkpoint. Writes
     ``checkpoint/`` (DCP), ``state.json``, ``dvclive/`` and ``eval_curve.jsonl`` in ``out_dir``.
     """
     settings = {k: v for k, v in locals().items() if k not in _NOT_FINGERPRINTED}
@@ -240,10 +272,19 @@ def distill(
     out_dir = ensure_writable_dir(out_dir) if info.is_main else Path(out_dir)
     barrier()
 
+    dmd_density = TimeDensity.from_dict(dmd_t or {"density": "uniform", "range": (0.02, 0.98)})
+    fake_density = TimeDensity.from_dict(fake_t or {"density": "logit_normal", "shifted": True})
     # ---------------------------------------------------------------- networks
+    teacher_dtype = next(teacher.network.parameters()).dtype
+    if precision == "bf16" and teacher_dtype == torch.float16:
+        # autocast cannot mix float16 tensors with its bfloat16 ones (SDXL's added embeddings)
+        raise UserError(
+            "distill.precision is bf16 but the teacher is loaded in float16: set "
+            "teacher.pretrained.dtype: bfloat16 (as the released trainers do) or distill.precision: fp32"
+        )
     teacher.network.requires_grad_(False).eval()
     teacher.network.to(info.device)
-    g_net, f_net = teacher.trainable_copy().to(info.device), teacher.trainable_copy().to(info.device)
+    g_net, f_net = trainable_network(teacher).to(info.device), trainable_network(teacher).to(info.device)
     if lora_rank:
         if mode == "fsdp":
             raise UserError("LoRA with FSDP is not supported: use DDP (runtime.parallel: ddp) for LoRA runs")
@@ -271,8 +312,12 @@ def distill(
     opt_g = _make_optimizer(g_train.parameters(), optimizer, generator_lr, betas, weight_decay)
     opt_f = _make_optimizer(f_train.parameters(), optimizer, fake_lr, betas, weight_decay)
     d_params = _d_parameters(d_module) if d_module is not None else []
-    opt_d = adamw(d_params, lr=gan_lr, betas=tuple(betas)) if d_params else None
-    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, _lr_factor(generator_lr, lr_warmup, lr_after_warmup))
+    # weight decay as for G and fake (0 in every recipe), not AdamW's default 0.01
+    opt_d = adamw(d_params, lr=gan_lr, betas=tuple(betas), weight_decay=weight_decay) if d_params else None
+    # one LR multiplier per iteration for all three optimisers (the released trainers step the
+    # generator's, the fake model's and D's schedulers every iteration, generator step or not)
+    factor = _lr_factor(generator_lr, lr_warmup, lr_after_warmup)
+    sched_g = _Schedules([torch.optim.lr_scheduler.LambdaLR(o, factor) for o in (opt_g, opt_f, opt_d) if o])
     ema = None
     if ema_decay is not None:
         from diffusers.training_utils import EMAModel
@@ -324,10 +369,10 @@ def distill(
             x_real = teacher.codec.encode(images)
         cond = teacher.text.encode(prompts).to(info.device)
         uncond = uncond_one.index([0] * len(prompts)).to(info.device)
-        cfg = (teacher_cfg[0] + (teacher_cfg[1] - teacher_cfg[0]) * torch.rand(batch, generator=gen)).to(
-            info.device
-        )
-        g_step = it % ttur == 0
+        cfg = _uniform_scales(teacher_cfg, batch, gen).to(info.device)
+        # the generator steps at iterations ttur, 2 ttur, ... (1-based, as released): the
+        # fake model has trained ttur - 1 times on the generator's samples before the first
+        g_step = (it + 1) % ttur == 0
         with timer("inputs"), amp:
             inputs = terms.generator_inputs(
                 G,
@@ -347,29 +392,31 @@ def distill(
         freeze_others = mode != "fsdp"
         if g_step:
             if freeze_others:
-                f_net.requires_grad_(False)
-                if d_module is not None:
-                    d_module.requires_grad_(False)
+                # each parameter's own flag comes back after the generator's backward: a LoRA
+                # fake model must keep its base weights frozen (issue 14, defect 3)
+                restore = _freeze([f_net, *([d_module] if d_module is not None else [])])
             with timer("generator_forward"), amp:
                 pred = G_train.predict(inputs.x, inputs.t, cond)
                 x0_g = G_train.x0(inputs.x, pred, inputs.t)
             with timer("dmd"), amp:
                 losses["dmd"] = terms.dmd_term(
-                    teacher, F, x0_g, cond, uncond, t_range=dmd_t_range, cfg=cfg, gen=gen
+                    teacher, F, x0_g, cond, uncond, t_density=dmd_density, cfg=cfg, gen=gen
                 )
             total = losses["dmd"]
             if isg and isg_weight > 0:
+                isg_scale = cfg if isg_cfg is None else _uniform_scales(isg_cfg, batch, gen).to(info.device)
                 with timer("isg"), amp:
                     losses["isg"] = terms.isg_term(
                         teacher, G, inputs, pred, cond, uncond,
-                        cfg=cfg, margin=isg_margin, distance=isg_distance, gen=gen,
+                        cfg=isg_scale, margin=isg_margin, distance=isg_distance, gen=gen,
+                        margin_units=isg_margin_units,
                     )  # fmt: skip
                 total = total + isg_weight * losses["isg"]
             if gan and gan_weight > 0:
                 with timer("gan_generator"), amp:
                     if head is not None:
                         losses["gan_g"] = terms.fake_features_gan(
-                            head, F, x0_g, cond, t_range=dmd_t_range, loss=gan_loss, gen=gen
+                            head, F, x0_g, cond, t_range=(dmd_density.low, dmd_density.high), loss=gan_loss, gen=gen
                         )
                     else:
                         losses["gan_g"], fake_images = terms.vfm_generator_gan(
@@ -383,9 +430,7 @@ def distill(
                 skip = {"gan_g"} if (mode == "fsdp" and head is not None) else set()
                 _term_grad_norms({k: v for k, v in losses.items() if k not in skip}, pred, acc, n_acc)
             if freeze_others:
-                f_net.requires_grad_(True)
-                for p in d_params:
-                    p.requires_grad_(True)
+                restore()
             with timer("generator_backward"):
                 opt_g.zero_grad(set_to_none=True)
                 total.backward()
@@ -393,7 +438,6 @@ def distill(
             if not all_true(_is_finite(total, g_norm), info.device):
                 _diverged(it, {**losses, "generator_grad_norm": g_norm}, last_good, ckpt, live)
             opt_g.step()
-            sched_g.step()
             if ema is not None:
                 ema.step(g_net.parameters())
             if ida:
@@ -408,12 +452,13 @@ def distill(
         # ------------------------------------------------------------ fake score step
         with timer("fake_step"), amp:
             losses["fake"] = terms.fake_term(
-                F_train, x0_detached, cond, gen=gen, logit_mean=fake_logit_mean, logit_std=fake_logit_std
+                F_train, x0_detached, cond, gen=gen, t_density=fake_density
             )
             fake_total = losses["fake"]
             if head is not None:
                 losses["gan_d"] = terms.fake_features_discriminator_loss(
-                    head, F_train, x0_detached, x_real, cond, t_range=dmd_t_range, loss=gan_loss, gen=gen
+                    head, F_train, x0_detached, x_real, cond, t_range=(dmd_density.low, dmd_density.high),
+                    loss=gan_loss, gen=gen,
                 )
                 fake_total = fake_total + gan_fake_weight * losses["gan_d"]
         with timer("fake_step"):
@@ -429,11 +474,10 @@ def distill(
                 if fake_images is None:
                     with torch.no_grad():
                         fake_images = G.codec.decode(x0_detached)
-                losses["gan_d"] = terms.vfm_discriminator_loss(
-                    d_train, fake_images.detach(), images, cond, loss=gan_loss, gen=gen
+                losses["gan_d"] = terms.vfm_discriminator_step(
+                    d_train, fake_images.detach(), images, cond, loss=gan_loss, gen=gen, scale=gan_fake_weight,
+                    weight=gan_time_weight(inputs.t, gan_curve, G.shift) if gan_weight_discriminator else None,
                 )
-            with timer("discriminator_step"):
-                (gan_fake_weight * losses["gan_d"]).backward()
         if opt_d is not None:
             d_norm = _grad_norm(d_params, grad_clip)
         if not all_true(_is_finite(*losses.values(), f_norm, d_norm), info.device):
@@ -441,6 +485,7 @@ def distill(
         opt_f.step()
         if opt_d is not None:
             opt_d.step()
+        sched_g.step()
         for k, v in losses.items():
             acc[k] += float(v.detach())
             n_acc[k] += 1
@@ -453,7 +498,10 @@ def distill(
                 live.step = done
                 for k in sorted(acc):
                     live.log_metric(f"train/{k}", acc[k] / max(n_acc[k], 1))
-                live.log_metric("train/generator_lr", sched_g.get_last_lr()[0])
+                live.log_metric("train/generator_lr", opt_g.param_groups[0]["lr"])
+                live.log_metric("train/fake_lr", opt_f.param_groups[0]["lr"])
+                if opt_d is not None:
+                    live.log_metric("train/discriminator_lr", opt_d.param_groups[0]["lr"])
                 elapsed = max(time.perf_counter() - t_start, 1e-9)
                 live.log_metric("time/seconds_per_iteration", elapsed / (done - start))
                 for k, v in timer.total.items():
@@ -512,6 +560,19 @@ _NOT_FINGERPRINTED = {
 }  # fmt: skip
 
 
+def trainable_network(teacher: Backbone) -> nn.Module:
+    """A trainable copy of the teacher's network in float32: the generator's or fake model's master weights.
+
+    Real teachers load in 16 bits (SDXL float16, SD 3.5 / FLUX bfloat16). At the recipes'
+    learning rate 1e-6 an AdamW step is below half an ulp of most 16-bit weights, so it would
+    round away (in 10 steps only 2% of bf16 weights changed), and IDA's ``lerp`` by 0.03 would
+    change 3.5% of them. The released SD 3.5 / SDXL trainers keep trainable networks (and so
+    their EMA) in float32 and run forward passes under bf16 autocast (``distill.precision:
+    bf16``); the frozen teacher and VAE stay in their load dtype.
+    """
+    return teacher.trainable_copy().float()
+
+
 def add_lora(net: nn.Module, rank: int, alpha: float | None, targets, seed: int) -> None:
     """Freeze ``net`` and add peft LoRA adapters (rank ``rank``) on ``targets``, initialised from ``seed``."""
     from peft import LoraConfig
@@ -533,6 +594,29 @@ def merge_lora(net: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch
     merged.fuse_lora()
     merged.unload_lora()
     return {k: v.detach().cpu() for k, v in merged.state_dict().items()}, lora
+
+
+def _freeze(modules: list[nn.Module]) -> Callable[[], None]:
+    """Turn off ``requires_grad`` on every parameter of ``modules``; return what restores each one's flag.
+
+    Restoring the recorded flags (not switching everything back on) keeps frozen parts
+    frozen: a LoRA model's base weights, a discriminator's VFM.
+    """
+    params = [p for m in modules for p in m.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+
+    def restore() -> None:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+
+    return restore
+
+
+def _uniform_scales(bounds: tuple[float, float], n: int, gen: torch.Generator) -> torch.Tensor:
+    """``n`` guidance scales ~ U(low, high), one per sample (a fixed scale when low == high)."""
+    return bounds[0] + (bounds[1] - bounds[0]) * torch.rand(n, generator=gen)
 
 
 def _iteration_seed(seed: int, iteration: int, rank: int) -> int:
@@ -651,14 +735,12 @@ def _load_checkpoint(ckpt: Path, nets: dict, ema, sched, *, models_only: bool) -
             p.copy_(state["ema"][str(i)])
         ema.optimization_step = int(state["ema_step"])
     sched.last_epoch = int(state["generator_scheduler"]["last_epoch"])
-    for group, factor_lr in zip(sched.optimizer.param_groups, sched.get_lr(), strict=True):
-        group["lr"] = factor_lr
     return int(state["iteration"])
 
 
 def load_generator_state(run_dir: Path, teacher: Backbone) -> dict[str, torch.Tensor]:
     """The generator weights of a run's latest checkpoint (EMA not applied), as a plain state dict."""
-    net = teacher.trainable_copy()
+    net = trainable_network(teacher)
     _load_checkpoint(run_dir / CHECKPOINT, {"generator": (net, None)}, None, None, models_only=True)
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
 

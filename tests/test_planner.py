@@ -202,7 +202,7 @@ def test_activation_estimate_by_hand():
 def test_plan_defaults_from_profile_and_cached_text():
     cfg = load_profile("sdxl")
     report = plan_profile(cfg, architectures_dir("sdxl", PROFILES), gpus=8, gpu_mem_gib=80, cache_text=True)
-    assert (report.optimizer, report.precision, report.batch_per_gpu) == ("adamw", "fp16", 1)
+    assert (report.optimizer, report.precision, report.batch_per_gpu) == ("adamw", "bf16", 1)
     assert not any(n.role.startswith("text_encoder") for n in report.networks)
     more = plan_profile(
         cfg, architectures_dir("sdxl", PROFILES), gpus=8, gpu_mem_gib=80, grad_checkpointing=False

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 DIFFAUG_POLICIES: tuple[str, ...] = ("color", "translation", "cutout")
 TRANSLATION_RATIO = 1 / 8  # largest shift, as a fraction of the image side (DiffAugment)
-CUTOUT_RATIO = 1 / 2  # side of the erased square, as a fraction of the image side (DiffAugment)
+CUTOUT_RATIO = 0.2  # side of the erased square, as a fraction of the image side (released SenseFlow; DiffAugment: 1/2)
 
 
 def _uniform(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -61,7 +61,7 @@ def _translation(x: torch.Tensor, generator: torch.Generator | None) -> torch.Te
 
 
 def _cutout(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Zero a square of half the image side per sample, centred anywhere (clipped at the border)."""
+    """Zero a square of ``CUTOUT_RATIO`` of the image side per sample, centred anywhere (clipped at the border)."""
     b, _, h, w = x.shape
     ch, cw = int(h * CUTOUT_RATIO + 0.5), int(w * CUTOUT_RATIO + 0.5)
     top = _randint(0, h, b, x, generator) - ch // 2
@@ -97,7 +97,7 @@ def diffaugment(
     """DiffAugment (Zhao et al. 2020) of a batch in [-1, 1], as used by SenseFlow's discriminator.
 
     ``policy`` lists ops from ``"color"`` (brightness, saturation, contrast), ``"translation"``
-    (up to 1/8 of the side, zero padding) and ``"cutout"`` (a square of 1/2 the side), applied
+    (up to 1/8 of the side, zero padding) and ``"cutout"`` (a square of 0.2 the side), applied
     in the policy's order. Every batch goes through the same ops; the random parameters are
     drawn per sample from ``generator`` (the global RNG when None), so a seeded generator gives
     the same output. Differentiable w.r.t. ``x``. An empty policy returns ``x`` itself.

@@ -3,6 +3,7 @@
 from senseflow.losses.adversarial import (
     GAN_WEIGHT_CURVES,
     d_hinge_loss,
+    d_loss_parts,
     d_logistic_loss,
     g_hinge_loss,
     g_logistic_loss,
@@ -62,6 +63,7 @@ __all__ = [
     "ISG_DISTANCES",
     "PREDICTIONS",
     "d_hinge_loss",
+    "d_loss_parts",
     "d_logistic_loss",
     "dmd_gradient",
     "dmd_loss",

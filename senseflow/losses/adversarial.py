@@ -13,8 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from senseflow.backbones.conversions import _bcast, _up
+from senseflow.schedules import shift_sigma, unshift_sigma
 
-GAN_WEIGHT_CURVES: tuple[str, ...] = ("one_minus_sigma_sq", "one_minus_sigma", "sigma", "constant")
+GAN_WEIGHT_CURVES: tuple[str, ...] = (
+    "one_minus_sigma_sq", "mirrored_sigma_sq", "one_minus_sigma", "sigma", "constant",
+)  # fmt: skip
 
 
 def d_hinge_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -41,18 +44,23 @@ def g_hinge_loss(fake_logits: torch.Tensor, weight: torch.Tensor | float | None 
     return -(w * logits).mean()
 
 
-def gan_weight(sigma: torch.Tensor | float, curve: str = "one_minus_sigma_sq") -> torch.Tensor:
+def gan_weight(sigma: torch.Tensor | float, curve: str = "one_minus_sigma_sq", shift: float = 1.0) -> torch.Tensor:
     """Timestep-aware GAN weight ``w(sigma)`` (SenseFlow, method.md section 4), float32 or better.
 
     ``one_minus_sigma_sq``: ``(1 - sigma)^2``, the paper and the FLUX code: the x0 estimate
     from a noisy anchor is necessarily coarse, so its adversarial signal is damped (0 at
-    sigma = 1). ``one_minus_sigma``: ``1 - sigma``; ``sigma``: ``sigma``; ``constant``: 1;
-    alternatives because the released SD3.5 / SDXL code does not use the paper's curve.
+    sigma = 1). ``mirrored_sigma_sq``: the released SD 3.5 code's ``sigma_desc[idx]^2``, the
+    shifted sigma of the anchor's index read from the *descending* table, i.e.
+    ``shift(1 - unshift(sigma))^2``: 0 / 0.25 / 0.56 / 0.81 at SD 3.5's anchors (shift 3;
+    equal to ``one_minus_sigma_sq`` at shift 1). ``one_minus_sigma``: ``1 - sigma``;
+    ``sigma``: ``sigma``; ``constant``: 1.
     """
     s = torch.as_tensor(sigma)
     s = s.to(torch.promote_types(s.dtype, torch.float32))
     if curve == "one_minus_sigma_sq":
         return (1 - s).square()
+    if curve == "mirrored_sigma_sq":
+        return shift_sigma(1 - unshift_sigma(s, shift), shift).square()
     if curve == "one_minus_sigma":
         return 1 - s
     if curve == "sigma":
@@ -74,6 +82,34 @@ def g_logistic_loss(fake_logits: torch.Tensor, weight: torch.Tensor | float | No
 def d_logistic_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """Discriminator loss ``mean(softplus(-D(real))) + mean(softplus(D(fake)))`` (DMD2's classifier)."""
     return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()
+
+
+def _weighted_mean(per_logit: torch.Tensor, weight: torch.Tensor | float | None) -> torch.Tensor:
+    """``mean(w * per_logit)`` with ``w`` per sample (B,) broadcast over each sample's logits."""
+    if weight is None:
+        return per_logit.mean()
+    w = _bcast(weight, per_logit)
+    if w.ndim and w.shape[0] != per_logit.shape[0]:
+        raise ValueError(f"weight has {w.shape[0]} entries for a batch of {per_logit.shape[0]}")
+    return (w * per_logit).mean()
+
+
+def d_loss_parts(kind: str) -> tuple[Callable, Callable]:
+    """``(real_part, fake_part)`` of the discriminator loss, each ``(logits, weight=None) -> loss``.
+
+    Their sum is :func:`d_hinge_loss` / :func:`d_logistic_loss` (unweighted). Separate parts
+    let real and generated images go through the discriminator in separate forward passes,
+    as the released code does: its heads' BatchNorm then normalises a real batch and a fake
+    batch each by its own statistics, exactly as in the generator's step (fakes only).
+    ``weight`` is per sample (the released code weights both parts by w(t)).
+    """
+    if kind == "hinge":
+        return (lambda x, w=None: _weighted_mean(torch.relu(1 - _up(x)), w),
+                lambda x, w=None: _weighted_mean(torch.relu(1 + _up(x)), w))  # fmt: skip
+    if kind == "logistic":
+        return (lambda x, w=None: _weighted_mean(F.softplus(-_up(x)), w),
+                lambda x, w=None: _weighted_mean(F.softplus(_up(x)), w))  # fmt: skip
+    raise ValueError(f"unknown GAN loss {kind!r}; expected 'hinge' or 'logistic'")
 
 
 def gan_losses(kind: str) -> tuple[Callable, Callable]:

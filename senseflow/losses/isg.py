@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from senseflow.backbones.conversions import eps_add_noise, eps_x0_from_eps, flow_euler_step
+from senseflow.schedules import shift_sigma, unshift_sigma
 
 # (x, per-sample sigma or integer timestep of shape (B,)) -> velocity or epsilon, shaped like x
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -55,17 +56,29 @@ def sample_isg_mid(
     sigma_prev: torch.Tensor | float,
     margin: float,
     generator: torch.Generator | None = None,
+    *,
+    shift: float = 1.0,
 ) -> torch.Tensor:
-    """Per-sample ``sigma_mid ~ U(sigma_prev + margin, sigma_tau - margin)`` (ISG, method.md section 3).
+    """Per-sample ``sigma_mid`` between two anchors, ``margin`` away from both (ISG, method.md section 3).
 
-    The margin keeps the intermediate point away from both anchors (0.05 in sigma units for
-    SD3.5, i.e. 50 DDPM index units). Raises if a segment is narrower than ``2 * margin``.
-    ``generator`` draws on its own device (CPU by default); the result is on ``sigma_tau``'s.
-    For integer DDPM timesteps pass them as floats and round the draw: with integer bounds
-    the rounded value stays inside ``[t_prev + margin, t - margin]``.
+    The draw is uniform in *unshifted* time ``u = unshift(sigma, shift)``,
+    ``u_mid ~ U(u_prev + margin, u_tau - margin)``, then shifted back, as the released SD 3.5
+    code draws its integer index in ``[idx_prev + 50, idx_tau - 50]`` of the unshifted 1000-step
+    grid before reading the shifted sigma (SD 3.5, shift 3, anchors 1 / 0.9 / 0.75 / 0.5:
+    mid ranges [0.923, 0.983], [0.786, 0.875], [0.563, 0.711], [0.136, 0.429]). ``shift = 1``
+    draws in sigma itself (the released FLUX code: margin 0.02 in sigma). Raises if a segment
+    is narrower than ``2 * margin`` in the drawing units. ``generator`` draws on its own
+    device (CPU by default); the result is on ``sigma_tau``'s. For integer DDPM timesteps pass
+    them as floats and round the draw: with integer bounds the rounded value stays inside
+    ``[t_prev + margin, t - margin]``.
     """
     if margin < 0:
         raise ValueError(f"ISG margin must be >= 0, got {margin}")
+    if shift != 1.0:
+        u_tau = unshift_sigma(torch.as_tensor(sigma_tau).double(), shift)
+        u_prev = unshift_sigma(torch.as_tensor(sigma_prev, dtype=torch.float64), shift)
+        u_mid = sample_isg_mid(u_tau, u_prev, margin, generator)
+        return shift_sigma(u_mid, shift).to(torch.promote_types(torch.as_tensor(sigma_tau).dtype, torch.float32))
     sigma_tau = torch.as_tensor(sigma_tau)
     dtype = torch.promote_types(sigma_tau.dtype, torch.float32)
     lo = torch.as_tensor(sigma_prev, dtype=dtype, device=sigma_tau.device) + margin
