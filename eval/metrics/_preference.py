@@ -22,33 +22,19 @@ from PIL import Image
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from senseflow.errors import MissingArtefactError
-
-WEIGHTS_ENV = "SENSEFLOW_WEIGHTS"
+from eval.weights import require_path
 
 
-def weights_root() -> Path:
-    """Folder holding the metric checkpoints: ``$SENSEFLOW_WEIGHTS`` or ``./weights``."""
-    return Path(os.environ.get(WEIGHTS_ENV, "weights"))
+def require_any(folder: str | os.PathLike, names: Sequence[str], artefact: str) -> Path:
+    """The first of ``names`` present in ``folder``; if none is, the error names the first.
 
-
-def require_file(path: str | os.PathLike, profile: str) -> Path:
-    """Return ``path`` if it exists, else raise :class:`MissingArtefactError` naming how to get it."""
-    p = Path(path)
-    if not p.exists():
-        raise MissingArtefactError(
-            f"{p.name} is missing: expected at {p}; `senseflow weights fetch {profile}` provides it"
-        )
-    return p
-
-
-def require_any(folder: str | os.PathLike, names: Sequence[str], profile: str) -> Path:
-    """The first of ``names`` present in ``folder``; if none is, the error names the first."""
+    ``artefact`` is the manifest entry that provides the default folder (named in the error).
+    """
     folder = Path(folder)
     for name in names:
         if (folder / name).exists():
             return folder / name
-    return require_file(folder / names[0], profile)
+    return require_path(folder / names[0], artefact)
 
 
 def default_device() -> torch.device:

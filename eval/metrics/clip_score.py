@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
@@ -25,20 +24,13 @@ from eval.metrics._preference import (
     autocast,
     default_device,
     register_scorer_metric,
-    require_file,
-    weights_root,
 )
+from eval.weights import require_path
 
 DEFAULT_MODEL = "ViT-g-14"
 DEFAULT_PRETRAINED = "laion2b_s12b_b42k"
-# The file name of the open_clip checkpoint in laion/CLIP-ViT-g-14-laion2B-s12B-b42K.
-CLIP_G14_FILE = "open_clip_pytorch_model.bin"
-WEIGHTS_PROFILE = "clip_score"
-
-
-def default_clip_checkpoint() -> Path:
-    """Where the ViT-g-14 laion2b_s12b_b42k checkpoint is expected."""
-    return weights_root() / "clip_score" / "CLIP-ViT-g-14-laion2B-s12B-b42K" / CLIP_G14_FILE
+# The manifest entry holding open_clip_pytorch_model.bin of laion/CLIP-ViT-g-14-laion2B-s12B-b42K.
+ARTEFACT = "clip_vitg14"
 
 
 class OpenClipScorer(BatchedScorer):
@@ -137,7 +129,7 @@ def load_clip_scorer(
     The model is loaded once per (architecture, file, device) and shared by later calls.
     ``pretrained_tag`` only names the weights in the protocol.
     """
-    path = require_file(checkpoint or default_clip_checkpoint(), WEIGHTS_PROFILE)
+    path = require_path(checkpoint, ARTEFACT)
     device = torch.device(device) if device is not None else default_device()
     model, tokenizer, preprocess = _load_open_clip(model_name, str(path), pretrained_tag, str(device))
     info = {"backbone": f"open_clip {model_name}", "pretrained": pretrained_tag, "weights": path.name}

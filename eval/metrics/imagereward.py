@@ -36,11 +36,11 @@ from eval.metrics._preference import (
     default_device,
     register_scorer_metric,
     require_any,
-    require_file,
-    weights_root,
 )
+from eval.weights import require_path
 
-WEIGHTS_PROFILE = "imagereward"
+# the manifest entries holding ImageReward.pt + med_config.json, and the BERT tokenizer
+ARTEFACT, TOKENIZER_ARTEFACT = "imagereward", "bert_base_uncased"
 REWARD_MEAN = 0.16717362830052426
 REWARD_STD = 1.0333394966054072
 MAX_TOKENS = 35
@@ -356,12 +356,6 @@ class ImageRewardScorer(BatchedScorer):
             return self.model(pixels, ids.to(self.device), mask.to(self.device))
 
 
-def default_imagereward_files() -> tuple[Path, Path, Path]:
-    """Expected paths of ``ImageReward.pt``, ``med_config.json`` and the bert-base-uncased folder."""
-    root = weights_root() / "imagereward"
-    return root / "ImageReward.pt", root / "med_config.json", root / "bert-base-uncased"
-
-
 @functools.lru_cache(maxsize=2)
 def _load_imagereward(
     checkpoint: str, med_config: str, tokenizer_dir: str, vision: VisionConfig, device: str
@@ -386,11 +380,10 @@ def load_imagereward_scorer(
     device: torch.device | str | None = None,
 ) -> ImageRewardScorer:
     """An ImageReward scorer from LOCAL files (loaded once, cached); ``vision`` exists for tiny tests."""
-    d_ckpt, d_med, d_tok = default_imagereward_files()
-    ckpt = require_file(checkpoint or d_ckpt, WEIGHTS_PROFILE)
-    med = require_file(med_config or d_med, WEIGHTS_PROFILE)
-    tok_dir = Path(tokenizer_dir or d_tok)
-    require_any(tok_dir, ("vocab.txt", "tokenizer.json"), WEIGHTS_PROFILE)
+    ckpt = require_path(checkpoint, ARTEFACT, file="ImageReward.pt")
+    med = require_path(med_config, ARTEFACT, file="med_config.json")
+    tok_dir = require_path(tokenizer_dir, TOKENIZER_ARTEFACT)
+    require_any(tok_dir, ("vocab.txt", "tokenizer.json"), TOKENIZER_ARTEFACT)
     device = torch.device(device) if device is not None else default_device()
     model, tokenizer = _load_imagereward(
         str(ckpt), str(med), str(tok_dir), vision or VisionConfig(), str(device)

@@ -14,22 +14,17 @@ from __future__ import annotations
 
 import functools
 import os
-from pathlib import Path
 
 import torch
 
 from eval.metrics import _preference as pref
+from eval.weights import require_path
 
 MODEL_REPO = "yuvalkirstain/PickScore_v1"
 PROCESSOR_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
-WEIGHTS_PROFILE = "pickscore"
+# the manifest entries holding the model and the processor folders
+MODEL_ARTEFACT, PROCESSOR_ARTEFACT = "pickscore", "pickscore_processor"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-def default_pickscore_dirs() -> tuple[Path, Path]:
-    """Where the local folders of the PickScore model and of its processor are expected."""
-    root = pref.weights_root() / "pickscore"
-    return root / "PickScore_v1", root / "CLIP-ViT-H-14-laion2B-s32B-b79K"
 
 
 def _embeds(out) -> torch.Tensor:
@@ -90,12 +85,12 @@ def load_pickscore_scorer(
     device: torch.device | str | None = None,
 ) -> PickScoreScorer:
     """A PickScore scorer from LOCAL folders of the model and the processor (loaded once, cached)."""
-    default_model, default_processor = default_pickscore_dirs()
-    model_dir, processor_dir = Path(model_dir or default_model), Path(processor_dir or default_processor)
-    pref.require_file(model_dir / "config.json", WEIGHTS_PROFILE)
-    weights = pref.require_any(model_dir, _WEIGHT_FILES, WEIGHTS_PROFILE)
+    model_dir = require_path(model_dir, MODEL_ARTEFACT)
+    require_path(model_dir / "config.json", MODEL_ARTEFACT)
+    weights = pref.require_any(model_dir, _WEIGHT_FILES, MODEL_ARTEFACT)
+    processor_dir = require_path(processor_dir, PROCESSOR_ARTEFACT)
     # the hub repository has preprocessor_config.json; transformers 5 saves processor_config.json
-    pref.require_any(processor_dir, ("preprocessor_config.json", "processor_config.json"), WEIGHTS_PROFILE)
+    pref.require_any(processor_dir, ("preprocessor_config.json", "processor_config.json"), PROCESSOR_ARTEFACT)
     device = torch.device(device) if device is not None else pref.default_device()
     model, processor = _load_pickscore(str(model_dir), str(processor_dir), str(device))
     info = {"model": MODEL_REPO, "processor": PROCESSOR_REPO, "model_dir": str(model_dir)}
