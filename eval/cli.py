@@ -70,6 +70,14 @@ def evaluate_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap intervals.")] = 0,
     n_boot: Annotated[int, typer.Option(min=10, help="Bootstrap replicates of per-image metrics.")] = 1000,
     n_boot_set: Annotated[int, typer.Option(min=10, help="Bootstrap replicates of set metrics (FID).")] = 200,
+    protocol: Annotated[
+        str,
+        typer.Option(help="Image protocol of FID / CLIP score: dmd2 (the paper's), clean or torchmetrics."),
+    ] = "dmd2",
+    paired_seeds: Annotated[
+        bool,
+        typer.Option(help="FID-T pairs share seeds; --no-paired-seeds for a noise-floor set (other seeds)."),
+    ] = True,
 ) -> None:
     """Score a sample folder: per-image scores and summary.json (value, 95% interval, n, protocol).
 
@@ -94,6 +102,8 @@ def evaluate_cmd(
             seed=seed,
             n_boot=n_boot,
             n_boot_set=n_boot_set,
+            protocol=protocol,
+            paired_seeds=paired_seeds,
         )
     except BaseException:
         close_distributed(wait=False)  # a failing rank must not wait for the others

@@ -88,8 +88,11 @@ def load_hpsv2_scorer(
     scale: float = 1.0,
     batch_size: int = 32,
     device: torch.device | str | None = None,
+    precision: str = "fp16",
 ) -> OpenClipScorer:
     """An HPSv2 scorer from a LOCAL checkpoint file; the model is loaded once and cached.
+
+    ``precision``: fp16 autocast on CUDA by default, as the hpsv2 package scores.
 
     ``scale=100`` gives the benchmark scripts' convention. ``arch`` exists so that tests can
     register a tiny open_clip config under another name.
@@ -106,8 +109,9 @@ def load_hpsv2_scorer(
         "preprocess": "hpsv2 preprocess_val",
     }
     scorer = OpenClipScorer(
-        model, tokenizer, preprocess, scale=scale, batch_size=batch_size, device=device, info=info
-    )
+        model, tokenizer, preprocess, scale=scale, batch_size=batch_size, device=device, info=info,
+        precision=precision,
+    )  # fmt: skip
     scorer.weights_file = path
     return scorer
 

@@ -33,6 +33,7 @@ from eval.metrics._preference import (
     BatchedScorer,
     PreferenceMetric,
     autocast,
+    check_precision,
     default_device,
     register_scorer_metric,
     require_any,
@@ -318,8 +319,18 @@ def load_blip_tokenizer(folder: str | os.PathLike):
 class ImageRewardScorer(BatchedScorer):
     """ImageReward per (image, prompt) pair, batched."""
 
-    def __init__(self, model: ImageRewardModel, tokenizer, *, batch_size: int = 32, device=None, info=None):
+    def __init__(
+        self,
+        model: ImageRewardModel,
+        tokenizer,
+        *,
+        batch_size: int = 32,
+        device=None,
+        info=None,
+        precision="fp32",
+    ):
         self.device = torch.device(device) if device is not None else default_device()
+        self.precision = check_precision(precision)
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.tokenizer, self.batch_size = tokenizer, int(batch_size)
         self.preprocess = imagereward_preprocess(model.vision.image_size)
@@ -333,6 +344,7 @@ class ImageRewardScorer(BatchedScorer):
             **self.info,
             "max_tokens": MAX_TOKENS,
             "normalisation": [REWARD_MEAN, REWARD_STD],
+            "precision": self.precision,
             **self.weights_protocol(),
         }
 
@@ -352,7 +364,7 @@ class ImageRewardScorer(BatchedScorer):
         """Normalised rewards of one batch."""
         pixels = imagereward_pixels(images, self.model.vision.image_size).to(self.device)
         ids, mask = self.tokens(prompts)
-        with torch.inference_mode(), autocast(self.device):
+        with torch.inference_mode(), autocast(self.device, self.precision):
             return self.model(pixels, ids.to(self.device), mask.to(self.device))
 
 
@@ -378,8 +390,12 @@ def load_imagereward_scorer(
     vision: VisionConfig | None = None,
     batch_size: int = 32,
     device: torch.device | str | None = None,
+    precision: str = "fp32",
 ) -> ImageRewardScorer:
-    """An ImageReward scorer from LOCAL files (loaded once, cached); ``vision`` exists for tiny tests."""
+    """An ImageReward scorer from LOCAL files (loaded once, cached); ``vision`` exists for tiny tests.
+
+    ``precision``: fp32 by default, as the image-reward package runs.
+    """
     ckpt = require_path(checkpoint, ARTEFACT, file="ImageReward.pt")
     med = require_path(med_config, ARTEFACT, file="med_config.json")
     tok_dir = require_path(tokenizer_dir, TOKENIZER_ARTEFACT)
@@ -389,7 +405,9 @@ def load_imagereward_scorer(
         str(ckpt), str(med), str(tok_dir), vision or VisionConfig(), str(device)
     )
     info = {"model": "THUDM/ImageReward", "weights": ckpt.name, "tokenizer": "bert-base-uncased"}
-    scorer = ImageRewardScorer(model, tokenizer, batch_size=batch_size, device=device, info=info)
+    scorer = ImageRewardScorer(
+        model, tokenizer, batch_size=batch_size, device=device, info=info, precision=precision
+    )
     scorer.weights_file = ckpt
     return scorer
 
