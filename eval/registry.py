@@ -44,6 +44,10 @@ MODULES = {
     "pickscore": "eval.metrics.pickscore",
     "imagereward": "eval.metrics.imagereward",
     "clip_score_embedded": "eval.metrics.clip_score_embedded",
+    "compbench_colour": "eval.metrics.compbench_embedded",
+    "compbench_shape": "eval.metrics.compbench_embedded",
+    "compbench_spatial": "eval.metrics.compbench_embedded",
+    "compbench_complex": "eval.metrics.compbench_embedded",
 }
 
 # metrics built on models of real photographs and art: meaningless on the embedded world's
