@@ -55,3 +55,17 @@ def test_three_in_one():
     assert cb.three_in_one(0.6, 0.5, 0.3, "spatial") == pytest.approx(0.55)
     assert cb.three_in_one(0.6, 0.5, 0.3, "action") == pytest.approx(0.45)
     assert cb.three_in_one(0.6, 0.5, 0.3, "spatialaction") == pytest.approx(1.4 / 3)
+
+
+def test_report_writes_the_compbench_table_beside_the_paper_rows():
+    from eval.report import compbench_table, to_markdown
+    from tests.test_pipeline_layout import _summary
+
+    s = _summary()
+    entry = {"status": "ok", "value": 0.5, "ci95": [0.4, 0.6]}
+    s["candidates"]["senseflow_4"]["metrics"]["compbench_colour"] = entry
+    s["paper"]["compbench"] = [{"backbone": "sdxl", "method": "DMD2-SDXL", "color": 0.5812, "shape": 0.4400}]
+    df = compbench_table(s)
+    assert list(df.source) == ["measured", "paper"]
+    assert df.iloc[0]["color"] == "0.5 [0.4, 0.6]" and df.iloc[1]["color"] == "0.5812"
+    assert "| paper | DMD2-SDXL |" in to_markdown(df, "T2I-CompBench")
