@@ -16,6 +16,10 @@ app = typer.Typer(
 )
 
 
+reference_app = typer.Typer(help="Real-image references for FID.", no_args_is_help=True)
+app.add_typer(reference_app, name="reference")
+
+
 @app.callback()
 def _root() -> None:
     """SenseFlow evaluation: score sample folders under a recorded protocol."""
@@ -70,6 +74,14 @@ def evaluate_cmd(
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap intervals.")] = 0,
     n_boot: Annotated[int, typer.Option(min=10, help="Bootstrap replicates of per-image metrics.")] = 1000,
     n_boot_set: Annotated[int, typer.Option(min=10, help="Bootstrap replicates of set metrics (FID).")] = 200,
+    protocol: Annotated[
+        str,
+        typer.Option(help="Image protocol of FID / CLIP score: dmd2 (the paper's), clean or torchmetrics."),
+    ] = "dmd2",
+    paired_seeds: Annotated[
+        bool,
+        typer.Option(help="FID-T pairs share seeds; --no-paired-seeds for a noise-floor set (other seeds)."),
+    ] = True,
 ) -> None:
     """Score a sample folder: per-image scores and summary.json (value, 95% interval, n, protocol).
 
@@ -94,6 +106,8 @@ def evaluate_cmd(
             seed=seed,
             n_boot=n_boot,
             n_boot_set=n_boot_set,
+            protocol=protocol,
+            paired_seeds=paired_seeds,
         )
     except BaseException:
         close_distributed(wait=False)  # a failing rank must not wait for the others
@@ -173,7 +187,7 @@ def gate_cmd(
 
 @app.command("prompts")
 def prompts_cmd(
-    name: Annotated[str, typer.Argument(help="coco10k, coco5k, hpsv2, parti or world_test.")],
+    name: Annotated[str, typer.Argument(help="coco10k, coco5k, coco2017_5k, hpsv2, parti or world_test.")],
     source: Annotated[
         Path,
         typer.Option(
@@ -182,15 +196,66 @@ def prompts_cmd(
         ),
     ],
     out: Annotated[Path | None, typer.Option(help="Write the set as a .jsonl prompt file here.")] = None,
+    published: Annotated[
+        Path | None,
+        typer.Option(help="DMD2's published prompt list (.txt one per line, or .json): compare and report."),
+    ] = None,
 ) -> None:
-    """Load a prompt set from its local file; print its size and content hash (sha256)."""
-    from eval.prompts import load_prompt_set
+    """Load a prompt set from its local file; print its size and content hash (sha256).
+
+    With --published, compare it with a published list and print the match (exit 1 if not identical).
+    """
+    from eval.prompts import compare_published, load_prompt_set
     from senseflow.io import atomic_write_text
 
     ps = load_prompt_set(name, source)
     if out:
         atomic_write_text(out, ps.to_jsonl())
     typer.echo(f"{ps.name}: {len(ps.records)} prompts, sha256 {ps.sha256}")
+    if published is not None:
+        report = compare_published(ps, published)
+        typer.echo(json.dumps(report, indent=2))
+        if not report["identical"]:
+            raise typer.Exit(1)
+
+
+@reference_app.command("build")
+def reference_build_cmd(
+    source: Annotated[
+        Path, typer.Option(help="Folder of real images (.jpg, .jpeg, .png), e.g. COCO val2014/.")
+    ],
+    out: Annotated[
+        Path, typer.Option(help="Reference folder to write: PNGs, manifest.jsonl, reference.json.")
+    ],
+    protocol: Annotated[
+        str, typer.Option(help="dmd2 (centre crop, LANCZOS 512), clean or torchmetrics.")
+    ] = "dmd2",
+    size: Annotated[int, typer.Option(min=32, help="Side of the resized square (DMD2: 512).")] = 512,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            help="A .jsonl prompt file whose records carry 'image' (file name): only those, in order."
+        ),
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Keep the first N images.")] = None,
+) -> None:
+    """Turn a folder of photographs into a FID reference folder (centre crop + resize per protocol)."""
+    from eval.reference import build_reference
+
+    captions = None
+    if prompts is not None:
+        rows = [json.loads(x) for x in prompts.read_text().splitlines() if x.strip()]
+        from eval.prompts import coco_image_file
+
+        # an explicit 'image' file name, else the COCO file of a coco-N / coco2017-N id
+        files = [(r.get("image") or coco_image_file(str(r.get("id", ""))), r.get("prompt", "")) for r in rows]
+        captions = {f: p for f, p in files if f}
+        if not captions:
+            raise typer.BadParameter(f"{prompts}: no record names an image ('image', or a coco-N id)")
+    info = build_reference(source, out, protocol=protocol, size=size, captions=captions, limit=limit)
+    typer.echo(
+        f"{out}: {info['count']} images, protocol {protocol}, source list sha256 {info['source_list_sha256']}"
+    )
 
 
 def main() -> None:

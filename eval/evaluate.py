@@ -23,6 +23,7 @@ import pandas as pd
 
 from eval import registry
 from eval.gate import protocol_differences
+from eval.image_protocols import check_protocol
 from eval.prompts import prompt_set_hash
 from eval.sample_folder import SampleFolderError, load_sample_folder
 from eval.sharding import Shard, current_shard
@@ -101,8 +102,14 @@ def evaluate(
     n_boot_set: int = 200,
     shard: Shard | None = None,
     not_applicable: dict[str, str] | None = None,
+    protocol: str = "dmd2",
+    paired_seeds: bool = True,
 ) -> dict:
     """Score ``samples`` with ``metrics``; write ``scores.*`` and ``summary.json`` to ``out``.
+
+    ``protocol`` is the image protocol of FID and CLIP score (:mod:`eval.image_protocols`):
+    ``dmd2`` (the paper's, default), ``clean`` or ``torchmetrics``; every card records it.
+    ``paired_seeds=False`` lets FID-T pair images of other seeds (the noise-floor set).
 
     Under torchrun (an initialised process group) each rank scores its block of images
     (:mod:`eval.sharding`); every rank returns the same summary and rank 0 writes the files.
@@ -113,6 +120,7 @@ def evaluate(
     unknown = [m for m in metrics if m not in registry.known()]
     if unknown:
         raise registry.MetricError(f"unknown metric {unknown[0]!r} (known: {', '.join(registry.known())})")
+    check_protocol(protocol)
     out = ensure_writable_dir(out)
     folder = load_sample_folder(samples, skip_bad=skip_bad)
     ref = load_sample_folder(reference, skip_bad=skip_bad) if reference else None
@@ -125,6 +133,8 @@ def evaluate(
         n_boot=n_boot,
         n_boot_set=n_boot_set,
         shard=shard,
+        protocol=protocol,
+        paired_seeds=paired_seeds,
         prompt_set_sha256=prompt_set_hash((r["id"], r["prompt"]) for r in folder.records),
     )
     table = pd.DataFrame({k: [r[k] for r in folder.records] for k in KEYS})

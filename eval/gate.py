@@ -12,6 +12,12 @@ as missing), its ``higher_is_better`` must agree with ``direction``, ``min`` / `
 the value, and against a baseline summary the regression (the change in the bad direction)
 may not exceed ``regression_abs + regression_rel * |baseline|``; the baseline must have the
 metric with the same protocol card (keys in ``ignore_protocol_keys`` excepted).
+
+The regression is measured between the 95% intervals, not the point values: it is the
+smallest regression both intervals allow (baseline's worse end against the candidate's
+better end), so bootstrap noise alone never fails the gate; summaries without intervals fall
+back to the point values. Library versions in the cards are compared at major.minor: patch
+releases never count as a protocol change unless ``strict_library_versions: true``.
 """
 
 from __future__ import annotations
@@ -53,6 +59,8 @@ class Thresholds(BaseModel):
 
     description: str = ""
     ignore_protocol_keys: list[str] = []
+    # False: library versions in protocol cards are compared at major.minor (patch releases ignored)
+    strict_library_versions: bool = False
     # rules of a single candidate's summary (``senseflow-eval evaluate``), and of every candidate of
     # an aggregated ``results/summary.json`` when ``candidates`` is empty
     metrics: dict[str, MetricRule] = {}
@@ -109,10 +117,43 @@ def load_thresholds(path: str | Path) -> Thresholds:
         raise GateFileError(f"{path}: {loc}: {err['msg']}; fix the thresholds file") from None
 
 
-def protocol_differences(a: dict, b: dict, ignore: list[str]) -> list[str]:
-    """Keys whose values differ between two protocol cards (``ignore`` excepted)."""
+def minor_versions(versions: dict | None) -> dict | None:
+    """Library versions cut to major.minor (``2.14.1+cu130`` -> ``2.14``): patch releases dropped."""
+    if not isinstance(versions, dict):
+        return versions
+    return {lib: ".".join(str(v).split("+")[0].split(".")[:2]) for lib, v in versions.items()}
+
+
+def protocol_differences(a: dict, b: dict, ignore: list[str], *, strict_libraries: bool = False) -> list[str]:
+    """Keys whose values differ between two protocol cards (``ignore`` excepted).
+
+    ``library_versions`` are compared at major.minor unless ``strict_libraries``.
+    """
     keys = sorted((set(a) | set(b)) - set(ignore))
-    return [k for k in keys if a.get(k) != b.get(k)]
+
+    def value(card: dict, key: str):
+        v = card.get(key)
+        return minor_versions(v) if key == "library_versions" and not strict_libraries else v
+
+    return [k for k in keys if value(a, k) != value(b, k)]
+
+
+def interval_regression(entry: dict, base: dict, direction: str) -> tuple[float, float]:
+    """``(point regression, regression supported by both 95% intervals)`` in the bad direction.
+
+    The supported regression compares the baseline's worse end with the candidate's better
+    end (for higher-is-better: ``base_low - value_high``); without intervals it equals the
+    point regression.
+    """
+    v, b = float(entry["value"]), float(base["value"])
+    point = (b - v) if direction == "higher" else (v - b)
+    ci_v, ci_b = entry.get("ci95"), base.get("ci95")
+    if not (
+        isinstance(ci_v, list | tuple) and isinstance(ci_b, list | tuple) and len(ci_v) == len(ci_b) == 2
+    ):
+        return point, point
+    supported = (ci_b[0] - ci_v[1]) if direction == "higher" else (ci_v[0] - ci_b[1])
+    return point, supported
 
 
 def check_metric(
@@ -138,15 +179,19 @@ def check_metric(
         if base.get("status") != "ok" or not isinstance(base.get("value"), (int, float)):
             return value, [*problems, "missing in the baseline"]
         diff = protocol_differences(
-            entry.get("protocol", {}), base.get("protocol", {}), thresholds.ignore_protocol_keys
-        )
+            entry.get("protocol", {}), base.get("protocol", {}), thresholds.ignore_protocol_keys,
+            strict_libraries=thresholds.strict_library_versions,
+        )  # fmt: skip
         if diff:
             return value, [*problems, f"protocol mismatch with the baseline: {', '.join(diff)}"]
         b = float(base["value"])
-        regression = (b - value) if rule.direction == "higher" else (value - b)
+        point, supported = interval_regression(entry, base, rule.direction)
         allowed = rule.regression_abs + rule.regression_rel * abs(b)
-        if regression > allowed:
-            problems.append(f"regressed by {regression:.4g} from {b:.4g} (allowed {allowed:.4g})")
+        if supported > allowed:
+            problems.append(
+                f"regressed by {point:.4g} from {b:.4g} ({supported:.4g} between the 95% intervals; "
+                f"allowed {allowed:.4g})"
+            )
     return value, problems
 
 

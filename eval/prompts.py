@@ -6,6 +6,10 @@ downloaded here; a missing file fails with the command that provides it.
 
 - ``coco10k`` / ``coco5k``: DMD2's COCO-2014 protocol, one caption per image of
   ``captions_val2014.json``; see :func:`coco_prompts` for the exact selection.
+- ``coco2017_5k``: the other reading of the paper's "COCO-5K": all 5,000 images of COCO-2017
+  val (``captions_val2017.json``), one caption each (:func:`coco2017_prompts`). Which of the two
+  a number used is in its card (the set's name and hash); :func:`compare_published` checks a
+  set against DMD2's published prompt list when the user has that file.
 - ``hpsv2``: the HPSv2 benchmark styles (``anime``, ``concept-art``, ``paintings``, ``photo``).
 - ``parti``: PartiPrompts (``PartiPrompts.tsv``).
 - ``world_test``: the embedded world's test split (``world_dir/prompts/test.jsonl``).
@@ -30,6 +34,8 @@ HPS_STYLES = ("anime", "concept-art", "paintings", "photo")
 FETCH = {
     "coco": "curl -LO http://images.cocodataset.org/annotations/annotations_trainval2014.zip && "
     "unzip -j annotations_trainval2014.zip annotations/captions_val2014.json",
+    "coco2017": "curl -LO http://images.cocodataset.org/annotations/annotations_trainval2017.zip && "
+    "unzip -j annotations_trainval2017.zip annotations/captions_val2017.json",
     "hpsv2": "python -c \"import hpsv2, json; [json.dump(v, open(k + '.json', 'w')) for k, v in "
     "hpsv2.benchmark_prompts('all').items()]\" (benchmark prompts of the dataset zhwang/HPDv2)",
     "parti": "curl -LO https://raw.githubusercontent.com/google-research/parti/main/PartiPrompts.tsv",
@@ -95,7 +101,18 @@ def coco_prompts(captions_json: str | Path, n: int = 10_000) -> PromptSet:
     ``id``, stripped. ``coco5k`` is the first 5,000 of the same order. Ids are ``coco-<image id>``.
     """
     path = _need(Path(captions_json), "coco")
-    raw = _read_json(path)
+    image_ids, first = _first_captions(path, _read_json(path))
+    order = np.array(image_ids)
+    np.random.RandomState(COCO_SEED).shuffle(order)
+    chosen = [int(i) for i in order if int(i) in first][:n]
+    if len(chosen) < n:
+        raise PromptSetError(f"{path}: {len(chosen)} captioned images, {n} needed; use captions_val2014.json")
+    records = tuple(PromptRecord(f"coco-{i}", first[i]) for i in chosen)
+    return PromptSet(f"coco{n // 1000}k", records, path)
+
+
+def _first_captions(path: Path, raw: dict) -> tuple[list[int], dict[int, str]]:
+    """Image ids (ascending) and each image's caption of lowest annotation id, stripped."""
     try:
         image_ids = sorted(int(im["id"]) for im in raw["images"])
         first: dict[int, tuple[int, str]] = {}
@@ -105,15 +122,83 @@ def coco_prompts(captions_json: str | Path, n: int = 10_000) -> PromptSet:
                 first[key] = (int(a["id"]), str(a["caption"]).strip())
     except (KeyError, TypeError, ValueError) as exc:
         raise PromptSetError(
-            f"{path}: not a COCO captions file (missing {exc}); use captions_val2014.json"
+            f"{path}: not a COCO captions file (missing {exc}); use captions_val20XX.json"
         ) from exc
-    order = np.array(image_ids)
-    np.random.RandomState(COCO_SEED).shuffle(order)
-    chosen = [int(i) for i in order if int(i) in first][:n]
-    if len(chosen) < n:
-        raise PromptSetError(f"{path}: {len(chosen)} captioned images, {n} needed; use captions_val2014.json")
-    records = tuple(PromptRecord(f"coco-{i}", first[i][1]) for i in chosen)
-    return PromptSet(f"coco{n // 1000}k", records, path)
+    return image_ids, {k: v[1] for k, v in first.items()}
+
+
+def coco2017_prompts(captions_json: str | Path) -> PromptSet:
+    """COCO-2017 val: all 5,000 images in ascending image id, each its caption of lowest annotation id.
+
+    Ids are ``coco2017-<image id>`` (the image file is ``<image id:012d>.jpg``).
+    """
+    path = _need(Path(captions_json), "coco2017")
+    image_ids, first = _first_captions(path, _read_json(path))
+    chosen = [i for i in image_ids if i in first]
+    if len(chosen) != 5000:
+        raise PromptSetError(
+            f"{path}: {len(chosen)} captioned images, COCO-2017 val has 5,000; use captions_val2017.json"
+        )
+    return PromptSet("coco2017_5k", tuple(PromptRecord(f"coco2017-{i}", first[i]) for i in chosen), path)
+
+
+def coco_image_file(prompt_id: str) -> str | None:
+    """The COCO image file of a COCO prompt id (``coco-N``: 2014 val, ``coco2017-N``: 2017 val)."""
+    kind, _, num = prompt_id.partition("-")
+    if not num.isdigit():
+        return None
+    return {"coco": f"COCO_val2014_{int(num):012d}.jpg", "coco2017": f"{int(num):012d}.jpg"}.get(kind)
+
+
+def read_published_list(path: str | Path) -> list[str]:
+    """Captions of a published prompt list, in order.
+
+    ``.txt``: one per line; ``.json``: a list of strings, or of rows with ``caption`` / ``prompt`` /
+    ``text`` (optionally under a top-level ``captions`` or ``prompts`` key).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingArtefactError(f"published prompt list {path} is missing")
+    if path.suffix == ".json":
+        raw = _read_json(path)
+        rows = raw if isinstance(raw, list) else raw.get("captions", raw.get("prompts"))
+        if not isinstance(rows, list):
+            raise PromptSetError(f"{path}: expected a JSON list of captions")
+        out = []
+        for r in rows:
+            text = (
+                r
+                if isinstance(r, str)
+                else next((r[k] for k in ("caption", "prompt", "text") if k in r), None)
+            )
+            if not isinstance(text, str):
+                raise PromptSetError(f"{path}: a row has no caption / prompt / text string: {r!r}")
+            out.append(text)
+        return [t.strip() for t in out]
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def compare_published(ps: PromptSet, published: str | Path) -> dict:
+    """How a reconstructed set matches a published list: counts, matches in order and as sets."""
+    theirs = read_published_list(published)
+    ours = [r.prompt for r in ps.records]
+    in_order = sum(a == b for a, b in zip(ours, theirs, strict=False))
+    first = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), None)
+    report = {
+        "set": ps.name,
+        "sha256": ps.sha256,
+        "published": str(published),
+        "published_sha256": hashlib.sha256("\n".join(theirs).encode()).hexdigest(),
+        "ours": len(ours),
+        "theirs": len(theirs),
+        "same_position": in_order,
+        "shared_as_sets": len(set(ours) & set(theirs)),
+        "identical": ours == theirs,
+        "first_difference": None
+        if first is None
+        else {"index": first, "ours": ours[first], "theirs": theirs[first]},
+    }
+    return report
 
 
 def hpsv2_prompts(folder: str | Path, styles: tuple[str, ...] = HPS_STYLES) -> PromptSet:
@@ -152,10 +237,11 @@ def world_test_prompts(world_dir: str | Path) -> PromptSet:
 
 
 def load_prompt_set(name: str, source: str | Path) -> PromptSet:
-    """A prompt set by name: ``coco10k``, ``coco5k``, ``hpsv2``, ``parti`` or ``world_test``."""
+    """A prompt set by name: coco10k, coco5k, coco2017_5k, hpsv2, parti or world_test."""
     loaders = {
         "coco10k": lambda s: coco_prompts(s, 10_000),
         "coco5k": lambda s: coco_prompts(s, 5_000),
+        "coco2017_5k": coco2017_prompts,
         "hpsv2": hpsv2_prompts,
         "parti": parti_prompts,
         "world_test": world_test_prompts,

@@ -38,11 +38,16 @@ MODULES = {
     "fid": "eval.metrics.fid",
     "fid_t": "eval.metrics.fid_t",
     "patch_fid_t": "eval.metrics.fid_t",
+    "patch_fid_t_grid": "eval.metrics.fid_t",
     "clip_score": "eval.metrics.clip_score",
     "hpsv2": "eval.metrics.hpsv2",
     "pickscore": "eval.metrics.pickscore",
     "imagereward": "eval.metrics.imagereward",
     "clip_score_embedded": "eval.metrics.clip_score_embedded",
+    "compbench_colour": "eval.metrics.compbench_embedded",
+    "compbench_shape": "eval.metrics.compbench_embedded",
+    "compbench_spatial": "eval.metrics.compbench_embedded",
+    "compbench_complex": "eval.metrics.compbench_embedded",
 }
 
 # metrics built on models of real photographs and art: meaningless on the embedded world's
@@ -51,6 +56,7 @@ REAL_IMAGES_ONLY = {
     "fid": "Inception features of 16x16 digit scenes measure nothing; use fid_t_probe",
     "fid_t": "Inception features of 16x16 digit scenes measure nothing; use fid_t_probe",
     "patch_fid_t": "Inception features of 16x16 digit scenes measure nothing; use fid_t_probe",
+    "patch_fid_t_grid": "Inception features of 16x16 digit scenes measure nothing; use fid_t_probe",
     "clip_score": "CLIP never saw 16x16 digit scenes; use clip_score_embedded (the world's tiny CLIP)",
     "hpsv2": "a human-preference model of real images, not of 16x16 digit scenes; use adherence",
     "pickscore": "a human-preference model of real images, not of 16x16 digit scenes; use adherence",
@@ -80,6 +86,10 @@ class EvalContext:
     n_boot: int = 1000
     n_boot_set: int = 200
     prompt_set_sha256: str = ""
+    # image protocol of FID and CLIP score (eval.image_protocols): dmd2 is the paper's
+    protocol: str = "dmd2"
+    # FID-T pairs must share the seed too; False for a set sampled with other seeds by design
+    paired_seeds: bool = True
     shard: Shard = field(default_factory=Shard)
     cache: dict = field(default_factory=dict)
 
@@ -224,8 +234,13 @@ def protocol_card(
     resize: str = "none (native resolution)",
     reference_stats_sha256: str | None = None,
     n_boot: int | None = None,
+    **extra,
 ) -> dict:
-    """The protocol of one number: what was measured, how, on what, with which software."""
+    """The protocol of one number: what was measured, how, on what, with which software.
+
+    Every card names the evaluation ``protocol`` (``dmd2``, ``clean``, ``torchmetrics``);
+    ``extra`` adds metric-specific keys (``precision``, ``prefix``, ...).
+    """
     h, w = ctx.samples.images.shape[1:3]
     return {
         "metric": metric,
@@ -240,4 +255,6 @@ def protocol_card(
         "library_versions": library_versions(),
         "seed": ctx.seed,
         "n_boot": n_boot or ctx.n_boot,
+        "protocol": ctx.protocol,
+        **extra,
     }

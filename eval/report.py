@@ -146,6 +146,9 @@ def gather(cfg: ProfileConfig, *, ablations: bool, root: Path = Path(".")) -> di
             "analogue": analogue,
             "main": paper_main,
             "ablation": read_paper("ablation_sd35_large", root / PAPER_DIR),
+            "compbench": [
+                r for r in read_paper("t2i_compbench_4step", root / PAPER_DIR) if r["backbone"] == backbone
+            ],
         },
     }
 
@@ -252,6 +255,30 @@ def steps_table(summary: dict) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(["method", "NFE"]) if rows else pd.DataFrame(rows)
 
 
+# measured T2I-CompBench metric -> paper column (the embedded world's probe categories, and the
+# real profiles' metrics under the same names)
+COMPBENCH_COLUMNS = {"compbench_colour": "color", "compbench_shape": "shape", "compbench_texture": "texture",
+                     "compbench_spatial": "spatial", "compbench_non_spatial": "non_spatial",
+                     "compbench_complex": "complex_3in1"}  # fmt: skip
+
+
+def compbench_table(summary: dict) -> pd.DataFrame:
+    """T2I-CompBench at 4 steps: measured rows (teacher and 4-step methods), then the paper's rows."""
+    rows = []
+    for name, e in summary["candidates"].items():
+        if e["kind"] == "ablation" or not (name == pl.REFERENCE or e["steps"] == 4):
+            continue
+        measured = {col: e["metrics"].get(m) for m, col in COMPBENCH_COLUMNS.items() if m in e["metrics"]}
+        if measured:
+            rows.append(
+                {"source": "measured", "method": e["label"], **{c: _cell(v) for c, v in measured.items()}}
+            )
+    for r in summary["paper"].get("compbench", []):
+        rows.append({"source": "paper", "method": r["method"],
+                     **{c: _fmt(r.get(c)) for c in COMPBENCH_COLUMNS.values()}})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
 def to_markdown(df: pd.DataFrame, title: str, note: str = "") -> str:
     """A GitHub-style Markdown table (no tabulate dependency) with a title and a note."""
     out = io.StringIO()
@@ -289,6 +316,9 @@ def write_report(cfg: ProfileConfig, *, ablations: bool, root: Path = Path("."))
         "speed": (speed_table, "Speed",
                   "Seconds per image measured on this machine at the profile's batch size."),
         "steps": (steps_table, "Quality against NFE", "Teacher and every student at each step count."),
+        "compbench": (compbench_table, "T2I-CompBench (4 steps)", paper_note + " Embedded: colour = colour "
+                      "binding, shape = digit, spatial = position, complex = every attribute (the probe "
+                      "judges; no BLIP-VQA, detector or CLIP)."),
     }  # fmt: skip
     for name, (build, title, note) in specs.items():
         df = build(summary)

@@ -1,17 +1,20 @@
 """One weights directory for every pretrained artefact, described by ``eval/weights_manifest.yaml``.
 
 Layout: ``<weights dir>/<artefact name>/<file>``. The directory is ``--weights-dir``, else
-``$SENSEFLOW_WEIGHTS``, else ``~/.cache/senseflow/weights``. ``fetch`` downloads a profile's
-artefacts (on a connected machine; resumable, hash-checked), ``check`` verifies presence and
-hashes, and :func:`require` is what loaders call: it never downloads and fails with the name,
-the expected path and the command that provides the artefact.
+``$SENSEFLOW_WEIGHTS``, else ``~/.cache/senseflow/weights`` (:func:`weights_dir`, the one default
+used everywhere). ``fetch`` downloads a selection of artefacts (a profile's, single artefacts by
+name, or a metric set such as ``coco``; on a connected machine; resumable, hash-checked),
+``check`` verifies presence and hashes, and :func:`require` is the one function every loader
+calls (scorers, Inception, baselines, backbones): it never downloads and fails with the name, the
+expected path and a command that provides exactly that artefact
+(``senseflow weights fetch --artefact NAME``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -52,11 +55,12 @@ class Artefact:
 
 @dataclass(frozen=True)
 class Manifest:
-    """The parsed manifest: artefacts by name, per-profile lists, the evaluation list."""
+    """The parsed manifest: artefacts by name, per-profile lists, the evaluation list, metric sets."""
 
     artefacts: dict[str, Artefact]
     profiles: dict[str, tuple[str, ...]]
     evaluation: tuple[str, ...]
+    metric_sets: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def for_profile(self, profile: str) -> list[Artefact]:
         """Artefacts of ``profile``: its own plus the evaluation models (none for embedded profiles)."""
@@ -68,12 +72,38 @@ class Manifest:
             names += [n for n in self.evaluation if n not in names]
         return [self.artefacts[n] for n in names]
 
-    def provider(self, name: str) -> str:
-        """A profile whose ``fetch`` provides artefact ``name`` (for error messages)."""
-        for profile, names in self.profiles.items():
-            if name in names or (names and name in self.evaluation):
-                return profile
-        return "sdxl"
+    def artefact(self, name: str) -> Artefact:
+        """The entry ``name``; an unknown name raises :class:`WeightsError` listing the known ones."""
+        if name not in self.artefacts:
+            known = ", ".join(sorted(self.artefacts))
+            raise WeightsError(f"unknown artefact {name!r}: not in {MANIFEST_PATH.name} (known: {known})")
+        return self.artefacts[name]
+
+    def for_metrics(self, metrics: str | list[str] | tuple[str, ...]) -> list[Artefact]:
+        """Artefacts of metric sets or metric names (``coco``, ``compbench``, ``clip_score,hpsv2``)."""
+        items = metrics.split(",") if isinstance(metrics, str) else metrics
+        names = [m.strip() for m in items if m.strip()]
+        out: list[str] = []
+        for m in names:
+            if m not in self.metric_sets:
+                known = ", ".join(sorted(self.metric_sets))
+                raise WeightsError(f"unknown metric set {m!r} in {MANIFEST_PATH.name} (known: {known})")
+            out += [a for a in self.metric_sets[m] if a not in out]
+        return [self.artefacts[n] for n in out]
+
+    def select(
+        self, profile: str | None = None, artefacts: tuple[str, ...] | list[str] = (), metrics=()
+    ) -> list[Artefact]:
+        """The union of a profile's artefacts, named artefacts and metric sets, without repeats."""
+        chosen = self.for_profile(profile) if profile else []
+        chosen += [self.artefact(n) for n in artefacts]
+        chosen += self.for_metrics(metrics) if metrics else []
+        if profile is None and not artefacts and not metrics:
+            raise WeightsError(
+                "nothing selected: name a PROFILE, --artefact NAME or --metrics SET "
+                f"(sets: {', '.join(sorted(self.metric_sets))})"
+            )
+        return list({a.name: a for a in chosen}.values())
 
 
 def load_manifest(path: str | Path = MANIFEST_PATH) -> Manifest:
@@ -99,13 +129,14 @@ def load_manifest(path: str | Path = MANIFEST_PATH) -> Manifest:
             )
         profiles = {p: tuple(names) for p, names in raw["profiles"].items()}
         evaluation = tuple(raw.get("evaluation", ()))
-        for owner, names in [*profiles.items(), ("evaluation", evaluation)]:
+        metric_sets = {m: tuple(names) for m, names in (raw.get("metric_sets") or {}).items()}
+        for owner, names in [*profiles.items(), ("evaluation", evaluation), *metric_sets.items()]:
             unknown = [n for n in names if n not in artefacts]
             if unknown:
                 raise ValueError(f"{owner} lists unknown artefact {unknown[0]!r}")
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise WeightsError(f"{path}: invalid weights manifest ({exc}); fix the entry") from exc
-    return Manifest(artefacts, profiles, evaluation)
+    return Manifest(artefacts, profiles, evaluation, metric_sets)
 
 
 def weights_dir(explicit: str | Path | None = None) -> Path:
@@ -126,27 +157,64 @@ def artefact_path(art: Artefact, root: Path) -> Path:
     return folder / art.files[0].path
 
 
-def require(name: str, root: str | Path | None = None, manifest: Manifest | None = None) -> Path:
-    """Path of artefact ``name`` in the weights directory; never downloads.
+def fetch_command(name: str, root: Path | None = None) -> str:
+    """The command that provides artefact ``name`` (into ``root`` when given)."""
+    where = f" --weights-dir {root}" if root is not None else ""
+    return f"`senseflow weights fetch --artefact {name}{where}`"
 
-    Raises :class:`MissingArtefactError` with the name, the expected path and the command
-    that provides it when any of its files is absent (hashes are :func:`check`'s job: hashing
-    tens of gigabytes on every load would be too slow).
+
+def missing_error(name: str, expected: Path, root: Path | None = None) -> MissingArtefactError:
+    """The error of an absent artefact file: its name, the expected path and a command that works."""
+    return MissingArtefactError(
+        f"weights artefact {name!r} is missing: expected {expected}; provide it with "
+        f"{fetch_command(name, root)} on a connected machine (or point --weights-dir / ${ENV_VAR} "
+        "at a folder that holds it)"
+    )
+
+
+def require(
+    name: str,
+    root: str | Path | None = None,
+    manifest: Manifest | None = None,
+    *,
+    file: str | None = None,
+) -> Path:
+    """Path of artefact ``name`` in the weights directory (or of its ``file``); never downloads.
+
+    The one lookup of every pretrained file the suite loads. Raises
+    :class:`MissingArtefactError` with the name, the expected path and the command that
+    provides it when any of its files is absent (hashes are :func:`check`'s job: hashing tens
+    of gigabytes on every load would be too slow).
     """
     manifest = manifest or load_manifest()
-    if name not in manifest.artefacts:
-        raise WeightsError(f"unknown artefact {name!r}: not in {MANIFEST_PATH} (add an entry there)")
-    art = manifest.artefacts[name]
+    art = manifest.artefact(name)
     root = weights_dir(root)
     for f in art.files:
         expected = root / art.name / f.path
         if not expected.is_file():
-            raise MissingArtefactError(
-                f"weights artefact {name!r} is missing: expected {expected}; provide it with "
-                f"`senseflow weights fetch {manifest.provider(name)} --weights-dir {root}` on a connected "
-                f"machine (or point --weights-dir / ${ENV_VAR} at a folder that holds it)"
-            )
+            raise missing_error(name, expected, root)
+    if file is not None:
+        path = root / art.name / file
+        if not path.exists():
+            raise missing_error(name, path, root)
+        return path
     return artefact_path(art, root)
+
+
+def require_path(path: str | Path | None, artefact: str, *, file: str | None = None) -> Path:
+    """An explicit local path when given (it must exist), else artefact ``artefact`` via :func:`require`.
+
+    Loaders take optional explicit paths (tests, private copies); the error of a missing one
+    still names the artefact and the command that provides the default.
+    """
+    if path is None:
+        return require(artefact, file=file)
+    p = Path(path)
+    if not p.exists():
+        raise MissingArtefactError(
+            f"{p.name} is missing: expected at {p}; {fetch_command(artefact)} provides the default copy"
+        )
+    return p
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -177,9 +245,7 @@ def verify_file(art: Artefact, f: ArtefactFile, root: Path) -> FileStatus:
     """Presence and hash of one file of an artefact."""
     path = root / art.name / f.path
     if not path.is_file():
-        return FileStatus(
-            art.name, path, "missing", f"run `senseflow weights fetch PROFILE --weights-dir {root}`"
-        )
+        return FileStatus(art.name, path, "missing", f"run {fetch_command(art.name, root)}")
     if not f.sha256 and not f.sha256_prefix:
         return FileStatus(art.name, path, "unpinned", "no sha256 in the manifest")
     digest = sha256_file(path)
@@ -194,15 +260,35 @@ def verify_file(art: Artefact, f: ArtefactFile, root: Path) -> FileStatus:
     return FileStatus(art.name, path, "ok")
 
 
-def check(profile: str, root: str | Path | None = None, manifest: Manifest | None = None) -> list[FileStatus]:
-    """Verify every file of a profile's artefacts (presence, then hash where one is pinned)."""
+def check(
+    profile: str | None = None,
+    root: str | Path | None = None,
+    manifest: Manifest | None = None,
+    *,
+    artefacts: tuple[str, ...] | list[str] = (),
+    metrics=(),
+) -> list[FileStatus]:
+    """Verify every file of the selection (presence, then hash where one is pinned)."""
     manifest = manifest or load_manifest()
     root = weights_dir(root)
-    return [verify_file(art, f, root) for art in manifest.for_profile(profile) for f in art.files]
+    selected = manifest.select(profile, artefacts, metrics)
+    return [verify_file(art, f, root) for art in selected for f in art.files]
+
+
+def selection_args(profile: str | None = None, artefacts=(), metrics=()) -> str:
+    """The command-line words of a selection (``sdxl --artefact x --metrics coco``), for messages."""
+    words = [profile] if profile else []
+    words += [f"--artefact {a}" for a in artefacts]
+    if metrics:
+        words.append(f"--metrics {metrics if isinstance(metrics, str) else ','.join(metrics)}")
+    return " ".join(words)
 
 
 def render_check(rows: list[FileStatus], root: Path, profile: str) -> str:
-    """The table ``senseflow weights check`` prints, with a closing verdict line."""
+    """The table ``senseflow weights check`` prints, with a closing verdict line.
+
+    ``profile`` is the selection's command-line words (a profile name, or :func:`selection_args`).
+    """
     lines = [f"weights directory: {root}", f"{'artefact':22s} {'status':9s} {'file':44s} detail"]
     for r in rows:
         rel = (
@@ -260,19 +346,29 @@ def fetch_artefact(art: Artefact, root: Path) -> None:
         hf_hub_download(art.repo, f.path, revision=art.revision, local_dir=folder)
 
 
-def fetch(profile: str, root: str | Path | None = None, manifest: Manifest | None = None) -> list[FileStatus]:
-    """Download what ``profile`` needs and verify it; raise :class:`WeightsError` on failure.
+def fetch(
+    profile: str | None = None,
+    root: str | Path | None = None,
+    manifest: Manifest | None = None,
+    *,
+    artefacts: tuple[str, ...] | list[str] = (),
+    metrics=(),
+) -> list[FileStatus]:
+    """Download a selection (profile, named artefacts, metric sets) and verify it.
 
-    Artefacts already present with matching hashes are skipped. A file whose hash is wrong
-    after the download is deleted (so the next run fetches it again) and reported.
+    Raises :class:`WeightsError` on failure. Artefacts already present with matching hashes
+    are skipped. A file whose hash is wrong after the download is deleted (so the next run
+    fetches it again) and reported.
     """
     manifest = manifest or load_manifest()
     root = weights_dir(root)
-    todo = [a for a in manifest.for_profile(profile) if any(verify_file(a, f, root).failed for f in a.files)]
+    selected = manifest.select(profile, artefacts, metrics)
+    todo = [a for a in selected if any(verify_file(a, f, root).failed for f in a.files)]
     if todo and _offline():
         raise WeightsError(
             f"cannot fetch {', '.join(a.name for a in todo)}: HF_HUB_OFFLINE is set (no network); run "
-            f"`senseflow weights fetch {profile}` on a connected machine and copy {root} here"
+            f"`senseflow weights fetch {selection_args(profile, artefacts, metrics)}` on a connected "
+            f"machine and copy {root} here"
         )
     for art in todo:
         try:
@@ -283,7 +379,7 @@ def fetch(profile: str, root: str | Path | None = None, manifest: Manifest | Non
                 "check the network, `hf auth login` for gated repositories (accept the licence on the "
                 "model page first), then rerun to resume"
             ) from exc
-    rows = check(profile, root, manifest)
+    rows = check(profile, root, manifest, artefacts=artefacts, metrics=metrics)
     for r in rows:
         if r.status == "mismatch":
             r.path.unlink(missing_ok=True)

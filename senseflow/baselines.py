@@ -209,18 +209,16 @@ def show_recipe(recipe: Recipe) -> str:
 
 # ----------------------------------------------------------------------------- weights, offline
 def _fetch_command(ref: WeightRef, weights_dir: Path) -> str:
-    """`senseflow weights fetch PROFILE` for artefacts of the weights manifest, else `hf download`."""
+    """`senseflow weights fetch --artefact NAME` for artefacts of the weights manifest, else `hf download`."""
     target = f" {ref.file}" if ref.file else ""
     sub = f" --include '{ref.subfolder}/*'" if ref.subfolder and not ref.file else ""
     dest = weights_dir / ref.repo
     hf = f"`hf download {ref.repo}{target}{sub} --revision {ref.revision} --local-dir {dest}`"
     if ref.artefact:
-        from eval.weights import load_manifest
+        from eval.weights import fetch_command, load_manifest
 
-        manifest = load_manifest()
-        if ref.artefact in manifest.artefacts:
-            profile = manifest.provider(ref.artefact)
-            return f"`senseflow weights fetch {profile} --weights-dir {weights_dir}` or {hf}"
+        if ref.artefact in load_manifest().artefacts:
+            return f"{fetch_command(ref.artefact, weights_dir)} or {hf}"
     return hf
 
 
@@ -231,20 +229,30 @@ def _rel(ref: WeightRef) -> Path:
 def resolve_weight(ref: WeightRef, weights_dir: str | Path | None, what: str) -> Path:
     """Local path of ``ref`` (its file, or its folder): weights dir first, then the HF cache; no download.
 
-    Looked up in order: ``ref.repo`` as a local path; ``<weights_dir>/<artefact>/`` (the layout
-    ``senseflow weights fetch`` writes); ``<weights_dir>/<repo>/``; the Hugging Face cache
-    (``local_files_only``). ``weights_dir`` defaults as in :func:`eval.weights.weights_dir`
-    (``$SENSEFLOW_WEIGHTS``, else ``~/.cache/senseflow/weights``).
+    Looked up in order: ``ref.repo`` as a local path; the manifest artefact ``ref.artefact``
+    through :func:`eval.weights.require` (the layout ``senseflow weights fetch`` writes);
+    ``<weights_dir>/<repo>/``; the Hugging Face cache (``local_files_only``). ``weights_dir``
+    defaults as in :func:`eval.weights.weights_dir` (``$SENSEFLOW_WEIGHTS``, else
+    ``~/.cache/senseflow/weights``).
     """
     from huggingface_hub import hf_hub_download, snapshot_download
     from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 
+    from eval.weights import load_manifest, require
     from eval.weights import weights_dir as default_weights_dir
 
     weights_dir = default_weights_dir(weights_dir)
     rel = _rel(ref)
     local = ref.repo.startswith(("/", ".", "~"))
     roots = [Path(ref.repo).expanduser()] if local else []
+    if not local and ref.artefact and ref.artefact in load_manifest().artefacts:
+        try:
+            # the one lookup of manifest artefacts; a partial download (a listed file absent) is missing
+            found = require(ref.artefact, weights_dir, file=str(rel) if rel != Path() else None)
+            if found.is_file() or (ref.file is None and found.is_dir()):
+                return found
+        except MissingArtefactError:
+            pass  # the repo folder and the Hugging Face cache below
     roots += ([weights_dir / ref.artefact] if ref.artefact else []) + [weights_dir / ref.repo]
     for root in roots:
         path = root / rel

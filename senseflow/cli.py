@@ -467,38 +467,63 @@ WeightsDir = Annotated[
     typer.Option(help="Weights directory (default: $SENSEFLOW_WEIGHTS, else ~/.cache/senseflow/weights)."),
 ]
 WeightsProfile = Annotated[
-    str, typer.Argument(help="Profile name (sdxl, sd35_large, sd35_medium, flux_dev).")
+    str | None,
+    typer.Argument(
+        help="Profile (sdxl, sd35_large, sd35_medium, flux_dev); optional with --artefact/--metrics."
+    ),
+]
+WeightsArtefacts = Annotated[
+    list[str] | None,
+    typer.Option("--artefact", help="One artefact of eval/weights_manifest.yaml by name (repeatable)."),
+]
+WeightsMetrics = Annotated[
+    str | None,
+    typer.Option("--metrics", help="Metric sets or metrics, comma-separated (coco, compbench, clip_score)."),
 ]
 
 
-@weights_app.command("fetch")
-def weights_fetch(profile: WeightsProfile, weights_dir: WeightsDir = None) -> None:
-    """Download every artefact PROFILE needs (resumable, hash-checked). Needs the network.
-
-    Exit code 1 when a file is still missing or has a wrong hash afterwards.
-    """
-    from eval.weights import fetch, render_check
+def _weights_run(action, profile, weights_dir, artefact, metrics) -> None:
+    """Run ``eval.weights.fetch`` or ``check`` on the selection, print the table, exit 1 on failure."""
+    from eval.weights import render_check, selection_args
     from eval.weights import weights_dir as resolve
 
-    rows = fetch(profile, weights_dir)
-    typer.echo(render_check(rows, resolve(weights_dir), profile))
+    artefacts = tuple(artefact or ())
+    rows = action(profile, weights_dir, artefacts=artefacts, metrics=metrics or ())
+    typer.echo(render_check(rows, resolve(weights_dir), selection_args(profile, artefacts, metrics)))
     if any(r.failed for r in rows):
         raise typer.Exit(1)
+
+
+@weights_app.command("fetch")
+def weights_fetch(
+    profile: WeightsProfile = None,
+    weights_dir: WeightsDir = None,
+    artefact: WeightsArtefacts = None,
+    metrics: WeightsMetrics = None,
+) -> None:
+    """Download a profile's artefacts, single artefacts or metric sets (resumable, hash-checked).
+
+    Needs the network. Exit code 1 when a file is still missing or has a wrong hash afterwards.
+    """
+    from eval.weights import fetch
+
+    _weights_run(fetch, profile, weights_dir, artefact, metrics)
 
 
 @weights_app.command("check")
-def weights_check(profile: WeightsProfile, weights_dir: WeightsDir = None) -> None:
-    """Verify presence and sha256 of PROFILE's artefacts; print a table. Never downloads.
+def weights_check(
+    profile: WeightsProfile = None,
+    weights_dir: WeightsDir = None,
+    artefact: WeightsArtefacts = None,
+    metrics: WeightsMetrics = None,
+) -> None:
+    """Verify presence and sha256 of the selection's artefacts; print a table. Never downloads.
 
     Exit code 1 when something is missing or has a wrong hash; unpinned files are reported, not failed.
     """
-    from eval.weights import check, render_check
-    from eval.weights import weights_dir as resolve
+    from eval.weights import check
 
-    rows = check(profile, weights_dir)
-    typer.echo(render_check(rows, resolve(weights_dir), profile))
-    if any(r.failed for r in rows):
-        raise typer.Exit(1)
+    _weights_run(check, profile, weights_dir, artefact, metrics)
 
 
 # ----------------------------------------------------------------------------- pipeline

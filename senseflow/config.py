@@ -468,6 +468,8 @@ class PipelineConfig(Strict):
     student_steps: list[PositiveInt] = [4, 2, 1]  # every student is sampled at these step counts
     teacher_steps: list[PositiveInt] = [4, 2, 1]  # plus teacher.sample.steps ("teacher_full", the reference)
     metrics: list[str] = ["fid_t_probe", "adherence"]
+    # image protocol of FID / CLIP score (eval.image_protocols): dmd2 is the paper's evaluator
+    eval_protocol: Literal["dmd2", "clean", "torchmetrics"] = "dmd2"
     noise_floor: bool = True  # also sample the teacher with other seeds: FID-T's noise floor
     registry_baselines: list[str] = []  # real profiles: names in experiments/baselines.yaml
     prompts: PromptSourceConfig | None = None  # real profiles; embedded: the world's test prompts

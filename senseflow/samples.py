@@ -89,11 +89,14 @@ def _read_lines(path: Path) -> list[dict]:
     return out
 
 
-def check_folder(folder: Path, identity: dict, records: list[PromptRecord], seed: int) -> dict[str, dict]:
+def check_folder(
+    folder: Path, identity: dict, records: list[PromptRecord], seed: int, fixed_seeds: dict | None = None
+) -> dict[str, dict]:
     """Refuse a folder made by another candidate / steps / seed / prompt set; return its finished records.
 
     The header (``generation.json``) must hold the same identity; each finished record must
-    carry the seed this run derives for its id and the same prompt text.
+    carry the seed this run gives its id (``fixed_seeds[id]``, else derived from ``seed``) and
+    the same prompt text.
     """
     header_path = folder / HEADER
     if header_path.is_file():
@@ -113,7 +116,8 @@ def check_folder(folder: Path, identity: dict, records: list[PromptRecord], seed
     for rid, rec in done.items():
         if rid not in prompts:
             continue
-        expected = {"seed": prompt_seed(seed, rid), "prompt": prompts[rid], "steps": identity.get("steps")}
+        want = fixed_seeds[rid] if fixed_seeds else prompt_seed(seed, rid)
+        expected = {"seed": want, "prompt": prompts[rid], "steps": identity.get("steps")}
         bad = [k for k, v in expected.items() if v is not None and rec.get(k) != v]
         if bad:
             raise SampleFolderMismatch(
@@ -132,12 +136,27 @@ def check_unique_ids(records: list[PromptRecord]) -> None:
         seen.add(r.id)
 
 
+def per_seed_records(records: list[PromptRecord], seeds) -> tuple[list[PromptRecord], dict[str, int]]:
+    """Every prompt once per seed, in benchmark order, and each image's fixed seed.
+
+    T2I-CompBench samples 10 images per prompt at the same seeds 42-51 for every prompt
+    (prompt i owns images 10 i .. 10 i + 9): record ``<id>-s<k>`` is image ``k`` of prompt
+    ``id``, generated with ``seeds[k]``. Pass the mapping as ``fixed_seeds`` to
+    :func:`generate_to_folder`.
+    """
+    seeds = list(seeds)
+    out = [PromptRecord(f"{r.id}-s{k}", r.prompt, r.scene) for r in records for k in range(len(seeds))]
+    fixed = {f"{r.id}-s{k}": int(sd) for r in records for k, sd in enumerate(seeds)}
+    return out, fixed
+
+
 def generate_to_folder(
     candidate,
     records: list[PromptRecord],
     out_dir: str | Path,
     *,
     seed: int = 0,
+    fixed_seeds: dict[str, int] | None = None,
     batch_size: int = 64,
     progress: bool = True,
     identity_extra: dict | None = None,
@@ -152,14 +171,23 @@ def generate_to_folder(
     refused) and ``speed.json`` (NFE and seconds per image of model forward + decode). Rank
     ``r`` of ``world_size`` takes prompts ``r::world_size`` and writes its own partial manifest;
     rank 0 merges them after a barrier. Finished images are never rewritten. ``on_batch(n)`` is
-    called after each batch is recorded (tests interrupt a run there).
+    called after each batch is recorded (tests interrupt a run there). ``fixed_seeds`` gives
+    each record id its own seed (:func:`per_seed_records`) instead of deriving it from ``seed``.
     """
     from senseflow.distributed import barrier
 
     check_unique_ids(records)
+    if fixed_seeds is not None:
+        absent = [r.id for r in records if r.id not in fixed_seeds]
+        if absent:
+            raise UserError(f"fixed_seeds has no seed for prompt id {absent[0]!r} ({len(absent)} missing)")
     out_dir = ensure_writable_dir(out_dir)
     identity = {**candidate.identity(), "seed": seed, **(identity_extra or {})}
-    done = check_folder(out_dir, identity, records, seed)
+    if fixed_seeds is not None:
+        identity["fixed_seeds_sha256"] = hashlib.sha256(
+            json.dumps(fixed_seeds, sort_keys=True).encode()
+        ).hexdigest()
+    done = check_folder(out_dir, identity, records, seed, fixed_seeds)
     candidate.check_prompts([r.prompt for r in records])
     barrier()  # every rank has checked the folder before rank 0 (re)writes its header
     if rank == 0 and not (out_dir / HEADER).is_file():
@@ -209,7 +237,7 @@ def generate_to_folder(
     with ThreadPoolExecutor(max_workers=1) as writer:
         for i in range(0, len(todo), batch_size):
             chunk = todo[i : i + batch_size]
-            seeds = [prompt_seed(seed, r.id) for r in chunk]
+            seeds = [fixed_seeds[r.id] if fixed_seeds else prompt_seed(seed, r.id) for r in chunk]
             t0 = time.perf_counter()
             pixels, nfe = candidate.render([r.prompt for r in chunk], seeds)
             elapsed = time.perf_counter() - t0

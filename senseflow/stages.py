@@ -362,6 +362,7 @@ def evaluate_candidate(cfg: ProfileConfig, name: str) -> dict:
     return run_evaluate(
         pl.samples_dir(name), list(p.metrics), out, reference=reference,
         seed=p.eval_seed, n_boot=p.n_boot, n_boot_set=p.n_boot_set, not_applicable=skip, **extra,
+        protocol=p.eval_protocol, paired_seeds=name != pl.NOISE_FLOOR,
     )  # fmt: skip
 
 

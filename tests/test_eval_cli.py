@@ -78,7 +78,7 @@ def brightness_metric():
 
     def build():
         def metric(ctx):
-            values = ctx.samples.images.reshape(len(ctx.samples.images), -1).mean(1) / 255
+            values = np.asarray(ctx.samples.images).reshape(len(ctx.samples.images), -1).mean(1) / 255
             card = registry.protocol_card(
                 ctx,
                 metric="brightness",

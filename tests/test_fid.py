@@ -250,8 +250,15 @@ def save_random_inception(folder: Path) -> Path:
         mock.patch.object(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, sd: None),
     ):
         net = fe.FeatureExtractorInceptionV3("inception", ["2048"])
+    # the default init leaves features near 1e-8; He-scaled convolutions give features of order 1,
+    # so that protocol and resize differences show in the numbers
+    g = torch.Generator().manual_seed(0)
+    state = net.state_dict()
+    for k, v in state.items():
+        if k.endswith("weight") and v.ndim == 4:
+            v.copy_(torch.randn(v.shape, generator=g) * (2.0 / v[0].numel()) ** 0.5)
     path = Path(folder) / "pt_inception-2015-12-05-6726825d.pth"
-    torch.save(net.state_dict(), path)
+    torch.save(state, path)
     return path
 
 
@@ -277,6 +284,8 @@ def test_inception_reads_the_local_file_and_resize_protocols_differ(inception_we
     torch.testing.assert_close(bilinear(image), b, rtol=0, atol=0)
     assert not torch.allclose(a, b, rtol=1e-3, atol=0)  # random weights: tiny features, so relative
     assert FID(clean).protocol == "resize=clean" and FID(bilinear).protocol == "resize=torchmetrics"
+    dmd2 = InceptionFeatures(inception_weights)  # the paper's protocol is the default
+    assert dmd2.resize == "dmd2" and not torch.allclose(dmd2(image), a, rtol=1e-3, atol=0)
 
 
 def test_inception_missing_weights_and_bad_protocol(tmp_path):
@@ -306,18 +315,19 @@ def test_fid_runs_through_senseflow_eval_evaluate(inception_weights, tmp_path, m
     reference = make_folder(tmp_path / "reference", real, rendered(records))
     evaluate(samples, ["fid"], tmp_path / "out", reference=reference, n_boot_set=5)
     got = json.loads((tmp_path / "out" / "summary.json").read_text())["metrics"]["fid"]
-    ex = InceptionFeatures(inception_weights, resize="clean")
+    ex = InceptionFeatures(inception_weights, resize="dmd2")
 
     def feats(images):
         return ex(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()).double().numpy()
 
     expected = fid_from_features(feats(noise(records, 0)), feats(rendered(records)))
     assert got["value"] == pytest.approx(expected, rel=1e-6, abs=1e-12)
-    assert got["protocol"]["resize"].startswith("clean") and got["n"] == 8
+    assert got["protocol"]["resize"].startswith("dmd2") and got["n"] == 8
+    assert got["protocol"]["protocol"] == "dmd2" and len(got["protocol"]["weights_sha256"]) == 64
     assert got["ci95"][0] <= got["value"] <= got["ci95"][1]  # half-sampling interval: around the estimate
 
 
-@pytest.mark.parametrize("name", ["fid_t", "patch_fid_t"])
+@pytest.mark.parametrize("name", ["fid_t", "patch_fid_t", "patch_fid_t_grid"])
 def test_fid_t_pairs_with_teacher_samples_by_prompt_id(name, inception_weights, tmp_path, monkeypatch):
     import json
     import shutil
@@ -331,8 +341,9 @@ def test_fid_t_pairs_with_teacher_samples_by_prompt_id(name, inception_weights, 
     (root / "inception_fid").mkdir(parents=True)
     shutil.copy(inception_weights, root / "inception_fid" / inception_weights.name)
     monkeypatch.setenv("SENSEFLOW_WEIGHTS", str(root))
-    # patch FID crops 299 px at full resolution: 299x320 gives a grid of 1x2 crops per image
-    size = (299, 320) if name == "patch_fid_t" else (32, 32)
+    # patch FID crops 299 px at full resolution: one centre crop (the paper's), or the grid
+    # variant's 1x2 crops per 299x320 image
+    size = (299, 320) if name.startswith("patch") else (32, 32)
     rng = np.random.default_rng(0)
     records = [PromptRecord(f"p{i}", f"prompt {i}") for i in range(4)]
     student = [rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in records]
@@ -343,15 +354,18 @@ def test_fid_t_pairs_with_teacher_samples_by_prompt_id(name, inception_weights, 
     samples = make_folder(tmp_path / "samples", records, student)
     evaluate(samples, [name], tmp_path / "out", reference=ref, n_boot_set=5)
     got = json.loads((tmp_path / "out" / "summary.json").read_text())["metrics"][name]
-    ex = InceptionFeatures(inception_weights, resize="clean")
-    crops = PatchCrops(mode="grid") if name == "patch_fid_t" else (lambda x: x)
+    ex = InceptionFeatures(inception_weights, resize="dmd2")
+    mode = {"patch_fid_t": "center", "patch_fid_t_grid": "grid"}.get(name)
 
     def feats(images):
-        return ex(crops(torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous())).double().numpy()
+        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
+        if mode is None:
+            return ex(x).double().numpy()
+        return ex.forward_prepared(PatchCrops(mode=mode)(x).float()).double().numpy()
 
     expected = max(0.0, fid_from_features(feats(student), feats(teacher)))
     assert got["value"] == pytest.approx(expected, rel=1e-6)
-    assert got["n"] == 4 and got["details"]["crops"] == (2 if name == "patch_fid_t" else 1)
+    assert got["n"] == 4 and got["details"]["crops"] == (2 if name == "patch_fid_t_grid" else 1)
     other = make_folder(tmp_path / "other", [extra], [teacher[0]])
     with pytest.raises(MetricError, match="shares 0 prompt ids"):
         evaluate(samples, [name], tmp_path / "out2", reference=other)

@@ -38,15 +38,20 @@ def test_missing_checkpoint_names_file_path_and_command(tmp_path, monkeypatch):
     from eval.metrics import load_clip_scorer, load_hpsv2_scorer, load_imagereward_scorer
 
     with pytest.raises(
-        MissingArtefactError, match=r"HPS_v2\.1_compressed\.pt is missing: expected at .*weights fetch"
+        MissingArtefactError,
+        match=r"HPS_v2\.1_compressed\.pt is missing: expected at .*fetch --artefact hpsv2_1",
     ):
         load_hpsv2_scorer("v2.1", checkpoint=tmp_path / "HPS_v2.1_compressed.pt")
     with pytest.raises(
-        MissingArtefactError, match=r"open_clip_pytorch_model\.bin .*senseflow weights fetch clip_score"
+        MissingArtefactError,
+        match=r"open_clip_pytorch_model\.bin; .*senseflow weights fetch --artefact clip_vitg14",
     ):
         monkeypatch.setenv("SENSEFLOW_WEIGHTS", str(tmp_path))
         load_clip_scorer()
-    with pytest.raises(MissingArtefactError, match=r"med_config\.json is missing.*weights fetch imagereward"):
+    with pytest.raises(
+        MissingArtefactError,
+        match=r"'imagereward' is missing: .*ImageReward\.pt.*fetch --artefact imagereward",
+    ):
         load_imagereward_scorer(checkpoint=__file__)
 
 
@@ -187,7 +192,9 @@ def test_pickscore_missing_weights_are_named(tmp_path):
 
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "config.json").write_text("{}")
-    with pytest.raises(MissingArtefactError, match=r"model\.safetensors is missing.*weights fetch pickscore"):
+    with pytest.raises(
+        MissingArtefactError, match=r"model\.safetensors is missing.*weights fetch --artefact pickscore`"
+    ):
         load_pickscore_scorer(tmp_path / "m", tmp_path / "p")
 
 

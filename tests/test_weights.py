@@ -71,11 +71,11 @@ def test_require_names_path_and_command(tmp_path):
         W.require("one", tmp_path / "w", m)
     msg = str(exc.value)
     assert "'one'" in msg and str(tmp_path / "w" / "one" / "w.bin") in msg
-    assert "senseflow weights fetch real" in msg
+    assert "senseflow weights fetch --artefact one" in msg
     (tmp_path / "w" / "one").mkdir(parents=True)
     (tmp_path / "w" / "one" / "w.bin").write_bytes(b"abc")
     assert W.require("one", tmp_path / "w", m) == tmp_path / "w" / "one" / "w.bin"
-    with pytest.raises(W.WeightsError, match="unknown artefact 'two'"):
+    with pytest.raises(W.WeightsError, match="unknown artefact 'two'.*known: one, pipe"):
         W.require("two", tmp_path / "w", m)
 
 

@@ -22,33 +22,20 @@ from PIL import Image
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-from senseflow.errors import MissingArtefactError
-
-WEIGHTS_ENV = "SENSEFLOW_WEIGHTS"
-
-
-def weights_root() -> Path:
-    """Folder holding the metric checkpoints: ``$SENSEFLOW_WEIGHTS`` or ``./weights``."""
-    return Path(os.environ.get(WEIGHTS_ENV, "weights"))
+from eval.streaming import map_batches
+from eval.weights import require_path
 
 
-def require_file(path: str | os.PathLike, profile: str) -> Path:
-    """Return ``path`` if it exists, else raise :class:`MissingArtefactError` naming how to get it."""
-    p = Path(path)
-    if not p.exists():
-        raise MissingArtefactError(
-            f"{p.name} is missing: expected at {p}; `senseflow weights fetch {profile}` provides it"
-        )
-    return p
+def require_any(folder: str | os.PathLike, names: Sequence[str], artefact: str) -> Path:
+    """The first of ``names`` present in ``folder``; if none is, the error names the first.
 
-
-def require_any(folder: str | os.PathLike, names: Sequence[str], profile: str) -> Path:
-    """The first of ``names`` present in ``folder``; if none is, the error names the first."""
+    ``artefact`` is the manifest entry that provides the default folder (named in the error).
+    """
     folder = Path(folder)
     for name in names:
         if (folder / name).exists():
             return folder / name
-    return require_file(folder / names[0], profile)
+    return require_path(folder / names[0], artefact)
 
 
 def default_device() -> torch.device:
@@ -56,10 +43,25 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; a no-op elsewhere (bf16 is slower than fp32 on these CPUs)."""
-    if torch.device(device).type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def check_precision(precision: str) -> str:
+    """``precision`` if known (fp32, fp16, bf16), else a ValueError listing them."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown scorer precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def autocast(device: torch.device, precision: str = "fp32"):
+    """Autocast to ``precision`` on CUDA (none for fp32); a no-op on the CPU, which runs fp32.
+
+    Each scorer defaults to its reference's precision (fp32 for ImageReward, PickScore and
+    DMD2's CLIP score; fp16 autocast for hpsv2), recorded in its protocol card.
+    """
+    dtype = PRECISIONS[check_precision(precision)]
+    if torch.device(device).type == "cuda" and dtype is not None:
+        return torch.autocast("cuda", dtype=dtype)
     return contextlib.nullcontext()
 
 
@@ -181,30 +183,38 @@ def batched(n: int, batch_size: int):
         yield slice(i, min(i + batch_size, n))
 
 
-def register_scorer_metric(name: str, loader, version: str) -> None:
+def register_scorer_metric(name: str, loader, version: str, protocol_kwargs=None) -> None:
     """Register ``name`` with ``senseflow-eval evaluate``: per-image scores of ``loader()``'s scorer.
 
-    The scorer is built when the metric first runs (weights read once); the protocol card
-    carries the scorer's own protocol (backbone, scale, prefix) and its checkpoint hash.
+    The scorer is built when the metric first runs (weights read once, cached by the loader);
+    ``protocol_kwargs(ctx.protocol)`` gives the loader's keyword arguments of an evaluation
+    protocol (CLIP score's DMD2 prefix and pre-resize). The protocol card carries the
+    scorer's own protocol (backbone, scale, prefix, precision) and its checkpoint hash.
     """
     from eval.registry import MetricResult, protocol_card, register
 
     def factory():
-        scorer = loader()
-
         def metric(ctx) -> MetricResult:
+            scorer = loader(**(protocol_kwargs(ctx.protocol) if protocol_kwargs else {}))
             prompts = [r["prompt"] for r in ctx.samples.records]
-            # this rank's images only; the rows of every rank are gathered (eval.sharding)
-            per_image = ctx.map_rows(
-                lambda idx: scorer(ctx.samples.images[idx], [prompts[i] for i in idx]).numpy()
-            ).astype(float)
+            paths = ctx.samples.images.paths
+
+            def block(idx):
+                # this rank's images only, streamed in batches (eval.streaming); rows gathered
+                def fn(batch, rows):
+                    return scorer(list(batch.numpy()), [prompts[idx[i]] for i in rows]).numpy()
+
+                return map_batches([paths[i] for i in idx], fn, batch_size=scorer.batch_size)
+
+            per_image = ctx.map_rows(block).astype(float)
             info = scorer.protocol()
             skip = ("torch", "transformers", "weights_sha256")
             card = protocol_card(
                 ctx, metric=name, version=version,
                 backbone=str({k: v for k, v in info.items() if k not in skip}),
                 weights_sha256=info.get("weights_sha256", ""), image_count=len(per_image),
-                resize="the model's own preprocessing",
+                resize=info.get("pre_resize", "the model's own preprocessing"),
+                precision=info.get("precision", "fp32"),
             )  # fmt: skip
             return MetricResult(card, higher_is_better=True, per_image=per_image)
 

@@ -6,6 +6,12 @@ the raw cosine between image and prompt embeddings (about 0.30-0.33). torchmetri
 so numbers from the two are not comparable: the scale and a prompt prefix are options here,
 and :meth:`OpenClipScorer.protocol` records them with the backbone and the weights file.
 
+The ``dmd2`` protocol (the registry metric's default, :mod:`eval.image_protocols`) is DMD2 /
+SenseFlow's evaluator: images resized to 256 with LANCZOS before the model's own transform,
+the prompt prefixed by "A photo depicts " at token level (the prefix's BPE tokens placed
+after the start token, the caption's after them, truncated to the context with the end token
+kept), fp32.
+
 Any open_clip model object can be scored (the embedded world trains a tiny one): build an
 :class:`OpenClipScorer` from the model, its tokenizer and its preprocessing.
 """
@@ -15,30 +21,24 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
+from eval.image_protocols import DMD2_CLIP_PREFIX, DMD2_CLIP_RES, clip_pre_resize
 from eval.metrics._preference import (
     BatchedScorer,
     PreferenceMetric,
     autocast,
+    check_precision,
     default_device,
     register_scorer_metric,
-    require_file,
-    weights_root,
 )
+from eval.weights import require_path
 
 DEFAULT_MODEL = "ViT-g-14"
 DEFAULT_PRETRAINED = "laion2b_s12b_b42k"
-# The file name of the open_clip checkpoint in laion/CLIP-ViT-g-14-laion2B-s12B-b42K.
-CLIP_G14_FILE = "open_clip_pytorch_model.bin"
-WEIGHTS_PROFILE = "clip_score"
-
-
-def default_clip_checkpoint() -> Path:
-    """Where the ViT-g-14 laion2b_s12b_b42k checkpoint is expected."""
-    return weights_root() / "clip_score" / "CLIP-ViT-g-14-laion2B-s12B-b42K" / CLIP_G14_FILE
+# The manifest entry holding open_clip_pytorch_model.bin of laion/CLIP-ViT-g-14-laion2B-s12B-b42K.
+ARTEFACT = "clip_vitg14"
 
 
 class OpenClipScorer(BatchedScorer):
@@ -46,7 +46,9 @@ class OpenClipScorer(BatchedScorer):
 
     ``preprocess`` maps one PIL image to a (3, S, S) tensor; ``tokenizer`` maps a list of
     strings to token ids. The model runs in eval mode, without gradients, in batches of
-    ``batch_size``, under bf16 autocast on CUDA. A model given here is not moved, frozen or
+    ``batch_size``, at ``precision`` (fp32 unless told; autocast on CUDA only).
+    ``pre_resize`` maps a PIL image before ``preprocess`` (DMD2: LANCZOS to 256); its
+    description goes into the protocol. A model given here is not moved, frozen or
     left in eval mode (the embedded world scores a CLIP it is still training): without
     ``device`` the scorer runs where the model's parameters are, and restores its mode.
     """
@@ -62,6 +64,9 @@ class OpenClipScorer(BatchedScorer):
         batch_size: int = 32,
         device: torch.device | str | None = None,
         info: dict | None = None,
+        precision: str = "fp32",
+        pre_resize: Callable | None = None,
+        pre_resize_name: str = "",
     ):
         if device is None:
             param = next(model.parameters(), None)
@@ -72,6 +77,8 @@ class OpenClipScorer(BatchedScorer):
         self.tokenizer, self.preprocess = tokenizer, preprocess
         self.scale, self.prefix, self.batch_size = float(scale), prefix, int(batch_size)
         self.info = dict(info or {})
+        self.precision = check_precision(precision)
+        self.pre_resize, self.pre_resize_name = pre_resize, pre_resize_name
 
     def protocol(self) -> dict:
         """Backbone, weights, scale and prefix: what a CLIP-score number needs beside it."""
@@ -81,15 +88,36 @@ class OpenClipScorer(BatchedScorer):
             "score": "cosine" if self.scale == 1.0 else f"{self.scale:g} * cosine",
             "scale": self.scale,
             "prefix": self.prefix,
+            "prefix_level": "token" if self.prefix else "none",
+            "precision": self.precision,
+            **({"pre_resize": self.pre_resize_name} if self.pre_resize else {}),
             **self.weights_protocol(),
         }
+
+    def tokens(self, prompts: list[str]) -> torch.Tensor:
+        """Token ids of ``prefix + prompt`` with the prefix joined at token level.
+
+        An open_clip ``SimpleTokenizer`` (``encode``, start / end ids, context length) gets
+        ``[start] + encode(prefix) + encode(prompt)``, truncated to the context with the end
+        token kept (DMD2's evaluator); any other tokenizer gets the joined strings.
+        """
+        tok = self.tokenizer
+        if not self.prefix or not all(hasattr(tok, a) for a in ("encode", "sot_token_id", "context_length")):
+            return tok([self.prefix + p for p in prompts])
+        head = [tok.sot_token_id, *tok.encode(self.prefix)]
+        out = torch.zeros(len(prompts), tok.context_length, dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids = [*head, *tok.encode(p), tok.eot_token_id][: tok.context_length]
+            ids[-1] = tok.eot_token_id
+            out[i, : len(ids)] = torch.tensor(ids)
+        return out
 
     def features(self, pixels: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """L2-normalised image and text embeddings, float32."""
         was_training = self.model.training
         self.model.eval()
         try:
-            with torch.no_grad(), autocast(self.device):
+            with torch.no_grad(), autocast(self.device, self.precision):
                 img = self.model.encode_image(pixels.to(self.device))
                 txt = self.model.encode_text(tokens.to(self.device))
         finally:
@@ -99,8 +127,10 @@ class OpenClipScorer(BatchedScorer):
 
     def score_batch(self, images, prompts) -> torch.Tensor:
         """``scale * cosine`` of one batch."""
+        if self.pre_resize is not None:
+            images = [self.pre_resize(im) for im in images]
         pixels = torch.stack([self.preprocess(im) for im in images])
-        img, txt = self.features(pixels, self.tokenizer([self.prefix + p for p in prompts]))
+        img, txt = self.features(pixels, self.tokens(prompts))
         return (img * txt).sum(-1) * self.scale
 
 
@@ -128,20 +158,26 @@ def load_clip_scorer(
     *,
     pretrained_tag: str = DEFAULT_PRETRAINED,
     scale: float = 1.0,
-    prefix: str = "",
+    prefix: str | None = None,
     batch_size: int = 32,
     device: torch.device | str | None = None,
+    protocol: str | None = None,
+    precision: str = "fp32",
 ) -> OpenClipScorer:
     """An :class:`OpenClipScorer` for an open_clip architecture and a LOCAL checkpoint file.
 
     The model is loaded once per (architecture, file, device) and shared by later calls.
-    ``pretrained_tag`` only names the weights in the protocol.
+    ``pretrained_tag`` only names the weights in the protocol. ``protocol="dmd2"`` sets DMD2's
+    prefix (unless ``prefix`` is given) and LANCZOS 256 pre-resize; fp32 is DMD2's precision.
     """
-    path = require_file(checkpoint or default_clip_checkpoint(), WEIGHTS_PROFILE)
+    path = require_path(checkpoint, ARTEFACT)
     device = torch.device(device) if device is not None else default_device()
     model, tokenizer, preprocess = _load_open_clip(model_name, str(path), pretrained_tag, str(device))
     info = {"backbone": f"open_clip {model_name}", "pretrained": pretrained_tag, "weights": path.name}
-    return OpenClipScorer(
+    dmd2 = protocol == "dmd2"
+    if prefix is None:
+        prefix = DMD2_CLIP_PREFIX if dmd2 else ""
+    scorer = OpenClipScorer(
         model,
         tokenizer,
         preprocess,
@@ -149,8 +185,13 @@ def load_clip_scorer(
         prefix=prefix,
         batch_size=batch_size,
         device=device,
-        info=info,
+        info=info | ({"protocol": protocol} if protocol else {}),
+        precision=precision,
+        pre_resize=functools.partial(clip_pre_resize, protocol="dmd2") if dmd2 else None,
+        pre_resize_name=f"LANCZOS to {DMD2_CLIP_RES}" if dmd2 else "",
     )
+    scorer.weights_file = path
+    return scorer
 
 
 def clip_scores(images, prompts, **kwargs) -> torch.Tensor:
@@ -173,4 +214,6 @@ class CLIPScore(PreferenceMetric):
 
 
 # `senseflow-eval evaluate --metrics clip_score`
-register_scorer_metric("clip_score", load_clip_scorer, "clip-score/1")
+register_scorer_metric(
+    "clip_score", load_clip_scorer, "clip-score/2", lambda protocol: {"protocol": protocol}
+)

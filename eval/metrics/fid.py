@@ -8,10 +8,11 @@ and batched accumulation equals one-shot computation.
 Feature extractors:
 
 - :class:`InceptionFeatures`: Inception-v3 with the TF-ported 2015-12-05 FID weights, read
-  from a local file (never downloaded), under an explicit resize protocol: ``"clean"``
-  (PIL bicubic resize of uint8 images to 299 on the CPU, Parmar et al. 2022) or
-  ``"torchmetrics"`` (antialiased bilinear tensor resize inside the extractor, torchmetrics
-  >= 1.8 default). The two give different numbers; the protocol is part of the extractor id.
+  from a local file (never downloaded), under an explicit image protocol
+  (:mod:`eval.image_protocols`): ``"dmd2"`` (the paper's: centre crop, LANCZOS 512, clean-fid
+  float bicubic 299), ``"clean"`` (clean-fid, Parmar et al. 2022) or ``"torchmetrics"``
+  (antialiased bilinear tensor resize inside the extractor). They give different numbers;
+  the protocol is part of every card and of the reference-statistics key.
 - :class:`ProbeFeatures`: the embedded world's attribute probe (its penultimate features).
 
 Variants: FID against real images, FID-T against teacher samples of the same prompts and
@@ -21,6 +22,7 @@ resolution). Reference statistics are cached by :func:`reference_statistics`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -35,6 +37,14 @@ import torch
 from PIL import Image
 from torchmetrics import Metric
 
+from eval.image_protocols import (
+    FID_PROTOCOLS,
+    INCEPTION_SIZE,
+    clean_resize_float,
+    describe_fid_protocol,
+    inception_input,
+    patch_input,
+)
 from eval.metrics.frechet import (  # noqa: F401  (FIDInputError, check_features, fid_from_features: re-exported)
     FIDInputError,
     check_features,
@@ -43,6 +53,7 @@ from eval.metrics.frechet import (  # noqa: F401  (FIDInputError, check_features
     frechet_distance,
 )
 from eval.registry import MetricResult
+from eval.streaming import map_batches
 from senseflow.errors import MissingArtefactError, UserError
 from senseflow.io import atomic_write_bytes, atomic_write_text
 from senseflow.samples import read_manifest
@@ -50,8 +61,12 @@ from senseflow.samples import read_manifest
 log = logging.getLogger(__name__)
 
 INCEPTION_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
-INCEPTION_SIZE = 299
-RESIZE_PROTOCOLS = ("clean", "torchmetrics")
+RESIZE_PROTOCOLS = FID_PROTOCOLS
+
+
+def best_device() -> torch.device:
+    """CUDA when present, else the CPU: Inception of 10k 1024 px images is hours on a CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 # ----------------------------------------------------------------------------- functional core
@@ -126,25 +141,45 @@ def _file_sha256(path: Path) -> str:
 
 
 def clean_resize(images: torch.Tensor, size: int = INCEPTION_SIZE) -> torch.Tensor:
-    """PIL bicubic resize of uint8 (B, 3, H, W) images to ``size`` x ``size`` on the CPU.
+    """clean-fid's float resize of uint8 (B, 3, H, W) images: float32 (B, 3, size, size) in [0, 255].
 
-    Clean-FID (Parmar et al. 2022): PIL's bicubic filter is properly antialiased, unlike the
-    tensor bilinear resizes of older FID code. The result stays uint8 because the Inception
-    extractor only takes uint8 (clean-fid keeps floats; rounding moves a pixel by <= 0.5/255).
+    Clean-FID (Parmar et al. 2022): PIL's bicubic filter on each channel as a float image,
+    properly antialiased and never re-quantised (:func:`eval.image_protocols.clean_resize_float`).
     """
-    out = [
-        np.asarray(Image.fromarray(img).resize((size, size), Image.BICUBIC))
-        for img in images.permute(0, 2, 3, 1).cpu().numpy()
-    ]
+    out = [clean_resize_float(img, size) for img in images.permute(0, 2, 3, 1).cpu().numpy()]
     return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
+
+
+# the layers of torch-fidelity's FeatureExtractorInceptionV3 up to pool3, in order
+_POOL3_LAYERS = (
+    "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "MaxPool_1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+    "MaxPool_2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+    "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "AvgPool",
+)  # fmt: skip
+
+
+def tf_inception_pool3(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """pool3 features of float (B, 3, 299, 299) images in [0, 255], as the TF graph computes them.
+
+    torch-fidelity's forward only takes uint8 (it rounds clean-fid's float resize away); the
+    TF graph normalises ``(x - 128) / 128`` and runs the same layers, which is done here.
+    """
+    if x.shape[-2:] != (INCEPTION_SIZE, INCEPTION_SIZE):
+        raise FIDInputError(f"Inception takes 299x299 inputs here, got {tuple(x.shape[-2:])}")
+    x = (x.float() - 128) / 128
+    for name in _POOL3_LAYERS:
+        x = getattr(net, name)(x)
+    return torch.flatten(x, 1)
 
 
 class InceptionFeatures:
     """Inception-v3 pool features (2048-d) with the TF-ported FID weights from a local file.
 
-    ``resize``: ``"clean"`` (PIL bicubic to 299 first) or ``"torchmetrics"`` (the
-    extractor's own antialiased bilinear resize). Needs ``torch-fidelity`` (the network
-    definition that torchmetrics wraps).
+    ``resize`` is the image protocol (:mod:`eval.image_protocols`): ``"dmd2"`` (centre crop,
+    LANCZOS 512, clean-fid float bicubic 299; the paper's), ``"clean"`` (clean-fid float
+    bicubic 299) or ``"torchmetrics"`` (the extractor's own antialiased bilinear resize of
+    uint8). Needs ``torch-fidelity`` (the network definition that torchmetrics wraps).
+    ``device``: where the network runs (default: CUDA when present).
     """
 
     dim = 2048
@@ -153,20 +188,19 @@ class InceptionFeatures:
         self,
         weights_path: str | Path,
         *,
-        resize: str = "clean",
-        device: str | torch.device = "cpu",
+        resize: str = "dmd2",
+        device: str | torch.device | None = None,
         batch_size: int = 32,
     ):
-        if resize not in RESIZE_PROTOCOLS:
-            raise UserError(
-                f"unknown FID resize protocol {resize!r}: use one of {', '.join(RESIZE_PROTOCOLS)}"
-            )
+        if resize not in FID_PROTOCOLS:
+            raise UserError(f"unknown FID resize protocol {resize!r}: use one of {', '.join(FID_PROTOCOLS)}")
         path = Path(weights_path)
         if not path.is_file():
             raise MissingArtefactError(
                 f"Inception FID weights missing at {path}: put {INCEPTION_WEIGHTS_FILE} there (TF Inception "
                 "2015-12-05 ported by pytorch-fid, release 'fid_weights'; torch-fidelity ships the same "
-                "weights as weights-inception-2015-12-05-6726825d.pth), e.g. with `senseflow weights fetch`"
+                "weights as weights-inception-2015-12-05-6726825d.pth), e.g. with "
+                "`senseflow weights fetch --artefact inception_fid`"
             )
         try:
             from torchmetrics.image.fid import NoTrainInceptionV3
@@ -188,24 +222,36 @@ class InceptionFeatures:
             raise UserError(
                 f"{path} is not a usable Inception FID state dict ({exc}): fetch it again"
             ) from exc
-        self.net.to(device)
-        self.device = torch.device(device)
+        self.device = torch.device(device) if device is not None else best_device()
+        self.net.to(self.device)
         self.resize = resize
         self.batch_size = batch_size
         self.weights_path = path
-        self.id = f"inception-v3-tf-2015-12-05:{_file_sha256(path)[:16]}"
+        self.weights_sha256 = _file_sha256(path)
+        self.id = f"inception-v3-tf-2015-12-05:{self.weights_sha256}"
+
+    def prepare(self, pixels: np.ndarray) -> np.ndarray:
+        """The network input of one (H, W, 3) uint8 image under this protocol (runs in data workers)."""
+        return inception_input(pixels, self.resize)
+
+    @torch.no_grad()
+    def forward_prepared(self, x: torch.Tensor) -> torch.Tensor:
+        """Features of a batch of :meth:`prepare` outputs, float64 on the CPU."""
+        if self.resize == "torchmetrics":
+            out = self.net(x.round().clamp(0, 255).to(torch.uint8).to(self.device))
+        else:
+            out = tf_inception_pool3(self.net, x.to(self.device))
+        return out.double().cpu()
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """2048-d features of uint8 (B, 3, H, W) images at any resolution."""
         outs = []
         for i in range(0, len(images), self.batch_size):
-            x = images[i : i + self.batch_size]
-            if self.resize == "clean":
-                # at 299 the extractor's own bilinear resize is the identity
-                x = clean_resize(x)
-            outs.append(self.net(x.to(self.device)).double().cpu())
-        return torch.cat(outs)
+            x = images[i : i + self.batch_size].permute(0, 2, 3, 1).cpu().numpy()
+            prepared = torch.from_numpy(np.stack([self.prepare(img) for img in x]))
+            outs.append(self.forward_prepared(prepared))
+        return torch.cat(outs) if outs else torch.zeros(0, self.dim, dtype=torch.float64)
 
 
 class ProbeFeatures:
@@ -372,6 +418,9 @@ class FID(Metric):
         x = check_images(images)
         if self.patches is not None:
             x = self.patches(x)
+            # crops are already the network's size: no protocol resize (DMD2's patch FID)
+            if hasattr(self.extractor, "forward_prepared"):
+                return check_features(self.extractor.forward_prepared(x.float()), "extracted features")
         return check_features(self.extractor(x), "extracted features")
 
     def update(self, images: torch.Tensor | None = None, real: bool = False, *, features=None) -> None:
@@ -573,11 +622,31 @@ def reference_statistics(
 
 
 # ----------------------------------------------------------------------------- senseflow-eval evaluate
+def inception_features(ctx, folder, extractor, indices=None, patch: bool = False) -> np.ndarray:
+    """(N, 2048) features of ``folder``'s images (rows ``indices``, default all), sharded, gathered.
+
+    Streamed (:mod:`eval.streaming`): data workers decode each PNG and prepare it under the
+    extractor's protocol (or cut its 299 px centre patch when ``patch``: DMD2's patch FID, no
+    resize); the network runs on its device per batch and only the features are kept.
+    """
+    indices = np.arange(len(folder.records)) if indices is None else np.asarray(indices)
+    prepare = patch_input if patch else functools.partial(inception_input, protocol=extractor.resize)
+
+    def block(rows):
+        paths = [folder.images.paths[i] for i in indices[rows]]
+        fn = lambda batch, _rows: extractor.forward_prepared(batch).numpy()  # noqa: E731
+        out = map_batches(paths, fn, prepare, batch_size=extractor.batch_size)
+        return out.reshape(len(paths), extractor.dim)
+
+    return ctx.map_rows(block, n=len(indices))
+
+
 def fid_metric(ctx) -> MetricResult:
     """``fid``: Inception FID of the samples against ``--reference`` (real images, or teacher samples: FID-T).
 
-    Inception weights come from the weights directory (``senseflow weights fetch``), the
-    clean-fid resize protocol; the interval half-samples both sets (``eval.stats.subsample_set_ci``).
+    Inception weights come from the weights directory (``senseflow weights fetch --artefact
+    inception_fid``), images are prepared under ``ctx.protocol`` (``dmd2`` by default); the
+    interval half-samples both sets (``eval.stats.subsample_set_ci``).
     """
     from eval.registry import MetricError, protocol_card
     from eval.stats import SUBSAMPLING, subsample_set_ci
@@ -585,25 +654,19 @@ def fid_metric(ctx) -> MetricResult:
 
     if ctx.reference is None:
         raise MetricError("fid needs --reference DIR: real images (or the teacher's samples, for FID-T)")
-    extractor = InceptionFeatures(require("inception_fid"), resize="clean")
-
-    def feats(images: np.ndarray) -> np.ndarray:
-        # each rank extracts the features of its block of images; the rows are gathered
-        def block(idx):
-            return extractor(torch.from_numpy(images[idx]).permute(0, 3, 1, 2).contiguous()).double().numpy()
-
-        return ctx.map_rows(block, n=len(images))
-
-    fs, fr = feats(ctx.samples.images), feats(ctx.reference.images)
+    extractor = InceptionFeatures(require("inception_fid"), resize=ctx.protocol)
+    fs = inception_features(ctx, ctx.samples, extractor)
+    fr = inception_features(ctx, ctx.reference, extractor)
     value = fid_from_features(fs, fr)
     # half-samples of each set, independently (eval.stats.subsample_set_ci)
     ci = subsample_set_ci([len(fs), len(fr)], lambda a, b: fid_from_features(fs[a], fr[b]), value,
                           n_sub=ctx.n_boot_set, seed=ctx.seed)  # fmt: skip
     ref_hash = hashlib.sha256("".join(r["sha256"] for r in ctx.reference.records).encode()).hexdigest()
     card = protocol_card(
-        ctx, metric="FID (Inception-v3 pool3, TF 2015-12-05 weights)", version="fid/2", backbone=extractor.id,
-        weights_sha256=extractor.id.split(":")[-1], image_count=len(fs), resize="clean: PIL bicubic to 299",
-        reference_stats_sha256=ref_hash, n_boot=ctx.n_boot_set,
+        ctx, metric="FID (Inception-v3 pool3, TF 2015-12-05 weights)", version="fid/3", backbone=extractor.id,
+        weights_sha256=extractor.weights_sha256, image_count=len(fs),
+        resize=describe_fid_protocol(ctx.protocol), reference_stats_sha256=ref_hash, n_boot=ctx.n_boot_set,
+        precision="fp32",
     )  # fmt: skip
     details = {"interval": f"{SUBSAMPLING}, {ctx.n_boot_set} subsets of each set"}
     return MetricResult(card, higher_is_better=False, value=value, ci95=ci, n=len(fs), details=details)

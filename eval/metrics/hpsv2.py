@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import os
-from pathlib import Path
 
 import torch
 from torchvision import transforms as T
@@ -29,22 +28,17 @@ from eval.metrics._preference import (
     PreferenceMetric,
     default_device,
     register_scorer_metric,
-    require_file,
-    weights_root,
 )
 from eval.metrics.clip_score import OpenClipScorer
+from eval.weights import require_path
 
 HPS_FILES = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
 HPS_ARCH = "ViT-H-14"
-WEIGHTS_PROFILE = "hpsv2"
+# the manifest entries holding each version's checkpoint
+ARTEFACTS = {"v2.0": "hpsv2", "v2.1": "hpsv2_1"}
 # open_clip's OPENAI_DATASET_MEAN / STD: the HPS package resolves these for ViT-H-14.
 _MEAN = (0.48145466, 0.4578275, 0.40821073)
 _STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def default_hps_checkpoint(version: str = "v2.1") -> Path:
-    """Where the HPS checkpoint of ``version`` is expected."""
-    return weights_root() / "hpsv2" / _file(version)
 
 
 def _file(version: str) -> str:
@@ -94,14 +88,17 @@ def load_hpsv2_scorer(
     scale: float = 1.0,
     batch_size: int = 32,
     device: torch.device | str | None = None,
+    precision: str = "fp16",
 ) -> OpenClipScorer:
     """An HPSv2 scorer from a LOCAL checkpoint file; the model is loaded once and cached.
+
+    ``precision``: fp16 autocast on CUDA by default, as the hpsv2 package scores.
 
     ``scale=100`` gives the benchmark scripts' convention. ``arch`` exists so that tests can
     register a tiny open_clip config under another name.
     """
     _file(version)
-    path = require_file(checkpoint or default_hps_checkpoint(version), WEIGHTS_PROFILE)
+    path = require_path(checkpoint, ARTEFACTS[version])
     device = torch.device(device) if device is not None else default_device()
     model, tokenizer, preprocess = _load_hps(arch, str(path), str(device))
     info = {
@@ -112,8 +109,9 @@ def load_hpsv2_scorer(
         "preprocess": "hpsv2 preprocess_val",
     }
     scorer = OpenClipScorer(
-        model, tokenizer, preprocess, scale=scale, batch_size=batch_size, device=device, info=info
-    )
+        model, tokenizer, preprocess, scale=scale, batch_size=batch_size, device=device, info=info,
+        precision=precision,
+    )  # fmt: skip
     scorer.weights_file = path
     return scorer
 

@@ -33,14 +33,15 @@ from eval.metrics._preference import (
     BatchedScorer,
     PreferenceMetric,
     autocast,
+    check_precision,
     default_device,
     register_scorer_metric,
     require_any,
-    require_file,
-    weights_root,
 )
+from eval.weights import require_path
 
-WEIGHTS_PROFILE = "imagereward"
+# the manifest entries holding ImageReward.pt + med_config.json, and the BERT tokenizer
+ARTEFACT, TOKENIZER_ARTEFACT = "imagereward", "bert_base_uncased"
 REWARD_MEAN = 0.16717362830052426
 REWARD_STD = 1.0333394966054072
 MAX_TOKENS = 35
@@ -318,8 +319,18 @@ def load_blip_tokenizer(folder: str | os.PathLike):
 class ImageRewardScorer(BatchedScorer):
     """ImageReward per (image, prompt) pair, batched."""
 
-    def __init__(self, model: ImageRewardModel, tokenizer, *, batch_size: int = 32, device=None, info=None):
+    def __init__(
+        self,
+        model: ImageRewardModel,
+        tokenizer,
+        *,
+        batch_size: int = 32,
+        device=None,
+        info=None,
+        precision="fp32",
+    ):
         self.device = torch.device(device) if device is not None else default_device()
+        self.precision = check_precision(precision)
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.tokenizer, self.batch_size = tokenizer, int(batch_size)
         self.preprocess = imagereward_preprocess(model.vision.image_size)
@@ -333,6 +344,7 @@ class ImageRewardScorer(BatchedScorer):
             **self.info,
             "max_tokens": MAX_TOKENS,
             "normalisation": [REWARD_MEAN, REWARD_STD],
+            "precision": self.precision,
             **self.weights_protocol(),
         }
 
@@ -352,14 +364,8 @@ class ImageRewardScorer(BatchedScorer):
         """Normalised rewards of one batch."""
         pixels = imagereward_pixels(images, self.model.vision.image_size).to(self.device)
         ids, mask = self.tokens(prompts)
-        with torch.inference_mode(), autocast(self.device):
+        with torch.inference_mode(), autocast(self.device, self.precision):
             return self.model(pixels, ids.to(self.device), mask.to(self.device))
-
-
-def default_imagereward_files() -> tuple[Path, Path, Path]:
-    """Expected paths of ``ImageReward.pt``, ``med_config.json`` and the bert-base-uncased folder."""
-    root = weights_root() / "imagereward"
-    return root / "ImageReward.pt", root / "med_config.json", root / "bert-base-uncased"
 
 
 @functools.lru_cache(maxsize=2)
@@ -384,19 +390,24 @@ def load_imagereward_scorer(
     vision: VisionConfig | None = None,
     batch_size: int = 32,
     device: torch.device | str | None = None,
+    precision: str = "fp32",
 ) -> ImageRewardScorer:
-    """An ImageReward scorer from LOCAL files (loaded once, cached); ``vision`` exists for tiny tests."""
-    d_ckpt, d_med, d_tok = default_imagereward_files()
-    ckpt = require_file(checkpoint or d_ckpt, WEIGHTS_PROFILE)
-    med = require_file(med_config or d_med, WEIGHTS_PROFILE)
-    tok_dir = Path(tokenizer_dir or d_tok)
-    require_any(tok_dir, ("vocab.txt", "tokenizer.json"), WEIGHTS_PROFILE)
+    """An ImageReward scorer from LOCAL files (loaded once, cached); ``vision`` exists for tiny tests.
+
+    ``precision``: fp32 by default, as the image-reward package runs.
+    """
+    ckpt = require_path(checkpoint, ARTEFACT, file="ImageReward.pt")
+    med = require_path(med_config, ARTEFACT, file="med_config.json")
+    tok_dir = require_path(tokenizer_dir, TOKENIZER_ARTEFACT)
+    require_any(tok_dir, ("vocab.txt", "tokenizer.json"), TOKENIZER_ARTEFACT)
     device = torch.device(device) if device is not None else default_device()
     model, tokenizer = _load_imagereward(
         str(ckpt), str(med), str(tok_dir), vision or VisionConfig(), str(device)
     )
     info = {"model": "THUDM/ImageReward", "weights": ckpt.name, "tokenizer": "bert-base-uncased"}
-    scorer = ImageRewardScorer(model, tokenizer, batch_size=batch_size, device=device, info=info)
+    scorer = ImageRewardScorer(
+        model, tokenizer, batch_size=batch_size, device=device, info=info, precision=precision
+    )
     scorer.weights_file = ckpt
     return scorer
 

@@ -20,7 +20,12 @@ from eval.stats import subsample_set_ci
 
 
 def paired_indices(ctx: EvalContext, name: str) -> tuple[np.ndarray, np.ndarray]:
-    """Row indices of the samples and of the reference that share a prompt id, in sample order."""
+    """Row indices of the samples and of the reference that share a prompt id, in sample order.
+
+    Each pair must also share the prompt text and the seed (a prompt id only names a prompt
+    within one list; FID-T compares the same noise), except that ``ctx.paired_seeds=False``
+    (the noise-floor set, sampled with other seeds by design) waives the seed.
+    """
     ref = ctx.reference
     if ref is None:
         raise MetricError(f"{name} needs --reference DIR: teacher samples of the same prompts")
@@ -31,6 +36,16 @@ def paired_indices(ctx: EvalContext, name: str) -> tuple[np.ndarray, np.ndarray]
         )
     ref_index = {r["id"]: i for i, r in enumerate(ref.records)}
     pairs = [(i, ref_index[r["id"]]) for i, r in enumerate(ctx.samples.records) if r["id"] in ref_index]
+    for i, j in pairs:
+        # a prompt id names a prompt only within one prompt list: the text and the seed must agree too
+        for key in ("prompt", "seed") if ctx.paired_seeds else ("prompt",):
+            a, b = ctx.samples.records[i].get(key), ref.records[j].get(key)
+            if a != b:
+                pid = ctx.samples.records[i]["id"]
+                raise MetricError(
+                    f"{name}: prompt id {pid!r} has {key} {a!r} in {ctx.samples.path} but {b!r} in "
+                    f"--reference {ref.path}: sample both with the same prompt list and seeds"
+                )
     if len(pairs) < 2:
         raise MetricError(
             f"--reference {ref.path} shares {len(pairs)} prompt ids with the samples; FID-T needs the "

@@ -14,22 +14,17 @@ from __future__ import annotations
 
 import functools
 import os
-from pathlib import Path
 
 import torch
 
 from eval.metrics import _preference as pref
+from eval.weights import require_path
 
 MODEL_REPO = "yuvalkirstain/PickScore_v1"
 PROCESSOR_REPO = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
-WEIGHTS_PROFILE = "pickscore"
+# the manifest entries holding the model and the processor folders
+MODEL_ARTEFACT, PROCESSOR_ARTEFACT = "pickscore", "pickscore_processor"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-def default_pickscore_dirs() -> tuple[Path, Path]:
-    """Where the local folders of the PickScore model and of its processor are expected."""
-    root = pref.weights_root() / "pickscore"
-    return root / "PickScore_v1", root / "CLIP-ViT-H-14-laion2B-s32B-b79K"
 
 
 def _embeds(out) -> torch.Tensor:
@@ -40,8 +35,18 @@ def _embeds(out) -> torch.Tensor:
 class PickScoreScorer(pref.BatchedScorer):
     """``logit_scale.exp() * cos(image, prompt)`` per pair, with a transformers CLIPModel + CLIPProcessor."""
 
-    def __init__(self, model, processor, *, batch_size: int = 32, device=None, info: dict | None = None):
+    def __init__(
+        self,
+        model,
+        processor,
+        *,
+        batch_size: int = 32,
+        device=None,
+        info: dict | None = None,
+        precision="fp32",
+    ):
         self.device = torch.device(device) if device is not None else pref.default_device()
+        self.precision = pref.check_precision(precision)
         self.model = model.to(self.device).eval().requires_grad_(False)
         self.processor, self.batch_size = processor, int(batch_size)
         self.info = dict(info or {})
@@ -53,6 +58,7 @@ class PickScoreScorer(pref.BatchedScorer):
             **self.info,
             "score": "logit_scale.exp() * cosine",
             "max_length": 77,
+            "precision": self.precision,
             **self.weights_protocol(),
         }
 
@@ -60,7 +66,7 @@ class PickScoreScorer(pref.BatchedScorer):
         """``logit_scale.exp() * cosine`` of one batch."""
         pix = self.processor(images=images, return_tensors="pt")["pixel_values"]
         txt = self.processor(text=prompts, padding=True, truncation=True, max_length=77, return_tensors="pt")
-        with torch.no_grad(), pref.autocast(self.device):
+        with torch.no_grad(), pref.autocast(self.device, self.precision):
             img = _embeds(self.model.get_image_features(pixel_values=pix.to(self.device))).float()
             tok = _embeds(
                 self.model.get_text_features(
@@ -88,18 +94,24 @@ def load_pickscore_scorer(
     *,
     batch_size: int = 32,
     device: torch.device | str | None = None,
+    precision: str = "fp32",
 ) -> PickScoreScorer:
-    """A PickScore scorer from LOCAL folders of the model and the processor (loaded once, cached)."""
-    default_model, default_processor = default_pickscore_dirs()
-    model_dir, processor_dir = Path(model_dir or default_model), Path(processor_dir or default_processor)
-    pref.require_file(model_dir / "config.json", WEIGHTS_PROFILE)
-    weights = pref.require_any(model_dir, _WEIGHT_FILES, WEIGHTS_PROFILE)
+    """A PickScore scorer from LOCAL folders of the model and the processor (loaded once, cached).
+
+    ``precision``: fp32 by default, as the published recipe runs.
+    """
+    model_dir = require_path(model_dir, MODEL_ARTEFACT)
+    require_path(model_dir / "config.json", MODEL_ARTEFACT)
+    weights = pref.require_any(model_dir, _WEIGHT_FILES, MODEL_ARTEFACT)
+    processor_dir = require_path(processor_dir, PROCESSOR_ARTEFACT)
     # the hub repository has preprocessor_config.json; transformers 5 saves processor_config.json
-    pref.require_any(processor_dir, ("preprocessor_config.json", "processor_config.json"), WEIGHTS_PROFILE)
+    pref.require_any(processor_dir, ("preprocessor_config.json", "processor_config.json"), PROCESSOR_ARTEFACT)
     device = torch.device(device) if device is not None else pref.default_device()
     model, processor = _load_pickscore(str(model_dir), str(processor_dir), str(device))
     info = {"model": MODEL_REPO, "processor": PROCESSOR_REPO, "model_dir": str(model_dir)}
-    scorer = PickScoreScorer(model, processor, batch_size=batch_size, device=device, info=info)
+    scorer = PickScoreScorer(
+        model, processor, batch_size=batch_size, device=device, info=info, precision=precision
+    )
     scorer.weights_file = weights
     return scorer
 
