@@ -57,6 +57,7 @@ def test_study_refuses_without_the_pipeline_outputs(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # ~10 minutes on 2 loaded cores: world, probe, teacher, 4 trainings
 def test_two_seed_smoke_study_end_to_end(tmp_path):
     """The smoke profile's world, probe, teacher and reference, then 2 seeds x (SenseFlow, LCM)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "SENSEFLOW_WARM": "0",
