@@ -38,7 +38,10 @@ from senseflow.world.scenes import render, to_tensor_range, with_fresh_handwriti
 
 def features(probe, images: torch.Tensor) -> np.ndarray:
     """Probe penultimate features of [-1, 1] images, in batches."""
-    out = [run_probe(probe, images[i : i + 512].clamp(-1, 1)).features.double().numpy() for i in range(0, len(images), 512)]
+    out = [
+        run_probe(probe, images[i : i + 512].clamp(-1, 1)).features.double().numpy()
+        for i in range(0, len(images), 512)
+    ]
     return np.concatenate(out)
 
 
@@ -63,7 +66,9 @@ def main() -> None:
 
     def draw(steps: int, base: int) -> np.ndarray:
         seeds = [prompt_seed(base, r.id) for r in records]
-        images, _ = sample_prompts(backbone, prompts, seeds, steps=steps, cfg=args.cfg, shape=shape, batch_size=256)
+        images, _ = sample_prompts(
+            backbone, prompts, seeds, steps=steps, cfg=args.cfg, shape=shape, batch_size=256
+        )
         return features(probe, images)
 
     ref = draw(args.full_steps, args.ref_seed)
@@ -76,9 +81,13 @@ def main() -> None:
         return features(probe, to_tensor_range(imgs))
 
     real_a, real_b = real(0), real(1)
-    print(f"{len(records)} prompts, cfg {args.cfg}, full {args.full_steps} steps, candidate {args.steps} steps; "
+    print(f"{len(records)} prompts, cfg {args.cfg}, full {args.full_steps} steps, "
+          f"candidate {args.steps} steps; "
           f"sampling {time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.1f}")  # fmt: skip
-    print("    n | FID-T floor  4-step  ratio  real/real | KID-T floor  4-step  ratio  real/real | paired FID-T 4-step")
+    print(
+        "    n | FID-T floor  4-step  ratio  real/real | KID-T floor  4-step  ratio  real/real "
+        "| paired FID-T 4-step"
+    )
     for n in args.n:
         k = slice(0, n)
         f = {name: fid_from_features(x[k], ref[k]) for name, x in (("floor", floor), ("few", few))}
@@ -86,8 +95,10 @@ def main() -> None:
         kid = {name: SCALE * mmd2_unbiased(x[k], ref[k]) for name, x in (("floor", floor), ("few", few))}
         kid["real"] = SCALE * mmd2_unbiased(real_a[k], real_b[k])
         paired = fid_from_features(few[k], floor[k])
-        print(f"{n:5d} | {f['floor']:11.1f} {f['few']:7.1f} {f['few'] / max(f['floor'], 1e-9):6.1f} {f['real']:10.1f} | "
-              f"{kid['floor']:11.2f} {kid['few']:7.2f} {kid['few'] / max(abs(kid['floor']), 1e-9):6.1f} {kid['real']:10.2f} | "
+        f_ratio = f["few"] / max(f["floor"], 1e-9)
+        k_ratio = kid["few"] / max(abs(kid["floor"]), 1e-9)
+        print(f"{n:5d} | {f['floor']:11.1f} {f['few']:7.1f} {f_ratio:6.1f} {f['real']:10.1f} | "
+              f"{kid['floor']:11.2f} {kid['few']:7.2f} {k_ratio:6.1f} {kid['real']:10.2f} | "
               f"{paired:.1f}", flush=True)  # fmt: skip
 
 

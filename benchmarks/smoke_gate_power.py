@@ -5,7 +5,8 @@ Runs in a folder that holds the smoke pipeline's ``build/world``, ``build/probes
 or the folder tests/test_study.py builds). For each recipe and ``distill.seed`` it trains the
 smoke profile's SenseFlow student (10 iterations), samples it at 4 steps on the candidates'
 seeds and prints its FID-T and KID-T against ``teacher_full`` (other seeds: the pipeline's
-rule); with ``build/cache`` present, prompts come from the cache as in the pipeline. Recipes: ``senseflow`` (as shipped), ``flipped_dmd`` (the DMD gradient's sign
+rule); with ``build/cache`` present, prompts come from the cache as in the pipeline.
+Recipes: ``senseflow`` (as shipped), ``flipped_dmd`` (the DMD gradient's sign
 reversed, what tests/test_pipeline.py mutates), ``no_ida``, ``no_isg``.
 
     cd SMOKE_COPY && python /path/to/benchmarks/smoke_gate_power.py --seeds 0 1 2
@@ -67,7 +68,8 @@ def main() -> None:
                     cache = build / "cache" if (build / "cache").is_dir() else None
                     distill_method(cfg, tmp / "run", variant, world_dir=build / "world",
                                    teacher_dir=build / "teacher" / "teacher", cache_dir=cache,
-                                   probe_path=build / "probes" / "probe.safetensors", progress=False)  # fmt: skip
+                                   probe_path=build / "probes" / "probe.safetensors",
+                                   progress=False)  # fmt: skip
                 s = cfg.teacher.sample
                 generate(str(tmp / "run" / "student"), str(build / "world" / "prompts" / "test.jsonl"),
                          tmp / "samples", profile=cfg, steps=4, seed=s.seed, limit=s.n_prompts,

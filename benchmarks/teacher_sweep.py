@@ -119,8 +119,9 @@ def main() -> None:
         }  # fmt: skip
         gap = hi["all"] - lo["all"]
         print(
-            f"{name} {kw['steps']} {seconds:.0f} {seconds / kw['steps']:.3f} | {lo['all']:.3f} {hi['all']:.3f} "
-            f"{gap:+.3f} | {hi['digit']:.3f} {hi['colour']:.3f} {hi['position']:.3f} {hi['background']:.3f} | "
+            f"{name} {kw['steps']} {seconds:.0f} {seconds / kw['steps']:.3f} | "
+            f"{lo['all']:.3f} {hi['all']:.3f} {gap:+.3f} | "
+            f"{hi['digit']:.3f} {hi['colour']:.3f} {hi['position']:.3f} {hi['background']:.3f} | "
             f"{hi.get('all_1_digit', float('nan')):.3f} {hi.get('all_2_digit', float('nan')):.3f} | "
             f"{load0:.1f}-{load1:.1f}",
             flush=True,

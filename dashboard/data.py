@@ -570,7 +570,9 @@ def default_sample_candidates(names: Sequence[str], info: dict[str, dict] | None
         return value
 
     def is_teacher(name: str) -> bool:
-        return ((info.get(name) or {}).get("kind") or ("teacher" if name.startswith("teacher") else "")) == "teacher"
+        return (
+            (info.get(name) or {}).get("kind") or ("teacher" if name.startswith("teacher") else "")
+        ) == "teacher"
 
     teachers = [n for n in names if is_teacher(n)]
     at_four = [n for n in names if steps(n) == 4]

@@ -135,7 +135,8 @@ def samples(roots: Roots) -> None:
     ids = data.filter_prompts(grid, text, attrs)
     st.caption(
         f"{len(ids)} prompts match; {TEACHER_HINT} when it is chosen; the images of a row share one seed, "
-        "except the full-step reference teacher's, drawn from other seeds (independent noise for FID-T/KID-T)."
+        "except the full-step reference teacher's, drawn from other seeds "
+        "(independent noise for FID-T/KID-T)."
     )
     if not ids:
         st.info("No prompt matches the search and filters.")
@@ -284,7 +285,9 @@ def _paired(roots: Roots) -> None:
         st.caption(f"Needs two evaluated candidates with per-image scores; {RUN_HINT}.")
         return
     left, right = st.columns(2)
-    ia, ib = data.default_paired({n: data.load_scores(data.eval_folder(roots, n, summary)) for n in with_scores})
+    ia, ib = data.default_paired(
+        {n: data.load_scores(data.eval_folder(roots, n, summary)) for n in with_scores}
+    )
     a = left.selectbox("Candidate A", with_scores, index=ia, key="p_a")
     b = right.selectbox("Candidate B", with_scores, index=ib, key="p_b")
     table = data.paired_comparison(

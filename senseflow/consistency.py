@@ -258,7 +258,9 @@ def consistency_distill(
         timing["seconds_per_iteration"] = seconds / (iterations - start)
         timing["iterations_timed"] = iterations - start
         atomic_write_text(out_dir / "timing.json", json.dumps(timing, indent=2) + "\n")
-    return ConsistencyResult(student=student.eval(), target=target, iterations=iterations, seconds=seconds, out_dir=out_dir)
+    return ConsistencyResult(
+        student=student.eval(), target=target, iterations=iterations, seconds=seconds, out_dir=out_dir
+    )
 
 
 # iterations IS fingerprinted: Hyper-SD's stages are fractions of it, so a longer run is another run

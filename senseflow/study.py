@@ -76,7 +76,11 @@ def paired_t(a: list[float], b: list[float], level: float = 0.95) -> dict:
     if len(d) < 2:
         return {**out, "p": math.nan}
     se = float(d.std(ddof=1)) / math.sqrt(len(d))
-    p = 1.0 if se == 0 and out["mean"] == 0 else (0.0 if se == 0 else 2 * float(t.sf(abs(out["mean"]) / se, len(d) - 1)))
+    p = (
+        1.0
+        if se == 0 and out["mean"] == 0
+        else (0.0 if se == 0 else 2 * float(t.sf(abs(out["mean"]) / se, len(d) - 1)))
+    )
     return {**out, "p": p}
 
 
@@ -88,7 +92,9 @@ def study_table(cells: dict[str, dict[int, dict]], reference_method: str = "sens
     for method, by_seed in cells.items():
         seeds = sorted(by_seed)
         rows[method] = {
-            m: mean_interval([by_seed[s][m] for s in seeds]) for m in METRICS if all(m in by_seed[s] for s in seeds)
+            m: mean_interval([by_seed[s][m] for s in seeds])
+            for m in METRICS
+            if all(m in by_seed[s] for s in seeds)
         }
         rows[method]["seeds"] = seeds
     tests = {}
@@ -207,7 +213,10 @@ def run_study(profile: str, seeds: list[int], methods: list[str], out: str | Pat
                 cell = run_cell(cfg, method, seed, out, progress)
                 done[key] = {**cell, "adherence_images": cell["adherence_images"].tolist()}
                 atomic_write_text(done_path, json.dumps(done) + "\n")
-            cells.setdefault(method, {})[seed] = {**done[key], "adherence_images": np.asarray(done[key]["adherence_images"])}
+            cells.setdefault(method, {})[seed] = {
+                **done[key],
+                "adherence_images": np.asarray(done[key]["adherence_images"]),
+            }
     table = study_table(cells)
     table.update({"profile": profile, "seeds": seeds, "overrides": overrides or []})
     atomic_write_text(out / "study.json", json.dumps(table, indent=2) + "\n")

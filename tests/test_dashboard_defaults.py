@@ -30,7 +30,13 @@ def _no_image(at) -> list[str]:
 
 def test_samples_open_on_full_step_teacher_beside_every_four_step_candidate(tree, monkeypatch):
     at = open_page(tree, "Samples", monkeypatch)
-    assert at.multiselect(key="s_candidates").value == ["teacher_32", "teacher_4", "senseflow_4", "dmd2_4", "no_ida_4"]
+    assert at.multiselect(key="s_candidates").value == [
+        "teacher_32",
+        "teacher_4",
+        "senseflow_4",
+        "dmd2_4",
+        "no_ida_4",
+    ]
     headers = [m.value for m in at.markdown if m.value.startswith("**")]
     assert headers[0] == "**teacher_32**"
     # the reference's seeds differ from the others' and it still shows an image in every row
@@ -66,5 +72,8 @@ def test_default_sample_candidates_without_four_steps_falls_back_to_the_first_fi
     names = ["teacher_full", "teacher_2", "senseflow_2", "dmd2_2", "lcm_2", "hyper_sd_2"]
     assert data.default_sample_candidates(names) == names[:5]
     names = ["teacher_full", "teacher_reseed", "teacher_4", "senseflow_4", "senseflow_2"]
-    info = {"teacher_full": {"kind": "teacher", "steps": 32}, "teacher_reseed": {"kind": "teacher", "steps": 32}}
+    info = {
+        "teacher_full": {"kind": "teacher", "steps": 32},
+        "teacher_reseed": {"kind": "teacher", "steps": 32},
+    }
     assert data.default_sample_candidates(names, info) == ["teacher_full", "teacher_4", "senseflow_4"]

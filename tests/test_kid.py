@@ -50,7 +50,7 @@ def test_kid_t_probe_is_registered_for_the_embedded_world():
 
 
 def test_kid_t_probe_through_evaluate(tmp_path, world_dir):
-    """The metric through ``evaluate`` (an untrained probe): noise scores above 0, the reference itself below."""
+    """Through ``evaluate`` (an untrained probe): noise scores above 0, the reference itself below."""
     import torch
 
     from eval.evaluate import evaluate
@@ -66,8 +66,12 @@ def test_kid_t_probe_through_evaluate(tmp_path, world_dir):
     atomic_save_safetensors(AttributeProbe(4, 8).state_dict(), probe, metadata=meta)
     reference = make_folder(tmp_path / "ref", records, rendered(records))
     kw = dict(reference=reference, probe=probe, n_boot_set=20)
-    far = evaluate(make_folder(tmp_path / "noise", records, noise(records, 0)), ["kid_t_probe"], tmp_path / "o1", **kw)
-    near = evaluate(make_folder(tmp_path / "same", records, rendered(records)), ["kid_t_probe"], tmp_path / "o2", **kw)
+    far = evaluate(
+        make_folder(tmp_path / "noise", records, noise(records, 0)), ["kid_t_probe"], tmp_path / "o1", **kw
+    )
+    near = evaluate(
+        make_folder(tmp_path / "same", records, rendered(records)), ["kid_t_probe"], tmp_path / "o2", **kw
+    )
     k_far, k_near = far["metrics"]["kid_t_probe"], near["metrics"]["kid_t_probe"]
     assert k_far["status"] == "ok" and k_far["n"] == 16 and k_far["higher_is_better"] is False
     assert k_far["ci95"][0] <= k_far["value"] <= k_far["ci95"][1]

@@ -9,7 +9,9 @@ from senseflow.config import ConfigError, load_profile
 
 @pytest.mark.parametrize("profile", ["embedded", "smoke"])
 def test_patch_size_must_divide_the_resolution(profile):
-    with pytest.raises(ConfigError, match=r"teacher.model.patch_size 3 does not divide world.scenes.resolution"):
+    with pytest.raises(
+        ConfigError, match=r"teacher.model.patch_size 3 does not divide world.scenes.resolution"
+    ):
         load_profile(profile, ["teacher.model.patch_size=3"])
 
 

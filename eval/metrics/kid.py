@@ -41,7 +41,11 @@ def mmd2_unbiased(x: np.ndarray, y: np.ndarray, degree: int = 3) -> float:
     n, m = len(x), len(y)
     if n < 2 or m < 2:
         raise ValueError(f"MMD needs at least 2 items per set, got {n} and {m}")
-    kxx, kyy, kxy = polynomial_kernel(x, x, degree), polynomial_kernel(y, y, degree), polynomial_kernel(x, y, degree)
+    kxx, kyy, kxy = (
+        polynomial_kernel(x, x, degree),
+        polynomial_kernel(y, y, degree),
+        polynomial_kernel(x, y, degree),
+    )
     within_x = (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
     within_y = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
     return float(within_x + within_y - 2.0 * kxy.mean())

@@ -244,7 +244,9 @@ def ema_update(target: torch.nn.Module, online: torch.nn.Module, mu: float) -> i
         q = theta.pop(name, None)
         if q is None or q.shape != p.shape:
             got = "missing" if q is None else f"shape {tuple(q.shape)}"
-            raise ValueError(f"EMA target: parameter {name!r} {tuple(p.shape)} is {got} in the online network")
+            raise ValueError(
+                f"EMA target: parameter {name!r} {tuple(p.shape)} is {got} in the online network"
+            )
         pairs.append((p, q.to(device=p.device, dtype=p.dtype)))
     if theta:
         raise ValueError(f"EMA target: online parameter {next(iter(theta))!r} is missing in the target")
