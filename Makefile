@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # dvc stages call the `senseflow` console scripts: put the venv first on PATH
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup render run run-ablations smoke test test-fast lint format clean dashboard
+.PHONY: setup render run run-ablations run-study smoke test test-fast lint format clean dashboard
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ run: setup  ## the main job: dvc repro of the profile in params.yaml (embedded b
 
 run-ablations: setup  ## the same plus the ablations (no-IDA, no-ISG, no-GAN, vanilla DMD)
 	$(VENV)/bin/dvc exp run -S ablations=true
+
+run-study: setup  ## every method x 3 seeds after `make run`: mean, 95% interval, paired tests (build/study/study.md)
+	$(VENV)/bin/python -m senseflow.study --profile $${PROFILE:-embedded} --seeds $${SEEDS:-0 1 2}
 
 smoke: setup  ## the smoke profile end to end in a temporary copy, then the gate (what CI runs)
 	.ci/smoke

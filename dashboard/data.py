@@ -535,16 +535,67 @@ def samples_grid(manifests: dict[str, pd.DataFrame], scores: dict[str, pd.DataFr
 
 
 def seeds_per_prompt(grid: pd.DataFrame) -> int:
-    """The largest number of distinct seeds any prompt id has (1 for one image per prompt)."""
+    """The largest number of distinct seeds one candidate has for one prompt id (1: one image each)."""
     if grid.empty or "seed" not in grid.columns:
         return 1
-    return int(grid.groupby("id")["seed"].nunique().max())
+    keys = ["candidate", "id"] if "candidate" in grid.columns else ["id"]
+    return int(grid.groupby(keys)["seed"].nunique().max())
 
 
 def nth_seed(grid: pd.DataFrame, k: int) -> pd.DataFrame:
-    """Rows whose seed is the ``k``-th smallest of their prompt id (seeds follow prompts)."""
-    rank = grid.groupby("id")["seed"].rank(method="dense").astype(int) - 1
+    """Each candidate's image with the ``k``-th smallest seed of its prompt id.
+
+    Ranked per candidate, not over all candidates: a set drawn with other seeds (the reference
+    teacher, ``teacher_reseed``) keeps its own ``k``-th image instead of showing none.
+    """
+    keys = ["candidate", "id"] if "candidate" in grid.columns else ["id"]
+    rank = grid.groupby(keys)["seed"].rank(method="dense").astype(int) - 1
     return grid[rank == k]
+
+
+def default_sample_candidates(names: Sequence[str], info: dict[str, dict] | None = None) -> list[str]:
+    """What the Samples page opens on: the full-step teacher beside every candidate at 4 steps.
+
+    ``names`` in table order (:func:`candidate_order`, the reference teacher first). The
+    full-step teacher is the first teacher; 4-step candidates are read from the summary's
+    ``steps`` or, without one, a ``_4`` name suffix. With neither, the first five names.
+    """
+    info = info or {}
+
+    def steps(name: str) -> int | None:
+        value = (info.get(name) or {}).get("steps")
+        if value is None:
+            m = re.search(r"_(\d+)$", name)
+            value = int(m.group(1)) if m else None
+        return value
+
+    def is_teacher(name: str) -> bool:
+        return (
+            (info.get(name) or {}).get("kind") or ("teacher" if name.startswith("teacher") else "")
+        ) == "teacher"
+
+    teachers = [n for n in names if is_teacher(n)]
+    at_four = [n for n in names if steps(n) == 4]
+    chosen = ([teachers[0]] if teachers and teachers[0] not in at_four else []) + at_four
+    return chosen if len(chosen) >= 2 else list(names[: min(len(names), 5)])
+
+
+def default_paired(scores: dict[str, pd.DataFrame]) -> tuple[int, int]:
+    """Indices (into ``scores``' order) of the first two candidates whose images share prompt id and seed.
+
+    The paired comparison is only defined over shared (id, seed) images; the reference teacher
+    drawn from other seeds shares none with the candidates, so it is not opened on.
+    """
+    names = list(scores)
+    for j in range(1, len(names)):
+        for i in range(j):
+            a, b = scores[names[i]], scores[names[j]]
+            if a.empty or b.empty or "id" not in a or "id" not in b:
+                continue
+            on = ["id", "seed"] if "seed" in a and "seed" in b else ["id"]
+            if len(a[on].merge(b[on], on=on)) >= 2:
+                return i, j
+    return 0, min(1, len(names) - 1)
 
 
 def score_columns(scores: dict[str, pd.DataFrame]) -> list[str]:

@@ -102,7 +102,8 @@ def samples(roots: Roots) -> None:
         _nothing("no sample folder with a `manifest.jsonl` under the samples root", roots)
         return
     names = list(folders)
-    chosen = st.multiselect("Candidates", names, default=names[: min(len(names), 5)], key="s_candidates")
+    default = data.default_sample_candidates(names, summary.get("candidates"))
+    chosen = st.multiselect("Candidates", names, default=default, key="s_candidates")
     if not chosen:
         st.warning("Choose at least one candidate.")
         return
@@ -133,7 +134,9 @@ def samples(roots: Roots) -> None:
             attrs[attr] = col.multiselect(attr.capitalize(), values, key=f"s_attr_{attr}")
     ids = data.filter_prompts(grid, text, attrs)
     st.caption(
-        f"{len(ids)} prompts match; {TEACHER_HINT} when it is chosen; all images of a row share one seed."
+        f"{len(ids)} prompts match; {TEACHER_HINT} when it is chosen; the images of a row share one seed, "
+        "except the full-step reference teacher's, drawn from other seeds "
+        "(independent noise for FID-T/KID-T)."
     )
     if not ids:
         st.info("No prompt matches the search and filters.")
@@ -282,8 +285,11 @@ def _paired(roots: Roots) -> None:
         st.caption(f"Needs two evaluated candidates with per-image scores; {RUN_HINT}.")
         return
     left, right = st.columns(2)
-    a = left.selectbox("Candidate A", with_scores, index=0, key="p_a")
-    b = right.selectbox("Candidate B", with_scores, index=1, key="p_b")
+    ia, ib = data.default_paired(
+        {n: data.load_scores(data.eval_folder(roots, n, summary)) for n in with_scores}
+    )
+    a = left.selectbox("Candidate A", with_scores, index=ia, key="p_a")
+    b = right.selectbox("Candidate B", with_scores, index=ib, key="p_b")
     table = data.paired_comparison(
         data.load_scores(data.eval_folder(roots, a, summary)),
         data.load_scores(data.eval_folder(roots, b, summary)),

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 MODULES = {
     "adherence": "eval.metrics.adherence",
     "fid_t_probe": "eval.metrics.fid_t_probe",
+    "kid_t_probe": "eval.metrics.kid",
     "fid": "eval.metrics.fid",
     "fid_t": "eval.metrics.fid_t",
     "patch_fid_t": "eval.metrics.fid_t",

@@ -505,6 +505,7 @@ class ProfileConfig(Strict):
                 raise ValueError("the embedded family needs the 'world' (with 'scenes') and 'probe' sections")
             if self.teacher.source != "train":
                 raise ValueError("the embedded teacher is trained here: teacher.source must be 'train'")
+            _check_world_fits_teacher(self.world.scenes, self.teacher.model)
         elif self.teacher.source != "pretrained":
             raise ValueError(f"family {self.family!r} distils a pretrained teacher")
         for name, assignments in self.variants.items():
@@ -539,6 +540,17 @@ class ProfileConfig(Strict):
             known = ", ".join(["senseflow", *sorted(self.variants)])
             raise ConfigError(f"profile {self.name!r} has no variant {name!r} (known: {known})")
         return variant_distill(self, name, self.variants[name])
+
+
+def _check_world_fits_teacher(scenes: SceneConfig, model: TinyTransformerConfig) -> None:
+    """The embedded teacher's patches must tile the scene (else the transformer cannot be built)."""
+    res, patch = scenes.resolution, model.patch_size
+    if res % patch:
+        fits = [p for p in range(1, res + 1) if res % p == 0 and p <= res // 2]
+        raise ValueError(
+            f"teacher.model.patch_size {patch} does not divide world.scenes.resolution {res}: "
+            f"use a patch size among {fits}, or a resolution that is a multiple of {patch}"
+        )
 
 
 def variant_distill(profile: ProfileConfig, name: str, assignments: list[str]) -> DistillConfig:

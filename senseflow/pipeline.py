@@ -36,8 +36,11 @@ from senseflow.errors import UserError
 from senseflow.io import atomic_write_text, ensure_writable_dir
 
 SKIPPED = "skipped.json"
-REFERENCE = "teacher_full"  # the teacher at its full step count: FID-T's reference set
-NOISE_FLOOR = "teacher_reseed"  # the same teacher, other seeds: FID-T's noise floor
+# Seed scheme (issue 13): the reference is drawn from other seeds than every candidate, so each
+# set metric compares independent noise; teacher_reseed is the full-step teacher on the
+# candidates' seeds, i.e. the floor: what a perfect candidate would score.
+REFERENCE = "teacher_full"  # the teacher at its full step count, seeds offset 1: FID-T/KID-T's reference
+NOISE_FLOOR = "teacher_reseed"  # the same teacher on the candidates' seeds (offset 0): the noise floor
 
 # Every method and candidate name the pipeline knows; a profile runs a subset (PipelineConfig).
 METHODS: tuple[str, ...] = (
@@ -75,14 +78,14 @@ class Candidate:
     method: str  # "teacher" or a distillation method
     steps: int | None  # None: the teacher's full step count (profile teacher.sample.steps)
     source_method: str | None = None  # the distill run whose student generates (students only)
-    seed_offset: int = 0  # the noise-floor set uses other seeds than the reference
+    seed_offset: int = 0  # added to teacher.sample.seed: 1 for the reference, 0 for every other set
 
     @property
     def label(self) -> str:
         """Human name for tables: ``SenseFlow (4 steps)``."""
         base = LABELS.get(self.method, self.method)
         if self.name == NOISE_FLOOR:
-            return "Teacher, other seeds (noise floor)"
+            return "Teacher (full steps), candidates' seeds (noise floor)"
         return f"{base} ({'full' if self.steps is None else self.steps} step{'s' * (self.steps != 1)})"
 
 
@@ -108,9 +111,9 @@ def parse_candidate(name: str) -> Candidate:
     if name not in CANDIDATES:
         raise UserError(f"unknown candidate {name!r} (known: {', '.join(CANDIDATES)})")
     if name == REFERENCE:
-        return Candidate(name, "teacher", "teacher", None)
-    if name == NOISE_FLOOR:
         return Candidate(name, "teacher", "teacher", None, seed_offset=1)
+    if name == NOISE_FLOOR:
+        return Candidate(name, "teacher", "teacher", None)
     method, steps = re.fullmatch(r"(.+)_(\d+)", name).groups()
     steps = int(steps)
     if method == "teacher":

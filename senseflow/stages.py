@@ -34,7 +34,7 @@ PREFLIGHT, WORLD, TEACHER, PROBE, CLIP, CACHE = (
 )
 CURVE_PROMPTS = 256  # test prompts of the in-loop FID-T / adherence curve
 # measured against teacher_full (the pipeline's `fid` too: its reference is teacher_full, i.e. FID-T)
-REFERENCE_METRICS = frozenset({"fid_t_probe", "fid_t", "patch_fid_t", "fid"})
+REFERENCE_METRICS = frozenset({"fid_t_probe", "kid_t_probe", "fid_t", "patch_fid_t", "fid"})
 
 
 def preflight(cfg: ProfileConfig, weights_dir: str | Path | None = None) -> dict:

@@ -74,12 +74,25 @@ def _metric_entry(name: str, value: float, n: int) -> dict:
     }
 
 
-def build_tree(root: Path, *, with_dvc: bool = False) -> Path:
-    """Write the fixture under ``root`` (``results/``, ``build/``, ``experiments/``); return ``root``."""
+# the pipeline's seed scheme (issue 13): the reference teacher draws from other seeds than every
+# candidate; teacher_reseed is the full-step teacher on the candidates' seeds (the noise floor)
+RESEED = {"teacher_reseed": ("teacher", "teacher", 32, 64, (90, 90, 90))}
+REFERENCE_SEED_SHIFT = 500_000
+
+
+def build_tree(root: Path, *, with_dvc: bool = False, independent_reference: bool = False) -> Path:
+    """Write the fixture under ``root`` (``results/``, ``build/``, ``experiments/``); return ``root``.
+
+    ``independent_reference``: the reference ``teacher_32`` uses other seeds than the rest and a
+    ``teacher_reseed`` candidate (full steps, the candidates' seeds) is added, as the pipeline does.
+    """
     root.mkdir(parents=True, exist_ok=True)
     results, build = root / "results", root / "build"
     summary_cands = {}
-    for ci, (cand, (kind, method, steps, nfe, colour)) in enumerate(CANDIDATES.items()):
+    candidates = {**CANDIDATES, **(RESEED if independent_reference else {})}
+    values = {**VALUES, "teacher_reseed": {"adherence": 0.8, "fid_t_probe": 10.0}}
+    for ci, (cand, (kind, method, steps, nfe, colour)) in enumerate(candidates.items()):
+        shift = REFERENCE_SEED_SHIFT if independent_reference and cand == "teacher_32" else 0
         samples = build / "samples" / cand
         samples.mkdir(parents=True)
         records, scores = [], []
@@ -93,7 +106,7 @@ def build_tree(root: Path, *, with_dvc: bool = False) -> Path:
                 {
                     "id": pid,
                     "prompt": prompt,
-                    "seed": seed_of(pid),
+                    "seed": seed_of(pid) + shift,
                     "file": f"{pid}.png",
                     "sha256": "0" * 64,
                     "steps": steps,
@@ -108,13 +121,13 @@ def build_tree(root: Path, *, with_dvc: bool = False) -> Path:
                     "id": pid,
                     "file": f"{pid}.png",
                     "prompt": prompt,
-                    "seed": seed_of(pid),
+                    "seed": seed_of(pid) + shift,
                     "adherence": float((i + ci) % 2 == 0),
                     "clip_score_embedded": 0.2 + 0.01 * i + 0.1 * ci,
                 }
             )
         (samples / "manifest.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-        metrics = {m: _metric_entry(m, v, len(PROMPTS)) for m, v in VALUES[cand].items()}
+        metrics = {m: _metric_entry(m, v, len(PROMPTS)) for m, v in values[cand].items()}
         metrics["clip_score"] = {"status": "not_applicable", "reason": "needs real captions (embedded world)"}
         ev = build / "eval" / cand
         ev.mkdir(parents=True)

@@ -296,3 +296,37 @@ def test_cli_distill_variant_dispatches_to_the_baseline_loop(teacher, world_dir,
     assert load_student(tmp_path / "hsd" / "student").recipe["segments"] == [8, 4, 2, 1]
     res = CliRunner().invoke(app, [*args, "--init-from", str(tmp_path)])
     assert isinstance(res.exception, UserError) and "not supported by the hyper_sd" in str(res.exception)
+
+
+def test_ema_target_moves_towards_the_student_after_one_step(teacher, tmp_path):
+    """The target theta- is frozen (requires_grad False) yet must follow the student (issue 13.4).
+
+    After one step it must equal ``mu theta-_0 + (1 - mu) theta_1`` with ``theta-_0`` the
+    initial student; the old update (IDA's, which skips parameters without grad) left it at
+    ``theta-_0``.
+    """
+    mu = 0.5
+    kw = dict(method="lcm", iterations=1, global_batch=4, lr=1e-2, teacher_steps=8, skip=2,
+              target_ema=mu, checkpoint_every=1, log_every=1, progress=False)  # fmt: skip
+    start = GuidanceConditioned(teacher.trainable_copy(), embed=True, dim=256, seed=0).state_dict()
+    result = consistency_distill(tmp_path / "a", teacher=teacher,
+                                 data=WorldData(resolution=16, digit_counts={1: 1.0}), **kw)  # fmt: skip
+    online, target = result.student.state_dict(), result.target.state_dict()
+    names = dict(result.target.named_parameters())
+    moved = [k for k in names if not torch.equal(target[k], start[k])]
+    assert len(moved) > len(names) // 2, f"only {len(moved)} of {len(names)} target parameters moved"
+    for k in names:
+        torch.testing.assert_close(target[k], mu * start[k] + (1 - mu) * online[k])
+
+
+def test_ema_update_blends_frozen_parameters_and_rejects_mismatches():
+    from senseflow.losses import ema_update
+
+    a, b = nn.Linear(3, 2).requires_grad_(False), nn.Linear(3, 2)
+    w0 = a.weight.clone()
+    assert ema_update(a, b, 0.9) == 2
+    torch.testing.assert_close(a.weight, 0.9 * w0 + 0.1 * b.weight)
+    with pytest.raises(ValueError, match="'weight'.*shape"):
+        ema_update(nn.Linear(3, 2), nn.Linear(4, 2), 0.9)
+    with pytest.raises(ValueError, match="mu must be in"):
+        ema_update(a, b, 1.5)

@@ -21,7 +21,7 @@ from senseflow.world.scenes import to_tensor_range
 VERSION = "fid-t-probe/2"  # 2: half-sampling interval (1: with-replacement bootstrap)
 
 
-def _features(ctx: EvalContext, images: np.ndarray) -> np.ndarray:
+def probe_features(ctx: EvalContext, images: np.ndarray) -> np.ndarray:
     """Probe features of ``images``, each rank computing its block of rows (gathered)."""
     return ctx.map_rows(
         lambda idx: run_probe(ctx.probe, to_tensor_range(images[idx])).features.double().numpy(),
@@ -32,7 +32,7 @@ def _features(ctx: EvalContext, images: np.ndarray) -> np.ndarray:
 def fid_t_probe_metric(ctx: EvalContext) -> MetricResult:
     """FID between candidate and teacher samples of the shared prompt ids."""
     s_idx, r_idx = paired_indices(ctx, "fid_t_probe")
-    fs, fr = _features(ctx, ctx.samples.images[s_idx]), _features(ctx, ctx.reference.images[r_idx])
+    fs, fr = probe_features(ctx, ctx.samples.images[s_idx]), probe_features(ctx, ctx.reference.images[r_idx])
     value, ci, ref_hash = paired_fid(ctx, fs, fr, r_idx)
     card = probe_protocol_card(
         ctx,
