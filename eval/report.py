@@ -79,9 +79,12 @@ def read_paper(name: str, root: Path = PAPER_DIR) -> list[dict]:
 # ----------------------------------------------------------------------------- gathering
 def paper_values(name: str, entry: dict, backbone: str, rows: list[dict]) -> dict:
     """``{metric: paper value}`` of the paper row matching a candidate (4-step students, the teacher)."""
-    if not (name == pl.REFERENCE or (entry["method"] != "teacher" and entry["steps"] == 4)):
+    if entry.get("paper_row"):  # a public model: the row its registry recipe names
+        method = entry["paper_row"]
+    elif not (name == pl.REFERENCE or (entry["method"] != "teacher" and entry["steps"] == 4)):
         return {}
-    method = PAPER_ROWS.get(backbone, {}).get(entry["method"])
+    else:
+        method = PAPER_ROWS.get(backbone, {}).get(entry["method"])
     row = next((r for r in rows if r["method"] == method), None)
     if row is None:
         return {}
@@ -111,7 +114,7 @@ def gather(cfg: ProfileConfig, *, ablations: bool, root: Path = Path(".")) -> di
     from eval.summaries import read_summary
 
     candidates, skipped = {}, {}
-    for name in pl.CANDIDATES:
+    for name in [*pl.CANDIDATES, *cfg.pipeline.registry_baselines]:
         c = pl.parse_candidate(name)
         reason = pl.candidate_inactive(cfg, name, ablations) or pl.skipped_reason(root / pl.eval_dir(name))
         if reason:
@@ -122,7 +125,7 @@ def gather(cfg: ProfileConfig, *, ablations: bool, root: Path = Path(".")) -> di
         candidates[name] = {
             "label": c.label, "kind": c.kind, "method": c.method, "steps": steps,
             **_speed(root / pl.samples_dir(name)),
-            "samples": str(pl.samples_dir(name)), "eval": str(pl.eval_dir(name)),
+            "samples": str(pl.samples_dir(name)), "eval": str(pl.eval_dir(name)), "paper_row": c.paper_row,
             "metrics": evaluated["metrics"],
         }  # fmt: skip
     backbone, analogue = paper_backbone(cfg)
@@ -195,15 +198,16 @@ def main_table(summary: dict) -> pd.DataFrame:
         if e["kind"] == "ablation" or (e["method"] != "teacher" and e["steps"] == 2):
             continue
         row = {"candidate": name, "method": e["label"], "NFE": e["nfe"]}
-        prow = (
-            paper.get(mapping.get(e["method"], ""), {})
-            if e["steps"] in (4, None) or name == pl.REFERENCE
-            else {}
-        )
+        if e.get("paper_row"):  # a public model: the row its registry recipe names, at its own steps
+            prow = paper.get(e["paper_row"], {})
+        elif e["steps"] in (4, None) or name == pl.REFERENCE:
+            prow = paper.get(mapping.get(e["method"], ""), {})
+        else:
+            prow = {}
         for m, entry in e["metrics"].items():
             row[METRIC_TITLES.get(m, m)] = _cell(entry)
             col = PAPER_COLUMNS.get(m)
-            if col and (name == pl.REFERENCE or e["steps"] == 4) and prow.get(col) is not None:
+            if col and (name == pl.REFERENCE or e["steps"] == 4 or e.get("paper_row")) and prow.get(col) is not None:
                 row[f"{METRIC_TITLES.get(m, m)} (paper)"] = _fmt(prow[col])
         row["s/img"] = _fmt(e["seconds_per_image"])
         row["speedup"] = _fmt(e.get("speedup"))

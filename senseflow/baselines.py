@@ -193,6 +193,47 @@ def load_registry(path: str | Path | None = None) -> dict[str, Recipe]:
     return out
 
 
+# diffusers pipeline class -> profile family (senseflow.config.ProfileConfig.family)
+PIPELINE_FAMILIES = {
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusion3Pipeline": "sd3",
+    "FluxPipeline": "flux",
+}
+
+
+def recipe_family(recipe: Recipe) -> str:
+    """The model family a recipe samples (``sdxl``, ``sd3``, ``flux``), from its pipeline class."""
+    return PIPELINE_FAMILIES.get(recipe.pipeline, recipe.pipeline)
+
+
+def missing_recipe_weights(recipe: Recipe, weights_dir: str | Path | None = None) -> list[str]:
+    """What ``recipe`` cannot find on this machine (base, replaced network, LoRA), one line each.
+
+    The lookups :func:`build_pipeline` does, without loading anything, so ``preflight`` stops
+    before any sampling; a manifest artefact whose pinned sha256 differs is reported the same way.
+    """
+    refs = [("base", recipe.base), ("unet", recipe.unet), ("transformer", recipe.transformer),
+            ("lora", recipe.lora)]  # fmt: skip
+    from eval.weights import check, load_manifest
+
+    manifest = load_manifest()
+    out = []
+    for attr, ref in refs:
+        if ref is None:
+            continue
+        if ref.artefact and ref.artefact in manifest.artefacts:
+            # presence and the pinned sha256 of every file (a swapped LoRA is caught here)
+            bad = [r for r in check(artefacts=[ref.artefact], root=weights_dir, manifest=manifest) if r.failed]
+            out += [f"{recipe.name}: {attr} {r.artefact}/{r.path.name}: {r.status} ({r.detail})" for r in bad]
+            if bad:
+                continue
+        try:
+            resolve_weight(ref, weights_dir, f"{recipe.name}: {attr}")
+        except MissingArtefactError as exc:
+            out.append(str(exc))
+    return out
+
+
 def get_recipe(name: str, registry: dict[str, Recipe] | None = None) -> Recipe:
     """The recipe ``name``; an unknown name lists the known ones."""
     registry = load_registry() if registry is None else registry

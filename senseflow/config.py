@@ -668,7 +668,14 @@ def load_profile(profile: str, overrides: list[str] | None = None) -> ProfileCon
         if not isinstance(raw, dict):
             break
         apply_override(raw, assignment)
-    return validate_profile(raw, str(path))
+    cfg = validate_profile(raw, str(path))
+    if cfg.pipeline.registry_baselines:
+        # names of experiments/baselines.yaml and of the profile's family: checked when the profile
+        # is read, not when the first generate stage starts (the registry imports diffusers: lazily)
+        from senseflow.pipeline import validate_pipeline
+
+        validate_pipeline(cfg)
+    return cfg
 
 
 def dump_profile(cfg: ProfileConfig) -> str:

@@ -216,7 +216,7 @@ def plan(cfg: ProfileConfig) -> dict:
         )  # fmt: skip
         train_deps = [str(WORLD), str(TEACHER), str(PROBE), str(CACHE), str(CURVE_REFERENCE)]
         runtime = ["world.scenes", "runtime"]
-    else:
+    elif planned_methods(cfg):  # an evaluation-only profile trains nothing: no caption cache
         stages["cache"] = _stage(
             f"senseflow cache {q} --out {CACHE}",
             entries=["senseflow.cache"], deps=[str(PREFLIGHT)],
@@ -253,7 +253,8 @@ def plan(cfg: ProfileConfig) -> dict:
         )  # fmt: skip
 
     evaluated = []
-    sources = ["teacher", *(m for m in planned_methods(cfg) if candidates_of(cfg, m))]
+    # the teacher, each method, then each public model of pipeline.registry_baselines (its own source)
+    sources = ["teacher", *(m for m in planned_methods(cfg) if candidates_of(cfg, m)), *p.registry_baselines]
     sample_keys = ["teacher.sample.seed", "teacher.sample.n_prompts", "teacher.sample.batch_size",
                    *([] if embedded else ["pipeline.prompts"])]  # fmt: skip
     metric_modules = sorted({_metric_module(m) for m in p.metrics})
@@ -262,9 +263,12 @@ def plan(cfg: ProfileConfig) -> dict:
         ablation = source in p.ablations and source not in p.methods
         flag = " --ablations ${ablations}" if ablation else ""
         if source == "teacher":
-            origin = [str(TEACHER)] if embedded else []
+            origin = [str(TEACHER)] if embedded else [str(PREFLIGHT)]
             keys = [*sample_keys, "teacher.sample.steps", "teacher.sample.cfg", "pipeline.noise_floor"]
             keys += [] if embedded else ["teacher.pretrained"]
+        elif source in p.registry_baselines:  # its recipe and the manifest pinning its files
+            origin = [str(PREFLIGHT), "experiments/baselines.yaml", "eval/weights_manifest.yaml"]
+            keys = list(sample_keys)
         else:
             origin, keys = [str(student_dir(source))], list(sample_keys)
         stages[f"generate-{source}"] = _stage(

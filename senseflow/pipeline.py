@@ -55,7 +55,7 @@ CANDIDATES: tuple[str, ...] = (
     *(f"{m}_4" for m in ABLATION_METHODS),
 )  # fmt: skip
 
-Kind = Literal["teacher", "student", "baseline", "ablation"]
+Kind = Literal["teacher", "student", "baseline", "ablation", "registry"]
 LABELS = {
     "senseflow": "SenseFlow",
     "dmd2": "DMD2",
@@ -79,10 +79,14 @@ class Candidate:
     steps: int | None  # None: the teacher's full step count (profile teacher.sample.steps)
     source_method: str | None = None  # the distill run whose student generates (students only)
     seed_offset: int = 0  # added to teacher.sample.seed: 1 for the reference, 0 for every other set
+    paper_row: str | None = None  # registry candidates: the paper's row their recipe reproduces
+    label_: str | None = None  # registry candidates: the recipe's label
 
     @property
     def label(self) -> str:
         """Human name for tables: ``SenseFlow (4 steps)``."""
+        if self.kind == "registry":
+            return f"{self.label_} ({self.steps} step{'s' * (self.steps != 1)}, public weights)"
         base = LABELS.get(self.method, self.method)
         if self.name == NOISE_FLOOR:
             return "Teacher (full steps), candidates' seeds (noise floor)"
@@ -109,7 +113,14 @@ def method_kind(method: str) -> Kind:
 def parse_candidate(name: str) -> Candidate:
     """``teacher_full`` / ``teacher_4`` / ``senseflow_2`` ... -> :class:`Candidate`."""
     if name not in CANDIDATES:
-        raise UserError(f"unknown candidate {name!r} (known: {', '.join(CANDIDATES)})")
+        recipe = _registry().get(name)
+        if recipe is None:
+            raise UserError(
+                f"unknown candidate {name!r} (known: {', '.join(CANDIDATES)}, or a name of "
+                "experiments/baselines.yaml: `senseflow baselines list`)"
+            )
+        # a public model sampled by its registry recipe: its own source, its recipe's steps
+        return Candidate(name, "registry", name, recipe.steps, paper_row=recipe.paper_row, label_=recipe.label)
     if name == REFERENCE:
         return Candidate(name, "teacher", "teacher", None, seed_offset=1)
     if name == NOISE_FLOOR:
@@ -121,6 +132,19 @@ def parse_candidate(name: str) -> Candidate:
     # the 1-step SenseFlow row comes from its own 1-step fine-tune (paper appendix)
     source = "senseflow_1step" if (method, steps) == ("senseflow", 1) else method
     return Candidate(name, method_kind(method), method, steps, source_method=source)
+
+
+def _registry() -> dict:
+    """experiments/baselines.yaml's recipes (read once per process; validated when read)."""
+    global _REGISTRY
+    if _REGISTRY is None:
+        from senseflow.baselines import load_registry
+
+        _REGISTRY = load_registry()
+    return _REGISTRY
+
+
+_REGISTRY: dict | None = None
 
 
 def check_method(method: str) -> str:
@@ -149,6 +173,8 @@ def candidate_inactive(cfg: ProfileConfig, name: str, ablations: bool) -> str | 
     """Why profile ``cfg`` does not generate candidate ``name`` (None: it does)."""
     c = parse_candidate(name)
     p = cfg.pipeline
+    if c.kind == "registry":
+        return None if name in p.registry_baselines else f"not in pipeline.registry_baselines of {cfg.name!r}"
     if c.method == "teacher":
         if c.name == NOISE_FLOOR and not p.noise_floor:
             return "pipeline.noise_floor is false"
@@ -163,12 +189,17 @@ def candidate_inactive(cfg: ProfileConfig, name: str, ablations: bool) -> str | 
 
 
 def active_candidates(cfg: ProfileConfig, ablations: bool) -> list[Candidate]:
-    """The candidates this profile generates and evaluates, in table order."""
-    return [parse_candidate(n) for n in CANDIDATES if candidate_inactive(cfg, n, ablations) is None]
+    """The candidates this profile generates and evaluates, in table order (registry models last)."""
+    names = [*CANDIDATES, *cfg.pipeline.registry_baselines]
+    return [parse_candidate(n) for n in names if candidate_inactive(cfg, n, ablations) is None]
 
 
 def validate_pipeline(cfg: ProfileConfig) -> None:
-    """Every method / metric name in ``pipeline:`` is one the pipeline knows (clear error)."""
+    """Every method / registry name in ``pipeline:`` is one the pipeline knows (clear error).
+
+    A registry candidate must be a recipe of ``experiments/baselines.yaml`` whose base model is
+    of the profile's family (an SD 3.5 profile cannot score an SDXL LoRA against its teacher).
+    """
     for key in ("methods", "ablations"):
         for m in getattr(cfg.pipeline, key):
             if m not in METHODS:
@@ -176,6 +207,27 @@ def validate_pipeline(cfg: ProfileConfig) -> None:
                     f"experiments/{cfg.name}.yaml: pipeline.{key}: unknown method {m!r} "
                     f"(known: {', '.join(METHODS)})"
                 )
+    if not cfg.pipeline.registry_baselines:
+        return
+    from senseflow.baselines import recipe_family
+
+    where = f"experiments/{cfg.name}.yaml: pipeline.registry_baselines"
+    if cfg.family == "embedded":
+        raise ConfigError(f"{where}: the embedded world has no public checkpoints; leave the list empty")
+    registry = _registry()
+    for name in cfg.pipeline.registry_baselines:
+        if name in CANDIDATES:
+            raise ConfigError(f"{where}: {name!r} is a pipeline candidate name, not a registry recipe")
+        if name not in registry:
+            raise ConfigError(
+                f"{where}: {name!r} is not in experiments/baselines.yaml (known: {', '.join(registry)})"
+            )
+        family = recipe_family(registry[name])
+        if family != cfg.family:
+            raise ConfigError(
+                f"{where}: {name!r} samples a {family} model ({registry[name].pipeline}) but the "
+                f"profile's family is {cfg.family!r}: name a {cfg.family} recipe"
+            )
 
 
 # ----------------------------------------------------------------------------- build paths
@@ -233,12 +285,15 @@ def skipped_reason(folder: str | Path) -> str | None:
 def source_of(candidate: str) -> str:
     """The model a candidate is sampled from: ``teacher`` or the method whose student it is."""
     c = parse_candidate(candidate)
+    if c.kind == "registry":
+        return c.name
     return "teacher" if c.method == "teacher" else c.source_method
 
 
 def planned_candidates(cfg: ProfileConfig) -> list[str]:
     """Every candidate ``dvc.yaml`` lists for ``cfg`` (ablations included; they may be skipped)."""
-    return [n for n in CANDIDATES if candidate_inactive(cfg, n, ablations=True) is None]
+    names = [*CANDIDATES, *cfg.pipeline.registry_baselines]
+    return [n for n in names if candidate_inactive(cfg, n, ablations=True) is None]
 
 
 def candidates_of(cfg: ProfileConfig, source: str) -> list[str]:

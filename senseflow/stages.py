@@ -62,7 +62,7 @@ def preflight(cfg: ProfileConfig, weights_dir: str | Path | None = None) -> dict
                 f"profile {cfg.name!r} needs pretrained weights this machine does not have:\n"
                 + render_check(rows, resolve(weights_dir), cfg.name)
             )
-        missing = missing_inputs(cfg)
+        missing = missing_inputs(cfg) + missing_registry_weights(cfg, weights_dir)
         if missing:
             from senseflow.errors import MissingArtefactError
 
@@ -76,6 +76,16 @@ def preflight(cfg: ProfileConfig, weights_dir: str | Path | None = None) -> dict
     return record
 
 
+def missing_registry_weights(cfg: ProfileConfig, weights_dir: str | Path | None = None) -> list[str]:
+    """What the profile's registry candidates (``pipeline.registry_baselines``) cannot find here."""
+    from senseflow.baselines import get_recipe, missing_recipe_weights
+
+    out = []
+    for name in cfg.pipeline.registry_baselines:
+        out += missing_recipe_weights(get_recipe(name), weights_dir)
+    return out
+
+
 def missing_inputs(cfg: ProfileConfig) -> list[str]:
     """What a real profile's training data (``data:``) and prompt set (``pipeline.prompts``) lack on disk.
 
@@ -84,7 +94,9 @@ def missing_inputs(cfg: ProfileConfig) -> list[str]:
     """
     out = []
     d = cfg.data
-    if d is None:
+    if not (cfg.pipeline.methods or cfg.pipeline.ablations):
+        pass  # an evaluation-only profile trains nothing: no training images needed
+    elif d is None:
         out.append("data: the profile names no training images (add a `data:` section; README)")
     elif not Path(d.path).expanduser().is_dir():
         out.append(f"data.path {d.path}: no such folder (put the dataset there or point data.path at it)")
@@ -304,7 +316,9 @@ def generate_candidate(cfg: ProfileConfig, name: str, *, ablations: bool, progre
     c = pl.parse_candidate(name)
     s = cfg.teacher.sample
     registry = None
-    if c.method != "teacher":
+    if c.kind == "registry":  # a public model, by its recipe in experiments/baselines.yaml
+        source = name
+    elif c.method != "teacher":
         source = str(pl.student_dir(c.source_method))
     elif cfg.family == "embedded":
         source = "teacher"
@@ -350,6 +364,9 @@ def evaluate_candidate(cfg: ProfileConfig, name: str) -> dict:
 
     p = cfg.pipeline
     is_reference = name == pl.REFERENCE
+    # the reference is drawn from other seeds than every candidate (independent noise, issue 13):
+    # pairs must share the prompt, and the seed only where both sets use the same seed base
+    same_noise = pl.parse_candidate(name).seed_offset == pl.parse_candidate(pl.REFERENCE).seed_offset
     # the reference against itself is 0 by construction: recorded as not applicable, never as 0
     why = "teacher_full is the reference set of this metric (see teacher_reseed for the noise floor)"
     skip = {m: why for m in p.metrics if m in REFERENCE_METRICS} if is_reference else {}
@@ -362,7 +379,7 @@ def evaluate_candidate(cfg: ProfileConfig, name: str) -> dict:
     return run_evaluate(
         pl.samples_dir(name), list(p.metrics), out, reference=reference,
         seed=p.eval_seed, n_boot=p.n_boot, n_boot_set=p.n_boot_set, not_applicable=skip, **extra,
-        protocol=p.eval_protocol, paired_seeds=name != pl.NOISE_FLOOR,
+        protocol=p.eval_protocol, paired_seeds=same_noise,
     )  # fmt: skip
 
 
