@@ -355,3 +355,24 @@ def test_generator_steps_after_the_fake_model_has_trained(tmp_path, monkeypatch)
     )  # fmt: skip
     # generator steps before the fake steps of iterations 2 and 4 only
     assert fake_calls == [0, 1, 1, 2], fake_calls
+
+
+# ----------------------------------------------------------------------------- defect 10
+@pytest.mark.parametrize("name", ["sdxl", "sd35_large", "sd35_medium", "flux_dev"])
+def test_the_planner_reads_the_settings_the_loop_uses(name):
+    from senseflow.config import load_profile
+    from senseflow.distill_run import distill_kwargs
+    from senseflow.planner import architectures_dir, plan_profile
+
+    cfg = load_profile(name)
+    # the real profiles run what the planner plans for: FSDP2 with gradient checkpointing
+    assert cfg.runtime.parallel == "fsdp" and distill_kwargs(cfg.distill)["grad_checkpointing"]
+    for sets in ([], ["runtime.parallel=ddp", "distill.grad_checkpointing=false"]):
+        c = load_profile(name, sets)
+        report = plan_profile(c, architectures_dir(name), gpus=8, gpu_mem_gib=80)
+        loop_mode = "fsdp" if c.runtime.parallel == "fsdp" else "ddp"  # resolve_parallel with 8 processes
+        assert report.sharding == loop_mode
+        assert report.grad_checkpointing == distill_kwargs(c.distill)["grad_checkpointing"]
+        assert report.master_weights  # the loop's float32 master weights
+        weights = next(r for r in report.memory if r.item == "weights")
+        assert "frozen" in weights.detail and "(replicated)" in weights.detail  # the loop does not shard them
