@@ -214,12 +214,12 @@ def generator_moved(cfg, family: str, run_dir: Path) -> float:
 
 def _torchrun(args) -> None:
     """Run this script again under torchrun with ``args.nproc`` processes (FSDP2)."""
+    import os
     import subprocess
 
-    import os
-
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-           __file__, "--device", args.device, "--iterations", str(args.iterations), "--families", args.families,
+           __file__, "--device", args.device, "--iterations", str(args.iterations),
+           "--families", args.families,
            "--precision", args.precision, "--nproc", str(args.nproc), "--launched"]  # fmt: skip
     with tempfile.TemporaryDirectory() as shared:
         sys.exit(subprocess.call(cmd, env={**os.environ, "SENSEFLOW_BENCH_DIR": shared}))

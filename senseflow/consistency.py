@@ -38,7 +38,7 @@ from senseflow.errors import UserError
 from senseflow.guidance_embedding import GuidanceConditioned
 from senseflow.io import atomic_write_text, ensure_writable_dir
 from senseflow.losses import (
-    ida_update,
+    ema_update,
     lcm_loss,
     sample_segment_pairs,
     sample_skip_pairs,
@@ -75,6 +75,7 @@ class ConsistencyResult:
     """What a finished :func:`consistency_distill` run hands back."""
 
     student: GuidanceConditioned  # the online student (call .bake(w) for a plain network)
+    target: GuidanceConditioned  # the EMA target network theta-
     iterations: int
     seconds: float
     out_dir: Path
@@ -219,7 +220,7 @@ def consistency_distill(
         opt.step()
         sched.step()
         with timer("target_ema"):
-            ida_update(target, student, target_ema)  # theta- <- mu theta- + (1 - mu) theta
+            ema_update(target, student, target_ema)  # theta- <- mu theta- + (1 - mu) theta
         acc["loss"] += float(loss.detach())
         acc["grad_norm"] += float(norm)
         acc["n"] += 1
@@ -257,7 +258,7 @@ def consistency_distill(
         timing["seconds_per_iteration"] = seconds / (iterations - start)
         timing["iterations_timed"] = iterations - start
         atomic_write_text(out_dir / "timing.json", json.dumps(timing, indent=2) + "\n")
-    return ConsistencyResult(student=student.eval(), iterations=iterations, seconds=seconds, out_dir=out_dir)
+    return ConsistencyResult(student=student.eval(), target=target, iterations=iterations, seconds=seconds, out_dir=out_dir)
 
 
 # iterations IS fingerprinted: Hyper-SD's stages are fractions of it, so a longer run is another run

@@ -262,7 +262,8 @@ def test_isg_has_its_own_guidance_and_the_released_distance(tmp_path, monkeypatc
     from senseflow.config import load_profile
     from senseflow.train import distill
 
-    released = {"sd35_large": (5.0, 5.0), "sd35_medium": (2.0, 4.0), "sdxl": (3.0, 15.0), "flux_dev": (1.0, 8.0)}
+    released = {"sd35_large": (5.0, 5.0), "sd35_medium": (2.0, 4.0), "sdxl": (3.0, 15.0),
+                "flux_dev": (1.0, 8.0)}  # fmt: skip
     for name, cfg in released.items():
         isg = load_profile(name).distill.isg
         assert (isg.distance, tuple(isg.cfg)) == ("charbonnier", cfg), name
@@ -347,7 +348,9 @@ def test_generator_steps_after_the_fake_model_has_trained(tmp_path, monkeypatch)
     monkeypatch.setattr(terms, "dmd_term", lambda *a, **k: steps.append(len(steps)) or real_dmd(*a, **k))
     fake_calls: list[int] = []
     real_fake = terms.fake_term
-    monkeypatch.setattr(terms, "fake_term", lambda *a, **k: fake_calls.append(len(steps)) or real_fake(*a, **k))
+    monkeypatch.setattr(
+        terms, "fake_term", lambda *a, **k: fake_calls.append(len(steps)) or real_fake(*a, **k)
+    )
     distill(
         tmp_path / "run", teacher=tiny_family("sd3", tmp_path, "float32"), data=world_data(),
         anchors=ANCHORS["sd3"], iterations=4, global_batch=2, ttur=2, gan=False, isg=False,

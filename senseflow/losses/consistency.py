@@ -223,3 +223,32 @@ def stage_segments(schedule: list[int], iteration: int, iterations: int) -> int:
         raise ValueError("the segment schedule is empty")
     stage = min(len(schedule) - 1, iteration * len(schedule) // max(iterations, 1))
     return int(schedule[stage])
+
+
+@torch.no_grad()
+def ema_update(target: torch.nn.Module, online: torch.nn.Module, mu: float) -> int:
+    """In place ``theta- <- mu theta- + (1 - mu) theta`` over every parameter; returns the count.
+
+    The EMA target network of consistency distillation (LCM, Luo et al. 2023, arXiv
+    2310.04378, Algorithm 1; consistency models, Song et al. 2023, eq. 8). Unlike
+    :func:`senseflow.losses.ida_update` this does not look at ``requires_grad``: the target is
+    frozen by design (no gradient ever reaches it), so every parameter is blended. Parameters
+    are matched by name; a missing or differently shaped one raises before anything changes.
+    """
+    mu = float(mu)
+    if not 0.0 <= mu <= 1.0:  # also rejects NaN
+        raise ValueError(f"EMA target: mu must be in [0, 1], got {mu}")
+    theta = dict(online.named_parameters())
+    pairs = []
+    for name, p in target.named_parameters():
+        q = theta.pop(name, None)
+        if q is None or q.shape != p.shape:
+            got = "missing" if q is None else f"shape {tuple(q.shape)}"
+            raise ValueError(f"EMA target: parameter {name!r} {tuple(p.shape)} is {got} in the online network")
+        pairs.append((p, q.to(device=p.device, dtype=p.dtype)))
+    if theta:
+        raise ValueError(f"EMA target: online parameter {next(iter(theta))!r} is missing in the target")
+    if pairs:
+        # lerp(phi, theta, 1 - mu) == mu * phi + (1 - mu) * theta; one foreach call per step
+        torch._foreach_lerp_([p for p, _ in pairs], [q for _, q in pairs], 1.0 - mu)
+    return len(pairs)
