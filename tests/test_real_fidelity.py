@@ -379,3 +379,20 @@ def test_the_planner_reads_the_settings_the_loop_uses(name):
         assert report.master_weights  # the loop's float32 master weights
         weights = next(r for r in report.memory if r.item == "weights")
         assert "frozen" in weights.detail and "(replicated)" in weights.detail  # the loop does not shard them
+
+
+# ----------------------------------------------------------------------------- defect 11 (part)
+def test_export_records_the_true_dtype_and_sdxl_samples_x0(tmp_path):
+    import json
+
+    from senseflow.real_run import student_sampler
+    from senseflow.student import export_student
+    from senseflow.train import trainable_network
+
+    teacher = tiny_family("sd3", tmp_path)  # bfloat16, the profile's dtype
+    state = trainable_network(teacher).state_dict()  # training's float32 masters
+    folder = export_student(tmp_path / "student", state, teacher,
+                            {"anchors": list(ANCHORS["sd3"]), "sampler": "euler", "resolution": RESOLUTION},
+                            base={"model_id": "tiny"})  # fmt: skip
+    assert json.loads((folder / "recipe.json").read_text())["dtype"] == "bfloat16"
+    assert student_sampler("sdxl") == "x0" and student_sampler("sd3") == student_sampler("flux") == "euler"
