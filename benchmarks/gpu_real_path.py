@@ -14,10 +14,17 @@ flux_dev.yaml) is pointed at them and run through :func:`senseflow.real_run.dist
 the exported student is then loaded with :func:`senseflow.student.load_student` and samples
 a few prompts at 4 steps.
 
-Prints, per family: seconds per iteration (the first, with its warm-up, included), peak
-CUDA memory, seconds per generated image and whether every loss and image was finite. The
-numbers measure the code path (device placement, autocast, the loop's bookkeeping), not the
-cost of real models. A CUDA run of all three families takes well under two minutes.
+The teacher is loaded in the profile's own dtype (bfloat16) and the profile's own learning
+rates, precision and parallel settings are kept (issue 14): only the sizes shrink.
+
+Prints, per family: ``weights moved: NN%`` (the share of the trainable generator weights the
+run changed, read from its float32 checkpoint against the teacher), whether IDA moved the
+fake score model (share of the elements where the two differ that IDA's update changed),
+seconds per iteration (the first, with its warm-up, included), peak memory (CUDA allocator,
+or the process's peak RSS on CPU), seconds per generated image and whether every loss and
+image was finite. ``--nproc 2`` reruns the families under ``torchrun`` with two processes and
+the profile's FSDP2 (gloo on CPU, NCCL on CUDA). The numbers measure the code path (device
+placement, autocast, the loop's bookkeeping), not the cost of real models.
 """
 
 from __future__ import annotations
@@ -74,7 +81,8 @@ def profile(family: str, root: Path, args) -> object:
     """The family's real profile, shrunk to the tiny pipeline and a few iterations."""
     sets = {
         "teacher.pretrained.model_id": str(root / family),
-        "teacher.pretrained.dtype": "float32",  # bf16 comes from autocast (distill.precision)
+        # the teacher in the profile's own dtype: the 16-bit path is what is measured
+        "teacher.pretrained.dtype": "bfloat16" if args.precision == "bf16" else "float32",
         "teacher.pretrained.resolution": str(RESOLUTION),
         "teacher.pretrained.max_sequence_length": str(T5_LENGTH),
         "distill.iterations": str(args.iterations),
@@ -87,8 +95,11 @@ def profile(family: str, root: Path, args) -> object:
         "distill.gan.blocks": "[0, 2]",
         "distill.gan.text_projection_dim": "8",
         "data": f"{{path: {root / 'data'}, format: folder, min_side: 16}}",
-        "runtime": f"{{nproc_per_node: 1, device: {args.device}, threads: 0}}",
+        "runtime": f"{{nproc_per_node: {args.nproc}, device: {args.device}, threads: 0, "
+                   f"parallel: {'fsdp' if args.nproc > 1 else 'auto'}}}",
     }
+    if args.nproc > 1:
+        sets["distill.grad_checkpointing"] = "true"
     return load_profile(str(ROOT / "experiments" / PROFILES[family]), [f"{k}={v}" for k, v in sets.items()])
 
 
@@ -97,15 +108,24 @@ def run_family(family: str, root: Path, args) -> dict:
     import os
 
     os.environ["SENSEFLOW_WEIGHTS"] = str(root)
-    save_tiny_pipeline(family, root / family)
+    if is_main_process():
+        save_tiny_pipeline(family, root / family)
+    from senseflow.distributed import barrier
+
+    barrier()  # (torchrun) the other ranks read what rank 0 wrote
     cfg = profile(family, root, args)
     cuda = args.device == "cuda"
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    ida_moved: list[float] = []
     t0 = time.perf_counter()
-    summary = distill_real(cfg, root / f"run_{family}", progress=False)
+    with _measure_ida(ida_moved):
+        summary = distill_real(cfg, root / f"run_{family}", progress=False)
     train_s = time.perf_counter() - t0
+    if not is_main_process():
+        return {}
+    moved = generator_moved(cfg, family, root / f"run_{family}")
     metrics = json.loads((root / f"run_{family}" / "dvclive" / "metrics.json").read_text())["train"]
     losses_finite = all(math.isfinite(float(v)) for v in metrics.values() if isinstance(v, int | float))
 
@@ -124,14 +144,85 @@ def run_family(family: str, root: Path, args) -> dict:
     gen_s = (time.perf_counter() - t0) / len(PROMPTS)
     return {
         "family": family,
+        "weights_moved": moved,
+        "ida_moved_fake": ida_moved[0] if ida_moved else None,
         "s_per_iteration": train_s / summary["iterations"],
         "loop_s_per_iteration": summary["seconds"] / summary["iterations"],
-        "peak_cuda_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "peak_gib": (torch.cuda.max_memory_allocated() if cuda else _peak_rss_bytes()) / 2**30,
         "s_per_image": gen_s,
         "losses_finite": losses_finite,
         "images_finite": bool(torch.isfinite(images).all()),
         "image_shape": list(images.shape),
     }
+
+
+def is_main_process() -> bool:
+    """Rank 0 (or no torchrun) measures and prints."""
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _peak_rss_bytes() -> int:
+    """This process's peak resident memory (Linux reports kilobytes)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class _measure_ida:
+    """Wraps the loop's IDA update: the share of differing (fake, generator) elements it changed."""
+
+    def __init__(self, out: list[float]):
+        self.out = out
+
+    def __enter__(self):
+        import senseflow.train as train
+
+        self.train, self.real = train, train.ida_update
+
+        def measured(fake, generator, lam):
+            if isinstance(next(fake.parameters()), torch.distributed.tensor.DTensor):
+                return self.real(fake, generator, lam)  # sharded: measured by the 1-process run
+            before = {k: v.detach().clone() for k, v in fake.named_parameters()}
+            differs = {k: v.detach() != before[k] for k, v in generator.named_parameters() if k in before}
+            n = self.real(fake, generator, lam)
+            after = dict(fake.named_parameters())
+            changed = sum(int(((after[k].detach() != before[k]) & d).sum()) for k, d in differs.items())
+            self.out.append(changed / max(1, sum(int(d.sum()) for d in differs.values())))
+            return n
+
+        train.ida_update = measured
+        return self
+
+    def __exit__(self, *exc):
+        self.train.ida_update = self.real
+
+
+def generator_moved(cfg, family: str, run_dir: Path) -> float:
+    """Share of the trainable generator weights that differ from the teacher's (float32 checkpoint)."""
+    from senseflow.backbones.loading import load_backbone
+    from senseflow.train import load_generator_state
+
+    teacher = load_backbone(family, cfg.teacher.pretrained)
+    state = load_generator_state(run_dir, teacher)
+    ref = teacher.network.state_dict()
+    names = [k for k, p in teacher.trainable_copy().named_parameters() if p.requires_grad]
+    changed = sum(int((state[k].float() != ref[k].float()).sum()) for k in names)
+    return changed / sum(state[k].numel() for k in names)
+
+
+def _torchrun(args) -> None:
+    """Run this script again under torchrun with ``args.nproc`` processes (FSDP2)."""
+    import os
+    import subprocess
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+           __file__, "--device", args.device, "--iterations", str(args.iterations),
+           "--families", args.families,
+           "--precision", args.precision, "--nproc", str(args.nproc), "--launched"]  # fmt: skip
+    with tempfile.TemporaryDirectory() as shared:
+        sys.exit(subprocess.call(cmd, env={**os.environ, "SENSEFLOW_BENCH_DIR": shared}))
 
 
 def main() -> None:
@@ -144,26 +235,47 @@ def main() -> None:
     ap.add_argument(
         "--anomaly", action="store_true", help="autograd anomaly detection: name the op of a NaN gradient"
     )
+    ap.add_argument("--nproc", type=int, default=1, help="processes; > 1 runs FSDP2 under torchrun")
+    ap.add_argument("--launched", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA device: run with --device cpu")
+    if args.nproc > 1 and not args.launched:
+        _torchrun(args)
     rows = []
     t_all = time.perf_counter()
+    # under torchrun every rank needs the same folder: rank 0 names it in the environment
+    import os
+
+    shared = Path(os.environ.get("SENSEFLOW_BENCH_DIR", "")) if args.launched else None
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        tiny_dinov2(root / "dinov2_vitl14")
-        image_folder(root / "data")
+        root = Path(tmp) if shared is None else shared
+        if is_main_process() and not (root / "data").exists():
+            tiny_dinov2(root / "dinov2_vitl14")
+            image_folder(root / "data")
+        if args.launched:
+            from senseflow.distributed import barrier, init_distributed
+
+            init_distributed(args.device)
+            barrier()
         for family in args.families.split(","):
             with torch.autograd.set_detect_anomaly(args.anomaly):
                 row = run_family(family, root, args)
+            if not row:
+                continue
             rows.append(row)
-            peak = "-" if row["peak_cuda_gib"] is None else f"{row['peak_cuda_gib']:.3f} GiB"
-            print(f"{family:5s} {row['s_per_iteration']:.3f} s/it (loop {row['loop_s_per_iteration']:.3f}) "
-                  f"peak {peak}  {row['s_per_image']:.4f} s/image  losses finite {row['losses_finite']}  "
-                  f"images finite {row['images_finite']}", flush=True)  # fmt: skip
+            ida = "-" if row["ida_moved_fake"] is None else f"{row['ida_moved_fake']:.0%}"
+            print(f"{family:5s} weights moved: {row['weights_moved']:.0%}  IDA moved fake score: {ida}  "
+                  f"{row['s_per_iteration']:.3f} s/it (loop {row['loop_s_per_iteration']:.3f})  "
+                  f"peak {row['peak_gib']:.3f} GiB  {row['s_per_image']:.4f} s/image  "
+                  f"losses finite {row['losses_finite']}  images finite {row['images_finite']}",
+                  flush=True)  # fmt: skip
+    if not is_main_process():
+        return
     device = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(json.dumps({"device": device, "precision": args.precision, "iterations": args.iterations,
-                      "total_s": round(time.perf_counter() - t_all, 1), "rows": rows}, indent=2))  # fmt: skip
+                      "processes": args.nproc, "total_s": round(time.perf_counter() - t_all, 1),
+                      "rows": rows}, indent=2))  # fmt: skip
     if not all(r["losses_finite"] and r["images_finite"] for r in rows):
         sys.exit(1)
 

@@ -389,12 +389,12 @@ def plan_cmd(
         float, typer.Option(min=1.0, help="Memory of one GPU in GiB (an '80 GB' A100 or H100: 80).")
     ] = 80.0,
     sharding: Annotated[
-        Literal["fsdp", "ddp"],
+        Literal["fsdp", "ddp"] | None,
         typer.Option(
-            help="fsdp: FSDP2 full shard, parameters, gradients and optimiser states of every network "
-            "divided by the GPUs; ddp: everything replicated on each GPU."
+            help="fsdp: FSDP2 full shard of the trainable networks' parameters, gradients and optimiser "
+            "states; ddp: everything replicated on each GPU (default: the profile's runtime.parallel)."
         ),
-    ] = "fsdp",
+    ] = None,
     precision: Annotated[
         Literal["bf16", "fp16", "fp32"] | None,
         typer.Option(help="Dtype of weights, gradients and activations (default: the teacher's dtype)."),
@@ -413,17 +413,19 @@ def plan_cmd(
         ),
     ] = None,
     grad_checkpointing: Annotated[
-        bool,
-        typer.Option(help="Keep only each block's input for backward and recompute the rest."),
-    ] = True,
+        bool | None,
+        typer.Option(help="Keep only each block's input for backward and recompute the rest "
+                     "(default: the profile's distill.grad_checkpointing)."),
+    ] = None,
     cache_text: Annotated[
         bool,
         typer.Option(help="Prompt embeddings computed ahead: the text encoders are not loaded."),
     ] = False,
     master_weights: Annotated[
-        bool,
-        typer.Option(help="fp32 master copies of the trainable weights (+4 B each) and fp32 gradients."),
-    ] = False,
+        bool | None,
+        typer.Option(help="fp32 master copies of the trainable weights (+4 B each) and fp32 gradients "
+                     "(default: on, as the loop trains them)."),
+    ] = None,
     set_: Sets = None,
 ) -> None:
     """Will the run fit? Per-GPU memory of distilling a real profile, computed without its weights.

@@ -240,9 +240,9 @@ class GANConfig(Strict):
     blocks: list[Annotated[int, Field(ge=0)]] = [2, 5, 8, 10, 14, 19, 23]
     text_projection_dim: PositiveInt = 64
     # w(t) of the anchor (losses/adversarial.py gan_weight); released SD 3.5: mirrored_sigma_sq
-    weight_curve: Literal["one_minus_sigma_sq", "mirrored_sigma_sq", "constant", "sigma", "one_minus_sigma"] = (
-        "one_minus_sigma_sq"
-    )
+    weight_curve: Literal[
+        "one_minus_sigma_sq", "mirrored_sigma_sq", "constant", "sigma", "one_minus_sigma"
+    ] = "one_minus_sigma_sq"
     weight_discriminator: bool = True  # D's real and fake terms weighted by w(t) too (released code)
     diffaug: list[Literal["color", "translation", "cutout"]] = ["color", "translation", "cutout"]
     lr: Annotated[float, Field(gt=0)] = 1e-6

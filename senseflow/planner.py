@@ -13,12 +13,13 @@ estimate. Folder layout, as in the models' Hugging Face repositories::
 
 Memory model (per GPU, bytes):
 
-- weights: every network at the run's precision. ``fsdp`` (FSDP2 ``fully_shard``, frozen
-  networks sharded too) divides parameters by the number of GPUs; buffers (SD3's stored
+- weights: every network at the run's precision. ``fsdp`` (FSDP2 ``fully_shard``) divides
+  the trainable networks' parameters by the number of GPUs, the frozen networks' only with
+  ``shard_frozen`` (the loop replicates them: off by default); buffers (SD3's stored
   positional table) are not sharded. ``ddp`` replicates everything.
-- master weights: only with ``master_weights`` (FSDP2 mixed precision keeps the trainable
-  shards in fp32 and computes in bf16/fp16): 4 bytes per trainable parameter, and the
-  gradients are then fp32 too. Off by default: SenseFlow's runs keep bf16 weights.
+- master weights: 4 bytes per trainable parameter, and the gradients are then fp32 too. On
+  by default: the loop trains float32 weights under bf16 autocast (a conservative model: it
+  also counts a 16-bit copy of the trainable weights).
 - gradients: one per trainable parameter, at the precision of the trainable weights.
 - optimiser states: AdamW's two moments in fp32 (8 bytes per trainable parameter; fp32
   moments are what a bf16 run should keep), 8-bit AdamW's two 1-byte moments (2 bytes;
@@ -399,10 +400,13 @@ def memory_rows(
     master_weights: bool = False,
     activations: Sequence[tuple[str, int, str]] = (),
     reserve_bytes: int = RUNTIME_RESERVE_BYTES,
+    shard_frozen: bool = True,
 ) -> list[MemoryRow]:
     """The per-GPU memory bill of ``networks`` (model in the module docstring).
 
     ``activations`` are ``(name, bytes, detail)`` rows already estimated per GPU.
+    ``shard_frozen``: under FSDP the frozen networks are sharded too; False replicates them
+    (what :func:`senseflow.train.distill` does: it shards only the generator and fake model).
     """
     if gpus < 1:
         raise UserError(f"--gpus must be at least 1, got {gpus}")
@@ -413,12 +417,15 @@ def memory_rows(
     trainable = sum(n.trainable for n in networks)
     parameters = sum(n.parameters for n in networks)
     buffers = sum(n.buffers for n in networks)
+    frozen_shards = shards if shard_frozen else 1
+    frozen = parameters - trainable
 
     rows = [
         MemoryRow(
             "weights",
-            parameters * width // shards + buffers * width,
-            f"{_human(parameters)} params x {width} B{where}"
+            trainable * width // shards + frozen * width // frozen_shards + buffers * width,
+            f"{_human(trainable)} trainable params x {width} B{where}, {_human(frozen)} frozen x {width} B"
+            + (where if frozen_shards > 1 else " (replicated)")
             + (f" + {_human(buffers)} buffers x {width} B" if buffers else ""),
         )
     ]
@@ -532,33 +539,57 @@ def _activation_rows(
     return rows
 
 
+def run_settings(cfg: ProfileConfig) -> dict:
+    """The settings of ``cfg``'s run that decide its memory, read where the loop reads them.
+
+    One source for ``senseflow plan`` and :func:`senseflow.real_run.distill_real`:
+    ``runtime.parallel`` (fsdp: FSDP2 on the generator and fake model; anything else
+    replicates), ``distill.grad_checkpointing``, the teacher's load dtype (frozen networks),
+    float32 master weights of every trainable network (always, :func:`senseflow.train.trainable_network`),
+    and frozen networks replicated (the loop does not shard them).
+    """
+    return {
+        "sharding": "fsdp" if cfg.runtime.parallel == "fsdp" else "ddp",
+        "grad_checkpointing": cfg.distill.grad_checkpointing,
+        "precision": DTYPE_PRECISION[cfg.teacher.pretrained.dtype],
+        "master_weights": True,
+        "shard_frozen": False,
+    }
+
+
 def plan_profile(
     cfg: ProfileConfig,
     arch_dir: Path,
     *,
     gpus: int,
     gpu_mem_gib: float,
-    sharding: Sharding = "fsdp",
+    sharding: Sharding | None = None,
     precision: Precision | None = None,
     optimizer: Optimizer | None = None,
     batch_per_gpu: int | None = None,
-    grad_checkpointing: bool = True,
+    grad_checkpointing: bool | None = None,
     cache_text: bool = False,
-    master_weights: bool = False,
+    master_weights: bool | None = None,
     reserve_bytes: int = RUNTIME_RESERVE_BYTES,
+    shard_frozen: bool | None = None,
 ) -> PlanReport:
     """The memory plan of distilling ``cfg`` on ``gpus`` GPUs of ``gpu_mem_gib`` GiB each.
 
-    ``precision`` defaults to the teacher's ``dtype``, ``optimizer`` to
-    ``distill.optimizer``, ``batch_per_gpu`` to
-    ``distill.global_batch // gpus`` (at least 1). Activations are an estimate
-    (:func:`activation_bytes`).
+    Every setting left None is the run's own (:func:`run_settings`): sharding, gradient
+    checkpointing, precision, master weights, frozen sharding; ``optimizer`` defaults to
+    ``distill.optimizer``, ``batch_per_gpu`` to ``distill.global_batch // gpus`` (at least 1).
+    Activations are an estimate (:func:`activation_bytes`).
     """
     if cfg.teacher.pretrained is None:
         raise UserError(f"profile {cfg.name!r} has no pretrained teacher to plan for")
     if gpu_mem_gib <= 0:
         raise UserError(f"--gpu-mem-gb must be positive, got {gpu_mem_gib}")
-    precision = precision or DTYPE_PRECISION[cfg.teacher.pretrained.dtype]
+    own = run_settings(cfg)
+    sharding = sharding or own["sharding"]
+    grad_checkpointing = own["grad_checkpointing"] if grad_checkpointing is None else grad_checkpointing
+    master_weights = own["master_weights"] if master_weights is None else master_weights
+    shard_frozen = own["shard_frozen"] if shard_frozen is None else shard_frozen
+    precision = precision or own["precision"]
     optimizer = optimizer or cfg.distill.optimizer
     batch = batch_per_gpu or max(1, cfg.distill.global_batch // gpus)
     networks = profile_networks(cfg, arch_dir, cache_text=cache_text)
@@ -574,6 +605,7 @@ def plan_profile(
         master_weights=master_weights,
         activations=activations,
         reserve_bytes=reserve_bytes,
+        shard_frozen=shard_frozen,
     )
     return PlanReport(
         profile=cfg.name,

@@ -81,6 +81,15 @@ def place_frozen_parts(teacher, device: str) -> None:
         pipe.to(target)
 
 
+def student_sampler(family: str) -> str:
+    """The sampler a real family's student is exported with, agreeing with its exported scheduler.
+
+    SDXL students carry LCM's scheduler, which re-noises the x0 estimate with fresh noise, and
+    the paper samples SDXL that way (``x0``); flow students carry an Euler scheduler (``euler``).
+    """
+    return "x0" if family == "sdxl" else "euler"
+
+
 def export_real(
     cfg: ProfileConfig, variant: str, folder: Path, state: dict, teacher, lora_state=None
 ) -> Path:
@@ -88,7 +97,8 @@ def export_real(
     from senseflow.distill_run import export_variant, student_recipe
 
     d = cfg.variant(variant)
-    recipe = student_recipe(cfg, d, variant, "euler", cfg.teacher.pretrained.resolution, family=cfg.family)
+    sampler = student_sampler(cfg.family)
+    recipe = student_recipe(cfg, d, variant, sampler, cfg.teacher.pretrained.resolution, family=cfg.family)
     base = cfg.teacher.pretrained.model_dump(mode="json")
     return export_variant(cfg, d, folder, state, teacher, recipe, base=base, lora_state=lora_state)
 

@@ -93,7 +93,8 @@ class TimeDensity:
 
     def __post_init__(self):
         if self.density not in TIME_DENSITIES:
-            raise ValueError(f"unknown time density {self.density!r}; expected one of {', '.join(TIME_DENSITIES)}")
+            known = ", ".join(TIME_DENSITIES)
+            raise ValueError(f"unknown time density {self.density!r}; expected one of {known}")
         if not 0.0 <= self.low <= self.high <= 1.0:
             raise ValueError(f"time range must satisfy 0 <= low <= high <= 1, got ({self.low}, {self.high})")
 

@@ -156,7 +156,8 @@ def export_student(
             "network": {"folder": sub, "class": type(net).__name__},
             "lora": None if lora_state is None else f"lora/{LORA_FILE}",
             "guidance": 1.0,  # CFG is distilled into the student: one network call per step
-            "dtype": "float32",
+            # the dtype the weights were saved in (the teacher's: training's float32 masters are cast)
+            "dtype": str(next(net.parameters()).dtype).removeprefix("torch."),
             "shift": teacher.shift,
             **({"text": {"encoder": "world", "max_length": teacher.text.tokenizer.model_max_length,
                          "pooling": teacher.text.pooling}} if embedded else {"base": base}),

@@ -404,7 +404,8 @@ def distill(
                 )
             total = losses["dmd"]
             if isg and isg_weight > 0:
-                isg_scale = cfg if isg_cfg is None else _uniform_scales(isg_cfg, batch, gen).to(info.device)
+                isg_scale = cfg if isg_cfg is None else _uniform_scales(isg_cfg, batch, gen)
+                isg_scale = isg_scale.to(info.device)
                 with timer("isg"), amp:
                     losses["isg"] = terms.isg_term(
                         teacher, G, inputs, pred, cond, uncond,
@@ -416,7 +417,8 @@ def distill(
                 with timer("gan_generator"), amp:
                     if head is not None:
                         losses["gan_g"] = terms.fake_features_gan(
-                            head, F, x0_g, cond, t_range=(dmd_density.low, dmd_density.high), loss=gan_loss, gen=gen
+                            head, F, x0_g, cond, t_range=(dmd_density.low, dmd_density.high),
+                            loss=gan_loss, gen=gen,
                         )
                     else:
                         losses["gan_g"], fake_images = terms.vfm_generator_gan(
@@ -475,9 +477,11 @@ def distill(
                     with torch.no_grad():
                         fake_images = G.codec.decode(x0_detached)
                 losses["gan_d"] = terms.vfm_discriminator_step(
-                    d_train, fake_images.detach(), images, cond, loss=gan_loss, gen=gen, scale=gan_fake_weight,
-                    weight=gan_time_weight(inputs.t, gan_curve, G.shift) if gan_weight_discriminator else None,
-                )
+                    d_train, fake_images.detach(), images, cond, loss=gan_loss, gen=gen,
+                    scale=gan_fake_weight,
+                    weight=gan_time_weight(inputs.t, gan_curve, G.shift) if gan_weight_discriminator
+                    else None,
+                )  # fmt: skip
         if opt_d is not None:
             d_norm = _grad_norm(d_params, grad_clip)
         if not all_true(_is_finite(*losses.values(), f_norm, d_norm), info.device):

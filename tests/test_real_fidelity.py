@@ -262,7 +262,8 @@ def test_isg_has_its_own_guidance_and_the_released_distance(tmp_path, monkeypatc
     from senseflow.config import load_profile
     from senseflow.train import distill
 
-    released = {"sd35_large": (5.0, 5.0), "sd35_medium": (2.0, 4.0), "sdxl": (3.0, 15.0), "flux_dev": (1.0, 8.0)}
+    released = {"sd35_large": (5.0, 5.0), "sd35_medium": (2.0, 4.0), "sdxl": (3.0, 15.0),
+                "flux_dev": (1.0, 8.0)}  # fmt: skip
     for name, cfg in released.items():
         isg = load_profile(name).distill.isg
         assert (isg.distance, tuple(isg.cfg)) == ("charbonnier", cfg), name
@@ -347,7 +348,9 @@ def test_generator_steps_after_the_fake_model_has_trained(tmp_path, monkeypatch)
     monkeypatch.setattr(terms, "dmd_term", lambda *a, **k: steps.append(len(steps)) or real_dmd(*a, **k))
     fake_calls: list[int] = []
     real_fake = terms.fake_term
-    monkeypatch.setattr(terms, "fake_term", lambda *a, **k: fake_calls.append(len(steps)) or real_fake(*a, **k))
+    monkeypatch.setattr(
+        terms, "fake_term", lambda *a, **k: fake_calls.append(len(steps)) or real_fake(*a, **k)
+    )
     distill(
         tmp_path / "run", teacher=tiny_family("sd3", tmp_path, "float32"), data=world_data(),
         anchors=ANCHORS["sd3"], iterations=4, global_batch=2, ttur=2, gan=False, isg=False,
@@ -355,3 +358,41 @@ def test_generator_steps_after_the_fake_model_has_trained(tmp_path, monkeypatch)
     )  # fmt: skip
     # generator steps before the fake steps of iterations 2 and 4 only
     assert fake_calls == [0, 1, 1, 2], fake_calls
+
+
+# ----------------------------------------------------------------------------- defect 10
+@pytest.mark.parametrize("name", ["sdxl", "sd35_large", "sd35_medium", "flux_dev"])
+def test_the_planner_reads_the_settings_the_loop_uses(name):
+    from senseflow.config import load_profile
+    from senseflow.distill_run import distill_kwargs
+    from senseflow.planner import architectures_dir, plan_profile
+
+    cfg = load_profile(name)
+    # the real profiles run what the planner plans for: FSDP2 with gradient checkpointing
+    assert cfg.runtime.parallel == "fsdp" and distill_kwargs(cfg.distill)["grad_checkpointing"]
+    for sets in ([], ["runtime.parallel=ddp", "distill.grad_checkpointing=false"]):
+        c = load_profile(name, sets)
+        report = plan_profile(c, architectures_dir(name), gpus=8, gpu_mem_gib=80)
+        loop_mode = "fsdp" if c.runtime.parallel == "fsdp" else "ddp"  # resolve_parallel with 8 processes
+        assert report.sharding == loop_mode
+        assert report.grad_checkpointing == distill_kwargs(c.distill)["grad_checkpointing"]
+        assert report.master_weights  # the loop's float32 master weights
+        weights = next(r for r in report.memory if r.item == "weights")
+        assert "frozen" in weights.detail and "(replicated)" in weights.detail  # the loop does not shard them
+
+
+# ----------------------------------------------------------------------------- defect 11 (part)
+def test_export_records_the_true_dtype_and_sdxl_samples_x0(tmp_path):
+    import json
+
+    from senseflow.real_run import student_sampler
+    from senseflow.student import export_student
+    from senseflow.train import trainable_network
+
+    teacher = tiny_family("sd3", tmp_path)  # bfloat16, the profile's dtype
+    state = trainable_network(teacher).state_dict()  # training's float32 masters
+    folder = export_student(tmp_path / "student", state, teacher,
+                            {"anchors": list(ANCHORS["sd3"]), "sampler": "euler", "resolution": RESOLUTION},
+                            base={"model_id": "tiny"})  # fmt: skip
+    assert json.loads((folder / "recipe.json").read_text())["dtype"] == "bfloat16"
+    assert student_sampler("sdxl") == "x0" and student_sampler("sd3") == student_sampler("flux") == "euler"

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 DIFFAUG_POLICIES: tuple[str, ...] = ("color", "translation", "cutout")
 TRANSLATION_RATIO = 1 / 8  # largest shift, as a fraction of the image side (DiffAugment)
-CUTOUT_RATIO = 0.2  # side of the erased square, as a fraction of the image side (released SenseFlow; DiffAugment: 1/2)
+# side of the erased square, as a fraction of the image side (released SenseFlow; DiffAugment: 1/2)
+CUTOUT_RATIO = 0.2
 
 
 def _uniform(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
@@ -61,7 +62,7 @@ def _translation(x: torch.Tensor, generator: torch.Generator | None) -> torch.Te
 
 
 def _cutout(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Zero a square of ``CUTOUT_RATIO`` of the image side per sample, centred anywhere (clipped at the border)."""
+    """Zero a square of ``CUTOUT_RATIO`` of the side per sample, centred anywhere (clipped at the border)."""
     b, _, h, w = x.shape
     ch, cw = int(h * CUTOUT_RATIO + 0.5), int(w * CUTOUT_RATIO + 0.5)
     top = _randint(0, h, b, x, generator) - ch // 2

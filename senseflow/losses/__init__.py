@@ -3,8 +3,8 @@
 from senseflow.losses.adversarial import (
     GAN_WEIGHT_CURVES,
     d_hinge_loss,
-    d_loss_parts,
     d_logistic_loss,
+    d_loss_parts,
     g_hinge_loss,
     g_logistic_loss,
     gan_losses,

@@ -44,7 +44,9 @@ def g_hinge_loss(fake_logits: torch.Tensor, weight: torch.Tensor | float | None 
     return -(w * logits).mean()
 
 
-def gan_weight(sigma: torch.Tensor | float, curve: str = "one_minus_sigma_sq", shift: float = 1.0) -> torch.Tensor:
+def gan_weight(
+    sigma: torch.Tensor | float, curve: str = "one_minus_sigma_sq", shift: float = 1.0
+) -> torch.Tensor:
     """Timestep-aware GAN weight ``w(sigma)`` (SenseFlow, method.md section 4), float32 or better.
 
     ``one_minus_sigma_sq``: ``(1 - sigma)^2``, the paper and the FLUX code: the x0 estimate

@@ -78,7 +78,8 @@ def sample_isg_mid(
         u_tau = unshift_sigma(torch.as_tensor(sigma_tau).double(), shift)
         u_prev = unshift_sigma(torch.as_tensor(sigma_prev, dtype=torch.float64), shift)
         u_mid = sample_isg_mid(u_tau, u_prev, margin, generator)
-        return shift_sigma(u_mid, shift).to(torch.promote_types(torch.as_tensor(sigma_tau).dtype, torch.float32))
+        dtype = torch.promote_types(torch.as_tensor(sigma_tau).dtype, torch.float32)
+        return shift_sigma(u_mid, shift).to(dtype)
     sigma_tau = torch.as_tensor(sigma_tau)
     dtype = torch.promote_types(sigma_tau.dtype, torch.float32)
     lo = torch.as_tensor(sigma_prev, dtype=dtype, device=sigma_tau.device) + margin
