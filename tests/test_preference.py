@@ -55,12 +55,14 @@ def test_missing_checkpoint_names_file_path_and_command(tmp_path, monkeypatch):
         load_imagereward_scorer(checkpoint=__file__)
 
 
-def test_bf16_autocast_on_cuda_only():
+def test_autocast_only_when_asked_and_on_cuda_only():
     from eval.metrics._preference import autocast
 
-    ctx = autocast(torch.device("cuda"))
+    # fp32 is the default (the references run fp32; hpsv2 asks for fp16 itself)
+    assert not isinstance(autocast(torch.device("cuda")), torch.autocast)
+    ctx = autocast(torch.device("cuda"), "bf16")
     assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.bfloat16
-    assert not isinstance(autocast(torch.device("cpu")), torch.autocast)
+    assert not isinstance(autocast(torch.device("cpu"), "bf16"), torch.autocast)
 
 
 def test_every_module_has_a_functional_score():
