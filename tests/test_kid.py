@@ -36,6 +36,23 @@ def test_mmd2_is_unbiased_for_one_distribution_and_positive_for_two():
     assert shifted > 20 * spread
 
 
+def test_paired_mmd2_is_unbiased_when_rows_share_a_prompt():
+    """Rows i of both sets drawn around one shared centre (one caption): same distribution, paired."""
+    rng = np.random.default_rng(2)
+    paired, unpaired = [], []
+    for _ in range(300):
+        centres = rng.normal(size=(20, 6))
+        x, y = centres + 0.3 * rng.normal(size=(20, 6)), centres + 0.3 * rng.normal(size=(20, 6))
+        paired.append(mmd2_unbiased(x, y, paired=True))
+        unpaired.append(mmd2_unbiased(x, y))
+    spread = np.std(paired) / np.sqrt(len(paired))
+    assert abs(np.mean(paired)) < 3 * spread
+    # keeping the k(x_i, y_i) cross terms reads far below 0 (what KID-T did before)
+    assert np.mean(unpaired) < -10 * spread
+    with pytest.raises(ValueError, match="as many rows"):
+        mmd2_unbiased(np.zeros((3, 2)), np.zeros((4, 2)), paired=True)
+
+
 def test_mmd2_rejects_single_items():
     with pytest.raises(ValueError, match="at least 2"):
         mmd2_unbiased(np.zeros((1, 3)), np.zeros((4, 3)))
@@ -50,7 +67,7 @@ def test_kid_t_probe_is_registered_for_the_embedded_world():
 
 
 def test_kid_t_probe_through_evaluate(tmp_path, world_dir):
-    """Through ``evaluate`` (an untrained probe): noise scores above 0, the reference itself below."""
+    """Through ``evaluate`` (an untrained probe): noise scores above 0, the reference itself 0."""
     import torch
 
     from eval.evaluate import evaluate
@@ -75,5 +92,6 @@ def test_kid_t_probe_through_evaluate(tmp_path, world_dir):
     k_far, k_near = far["metrics"]["kid_t_probe"], near["metrics"]["kid_t_probe"]
     assert k_far["status"] == "ok" and k_far["n"] == 16 and k_far["higher_is_better"] is False
     assert k_far["ci95"][0] <= k_far["value"] <= k_far["ci95"][1]
-    # identical sets: the unbiased estimator leaves out the diagonal, so it reads just below 0
-    assert k_far["value"] > 0 > k_near["value"]
+    # identical paired sets: every term of the paired U-statistic cancels
+    assert k_near["value"] == pytest.approx(0.0, abs=1e-9)
+    assert k_far["value"] > 1e-9

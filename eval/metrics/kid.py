@@ -31,24 +31,28 @@ def polynomial_kernel(a: np.ndarray, b: np.ndarray, degree: int = 3) -> np.ndarr
     return (a @ b.T / a.shape[1] + 1.0) ** degree
 
 
-def mmd2_unbiased(x: np.ndarray, y: np.ndarray, degree: int = 3) -> float:
-    """Unbiased MMD^2 between the rows of ``x`` (n, d) and ``y`` (m, d) (Gretton et al. 2012, eq. 3).
+def mmd2_unbiased(x: np.ndarray, y: np.ndarray, degree: int = 3, paired: bool = False) -> float:
+    """Unbiased MMD^2 between the rows of ``x`` (n, d) and ``y`` (m, d) (Gretton et al. 2012).
 
+    Independent samples (``paired=False``, Gretton's Lemma 6):
     ``sum_{i != j} k(x_i, x_j) / (n (n - 1)) + sum_{i != j} k(y_i, y_j) / (m (m - 1))
-    - 2 sum_{i, j} k(x_i, y_j) / (n m)``: the diagonals (each point with itself) are left out,
-    which is what removes the bias.
+    - 2 sum_{i, j} k(x_i, y_j) / (n m)``. Paired rows (``paired=True``, n = m, eq. 3: the
+    U-statistic over pairs ``z_i = (x_i, y_i)``) leave out the cross terms ``k(x_i, y_i)`` too.
+    FID-T/KID-T's sets are paired by prompt (row i of both is the same caption), so ``x_i`` and
+    ``y_i`` are alike and keeping ``k(x_i, y_i)`` biases the estimate below 0 by O(1 / n)
+    (measured: -57 x1000 for two seed draws of one teacher on 512 prompts).
     """
     n, m = len(x), len(y)
     if n < 2 or m < 2:
         raise ValueError(f"MMD needs at least 2 items per set, got {n} and {m}")
-    kxx, kyy, kxy = (
-        polynomial_kernel(x, x, degree),
-        polynomial_kernel(y, y, degree),
-        polynomial_kernel(x, y, degree),
-    )
+    if paired and n != m:
+        raise ValueError(f"paired MMD needs as many rows in both sets, got {n} and {m}")
+    kxx, kyy = polynomial_kernel(x, x, degree), polynomial_kernel(y, y, degree)
+    kxy = polynomial_kernel(x, y, degree)
     within_x = (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
     within_y = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-    return float(within_x + within_y - 2.0 * kxy.mean())
+    cross = (kxy.sum() - np.trace(kxy)) / (n * (n - 1)) if paired else kxy.mean()
+    return float(within_x + within_y - 2.0 * cross)
 
 
 def kid_t_probe_metric(ctx: EvalContext) -> MetricResult:
@@ -58,7 +62,7 @@ def kid_t_probe_metric(ctx: EvalContext) -> MetricResult:
     fr = probe_features(ctx, ctx.reference.images[r_idx])
 
     def kid(k) -> float:
-        return SCALE * mmd2_unbiased(fs[k], fr[k])
+        return SCALE * mmd2_unbiased(fs[k], fr[k], paired=True)  # rows are prompt pairs
 
     value = kid(np.arange(len(fs)))
     ci = subsample_set_ci(len(fs), kid, value, n_sub=ctx.n_boot_set, seed=ctx.seed)

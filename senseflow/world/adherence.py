@@ -28,6 +28,7 @@ def adherence_report(verdicts: dict[str, np.ndarray], scenes: list[Scene]) -> di
     return out
 
 
+@torch.no_grad()  # sampling only: an autograd graph over every Euler step made this several times slower
 def adherence_curve(
     backbone,
     records: list[PromptRecord],
