@@ -141,7 +141,7 @@ def test_gate_on_the_aggregated_summary(tmp_path):
     assert missing and "no such candidate" in missing[0].problems[0]
     # a regression against an aggregated baseline is per candidate
     worse = _summary()
-    worse["candidates"]["senseflow_4"]["metrics"]["fid_t_probe"]["value"] = 290.0
+    worse["candidates"]["senseflow_4"]["metrics"]["fid_t_probe"].update(value=290.0, ci95=[285.0, 295.0])
     (tmp_path / "worse.json").write_text(json.dumps(worse))
     rules["candidates"]["senseflow_4"]["fid_t_probe"]["regression_abs"] = 10
     (tmp_path / "t.yaml").write_text(yaml.safe_dump(rules))
