@@ -109,41 +109,52 @@ def test_report_puts_the_recipes_paper_row_beside_a_public_model():
     assert paper_values("dmd2_sdxl_4", entry, "sdxl", rows) == {"fid_t": 15.04, "hpsv2": 0.2963}
 
 
+# family -> (profile, tiny pipeline, manifest artefact of the base, pipeline class, paper row, its FID-T)
+TINY = {
+    "sd3": ("tables_sd35", "sd3", "sd35_large", "StableDiffusion3Pipeline", "SD 3.5 Large Turbo", 13.58),
+    "sdxl": ("tables_sdxl", "sdxl", "sdxl_base", "StableDiffusionXLPipeline", "DMD2-SDXL", 15.04),
+    "flux": ("tables_flux", "flux", "flux_dev", "FluxPipeline", "Hyper-FLUX", 11.24),
+}
+
+
 @pytest.mark.slow
-def test_evaluation_only_profile_runs_through_dvc_on_tiny_weights(tmp_path):
-    # tables_sd35 on a tiny SD3 pipeline: the teacher and one public model (a registry recipe
-    # pointed at the same tiny weights) sampled, scored with FID-T and reported beside the paper row
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_evaluation_only_profile_runs_through_dvc_on_tiny_weights(tmp_path, family):
+    # each tables_* profile on its family's tiny pipeline: the teacher and one public model (a
+    # registry recipe pointed at the same tiny weights) sampled, scored with FID-T against the
+    # full-step teacher and reported beside the paper row the recipe names
     from tests.test_fid import save_random_inception
     from tests.tiny_pipelines import RESOLUTION, T5_LENGTH, save_tiny_pipeline
 
-    repo = _copy_repo(tmp_path / "repo", profile="tables_sd35")
+    profile, tiny, artefact, pipeline_class, paper_row, paper_fid = TINY[family]
+    repo = _copy_repo(tmp_path / "repo", profile=profile)
     weights = tmp_path / "weights"
-    save_tiny_pipeline("sd3", weights / "sd35_large")
+    save_tiny_pipeline(tiny, weights / artefact)
     (weights / "inception_fid").mkdir()
     save_random_inception(weights / "inception_fid")
     prompts = ["a red cat", "a blue dog", "a photo of a cat", "the dog and the cat"]
     (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
     manifest = yaml.safe_load((repo / "eval/weights_manifest.yaml").read_text())
-    manifest["evaluation"] = ["inception_fid"]
+    manifest["evaluation"] = ["inception_fid"]  # the random Inception cannot carry the real file's hash
     for f in manifest["artefacts"]["inception_fid"]["files"]:
         f.update({k: None for k in ("sha256", "sha256_prefix", "size") if k in f})
     (repo / "eval/weights_manifest.yaml").write_text(yaml.safe_dump(manifest))
     registry = yaml.safe_load((repo / "experiments/baselines.yaml").read_text())
-    registry["candidates"]["tiny_turbo_4"] = {
-        "label": "tiny turbo", "kind": "baseline", "paper_row": "SD 3.5 Large Turbo",
-        "pipeline": "StableDiffusion3Pipeline", "base": {"repo": str(weights / "sd35_large")},
-        "steps": 4, "guidance": 0.0, "dtype": "float32", "max_sequence_length": T5_LENGTH,
-        "resolution": RESOLUTION, "licence": "test weights",
+    registry["candidates"]["tiny_public_4"] = {
+        "label": "tiny public model", "kind": "baseline", "paper_row": paper_row, "pipeline": pipeline_class,
+        "base": {"repo": str(weights / artefact)}, "steps": 4, "guidance": 0.0, "dtype": "float32",
+        "max_sequence_length": None if family == "sdxl" else T5_LENGTH, "resolution": RESOLUTION,
+        "licence": "test weights",
     }  # fmt: skip
     (repo / "experiments/baselines.yaml").write_text(yaml.safe_dump(registry, sort_keys=False))
-    path = repo / "experiments/tables_sd35.yaml"
+    path = repo / f"experiments/{profile}.yaml"
     p = yaml.safe_load(path.read_text())
-    p["teacher"]["pretrained"].update(model_id=str(weights / "sd35_large"), dtype="float32",
-                                      resolution=RESOLUTION, max_sequence_length=T5_LENGTH)  # fmt: skip
+    p["teacher"]["pretrained"].update(model_id=str(weights / artefact), dtype="float32", resolution=RESOLUTION,
+                                      max_sequence_length=77 if family == "sdxl" else T5_LENGTH)  # fmt: skip
     p["teacher"]["sample"].update(steps=4, n_prompts=4, batch_size=2, step_curve=[4])
     p["pipeline"].update(prompts={"set": str(tmp_path / "prompts.txt")}, metrics=["fid_t"], n_boot=20,
                          n_boot_set=5, teacher_steps=[], noise_floor=False,
-                         registry_baselines=["tiny_turbo_4"])  # fmt: skip
+                         registry_baselines=["tiny_public_4"])  # fmt: skip
     p["runtime"] = {"nproc_per_node": 1, "device": "cpu", "threads": 1}
     path.write_text(yaml.safe_dump(p, sort_keys=False))
     subprocess.run([sys.executable, "-m", "senseflow.cli", "pipeline", "render"], cwd=repo, env=_env(repo),
@@ -154,11 +165,12 @@ def test_evaluation_only_profile_runs_through_dvc_on_tiny_weights(tmp_path):
     run = subprocess.run(["dvc", "repro", "report"], cwd=repo, env=env, capture_output=True, text=True,
                          timeout=900)  # fmt: skip
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
-    assert {"generate-tiny_turbo_4", "evaluate-tiny_turbo_4"} <= _ran(run.stdout)
+    assert {"preflight", "generate-tiny_public_4", "evaluate-tiny_public_4"} <= _ran(run.stdout)
+    assert not any(s.startswith(("distill-", "cache")) for s in _ran(run.stdout))  # nothing trained
     summary = json.loads((repo / "results/summary.json").read_text())
-    entry = summary["candidates"]["tiny_turbo_4"]
+    entry = summary["candidates"]["tiny_public_4"]
     assert entry["kind"] == "registry" and entry["nfe"] == 4
     assert entry["metrics"]["fid_t"]["status"] == "ok"
-    assert entry["paper"]["fid_t"] == 13.58  # the paper's SD 3.5 Large Turbo row beside it
-    table = (repo / "results/tables/tables_sd35/main.md").read_text()
-    assert "tiny turbo" in table and "13.58" in table
+    assert entry["paper"]["fid_t"] == paper_fid  # the paper's row beside the public model
+    table = (repo / f"results/tables/{profile}/main.md").read_text()
+    assert "tiny public model" in table and str(paper_fid) in table
