@@ -248,15 +248,14 @@ def train_teacher(
 def teacher_sources(world_dir: str | Path) -> list[Path]:
     """The code and world files whose contents shape the teacher's weights.
 
-    The teacher stage's deps in dvc.yaml, plus the text encoder and optimiser modules they use.
+    The import closure of this module (what dvc.yaml's teacher stage tracks, less the CLI
+    dispatch files, whose edits cannot change the weights and so re-export rather than retrain),
+    plus the world's text encoder files.
     """
-    pkg = Path(__file__).resolve().parent
+    from senseflow.code_deps import closure
+
     world = Path(world_dir)
-    return [
-        pkg / "teacher.py", pkg / "backbones", pkg / "schedules.py", pkg / "optim.py",
-        pkg / "world" / "scenes.py", pkg / "world" / "text.py",
-        world / "tokenizer", world / "text_encoder", world / POOLING_FILE,
-    ]  # fmt: skip
+    return [*closure(["senseflow.teacher"]), world / "tokenizer", world / "text_encoder", world / POOLING_FILE]
 
 
 def export_teacher(model: SD3Transformer2DModel, ema: EMAModel, folder: Path, recipe: dict) -> Path:

@@ -105,19 +105,26 @@ def test_restart_stale_reexports_a_finished_run_and_retrains_a_foreign_one(tmp_p
 
 
 def test_teacher_sources_are_the_teacher_stage_deps():
-    """The fingerprint's code list covers what dvc.yaml's teacher stage tracks."""
+    """The fingerprint's code list is what dvc.yaml's teacher stage tracks, less the CLI dispatch."""
     import yaml
 
+    from senseflow.code_deps import ROOT, as_deps, closure
+    from senseflow.dvc_plan import GLUE
     from senseflow.teacher import teacher_sources
 
-    root = teacher_sources("build/world")[0].parents[1]
-    deps = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["teacher"]["deps"]
-    code = {
-        str(p.relative_to(root))
-        for p in teacher_sources("build/world")
-        if p.is_relative_to(root / "senseflow")
-    }
-    assert {d for d in deps if d.startswith("senseflow/")} <= code
+    def files(paths) -> set[str]:  # a dep may name a whole package folder
+        out = set()
+        for p in paths:
+            p = ROOT / p
+            out |= {str(f.relative_to(ROOT)) for f in p.rglob("*.py")} if p.is_dir() else {str(p.relative_to(ROOT))}
+        return out
+
+    deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["teacher"]["deps"]
+    code = files(as_deps([p for p in teacher_sources("build/world") if p.is_relative_to(ROOT)]))
+    glue_only = files(as_deps(closure(["senseflow.teacher"], GLUE))) - code
+    tracked = files(d for d in deps if d.startswith(("senseflow", "eval")))
+    assert code <= tracked  # dvc reruns the stage whenever a fingerprinted file changes
+    assert tracked - code <= glue_only  # and the fingerprint misses nothing but the dispatch files
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, world_dir):
