@@ -55,6 +55,19 @@ def test_evaluation_only_profile_plans_a_generate_and_evaluate_stage_per_public_
     assert not any(line.startswith("data") for line in missing_inputs(cfg))
 
 
+@pytest.mark.parametrize("profile", sorted(TABLES))
+def test_evaluation_only_profile_gates_each_public_model_on_its_paper_row(profile):
+    from eval.gate import load_thresholds
+    from eval.report import read_paper
+
+    rules = load_thresholds(f"experiments/thresholds/{profile}.yaml").candidates
+    paper = {r["method"]: r for r in read_paper("coco5k_4step")}
+    for name in load_profile(profile).pipeline.registry_baselines:
+        row = paper.get(get_recipe(name).paper_row or "")
+        if row and row.get("fid_t") is not None:  # a bound a few percent above the paper's FID-T
+            assert row["fid_t"] < rules[name]["fid_t"].max <= 1.2 * row["fid_t"], name
+
+
 def test_trained_profile_names_public_models_beside_its_student():
     cfg = load_profile("sdxl")
     stages = dvc_plan.plan(cfg)["stages"]
