@@ -96,7 +96,7 @@ def profile(family: str, root: Path, args) -> object:
         "distill.gan.text_projection_dim": "8",
         "data": f"{{path: {root / 'data'}, format: folder, min_side: 16}}",
         "runtime": f"{{nproc_per_node: {args.nproc}, device: {args.device}, threads: 0, "
-                   f"parallel: {'fsdp' if args.nproc > 1 else 'auto'}}}",
+        f"parallel: {'fsdp' if args.nproc > 1 else 'auto'}}}",
     }
     if args.nproc > 1:
         sets["distill.grad_checkpointing"] = "true"

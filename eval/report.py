@@ -207,7 +207,11 @@ def main_table(summary: dict) -> pd.DataFrame:
         for m, entry in e["metrics"].items():
             row[METRIC_TITLES.get(m, m)] = _cell(entry)
             col = PAPER_COLUMNS.get(m)
-            if col and (name == pl.REFERENCE or e["steps"] == 4 or e.get("paper_row")) and prow.get(col) is not None:
+            if (
+                col
+                and (name == pl.REFERENCE or e["steps"] == 4 or e.get("paper_row"))
+                and prow.get(col) is not None
+            ):
                 row[f"{METRIC_TITLES.get(m, m)} (paper)"] = _fmt(prow[col])
         row["s/img"] = _fmt(e["seconds_per_image"])
         row["speedup"] = _fmt(e.get("speedup"))

@@ -223,7 +223,9 @@ def missing_recipe_weights(recipe: Recipe, weights_dir: str | Path | None = None
             continue
         if ref.artefact and ref.artefact in manifest.artefacts:
             # presence and the pinned sha256 of every file (a swapped LoRA is caught here)
-            bad = [r for r in check(artefacts=[ref.artefact], root=weights_dir, manifest=manifest) if r.failed]
+            bad = [
+                r for r in check(artefacts=[ref.artefact], root=weights_dir, manifest=manifest) if r.failed
+            ]
             out += [f"{recipe.name}: {attr} {r.artefact}/{r.path.name}: {r.status} ({r.detail})" for r in bad]
             if bad:
                 continue

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from senseflow.conditioning import PromptEmbeds
 from senseflow.errors import MissingArtefactError, UserError
-from senseflow.io import atomic_save_safetensors, atomic_write_text, ensure_writable_dir
+from senseflow.io import atomic_save_safetensors, atomic_write_text, ensure_writable_dir, sha256_file
 from senseflow.world.prompts import load_prompt_file
 from senseflow.world.text import POOLING_FILE, WorldTextEncoder
 
@@ -86,11 +86,7 @@ def _file_digest(path: Path) -> str:
     # already is a content hash, which spares reading gigabytes of T5 weights on every run.
     if path.is_symlink() and target.parent.name == "blobs" and _HF_BLOB.match(target.name):
         return target.name
-    h = hashlib.sha256()
-    with open(target, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(target)
 
 
 def files_fingerprint(parts: Iterable[str | Path]) -> str:

@@ -414,8 +414,10 @@ def plan_cmd(
     ] = None,
     grad_checkpointing: Annotated[
         bool | None,
-        typer.Option(help="Keep only each block's input for backward and recompute the rest "
-                     "(default: the profile's distill.grad_checkpointing)."),
+        typer.Option(
+            help="Keep only each block's input for backward and recompute the rest "
+            "(default: the profile's distill.grad_checkpointing)."
+        ),
     ] = None,
     cache_text: Annotated[
         bool,
@@ -423,8 +425,10 @@ def plan_cmd(
     ] = False,
     master_weights: Annotated[
         bool | None,
-        typer.Option(help="fp32 master copies of the trainable weights (+4 B each) and fp32 gradients "
-                     "(default: on, as the loop trains them)."),
+        typer.Option(
+            help="fp32 master copies of the trainable weights (+4 B each) and fp32 gradients "
+            "(default: on, as the loop trains them)."
+        ),
     ] = None,
     set_: Sets = None,
 ) -> None:

@@ -120,7 +120,9 @@ def parse_candidate(name: str) -> Candidate:
                 "experiments/baselines.yaml: `senseflow baselines list`)"
             )
         # a public model sampled by its registry recipe: its own source, its recipe's steps
-        return Candidate(name, "registry", name, recipe.steps, paper_row=recipe.paper_row, label_=recipe.label)
+        return Candidate(
+            name, "registry", name, recipe.steps, paper_row=recipe.paper_row, label_=recipe.label
+        )
     if name == REFERENCE:
         return Candidate(name, "teacher", "teacher", None, seed_offset=1)
     if name == NOISE_FLOOR:

@@ -255,7 +255,12 @@ def teacher_sources(world_dir: str | Path) -> list[Path]:
     from senseflow.code_deps import closure
 
     world = Path(world_dir)
-    return [*closure(["senseflow.teacher"]), world / "tokenizer", world / "text_encoder", world / POOLING_FILE]
+    return [
+        *closure(["senseflow.teacher"]),
+        world / "tokenizer",
+        world / "text_encoder",
+        world / POOLING_FILE,
+    ]
 
 
 def export_teacher(model: SD3Transformer2DModel, ema: EMAModel, folder: Path, recipe: dict) -> Path:

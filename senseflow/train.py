@@ -417,8 +417,13 @@ def distill(
                 with timer("gan_generator"), amp:
                     if head is not None:
                         losses["gan_g"] = terms.fake_features_gan(
-                            head, F, x0_g, cond, t_range=(dmd_density.low, dmd_density.high),
-                            loss=gan_loss, gen=gen,
+                            head,
+                            F,
+                            x0_g,
+                            cond,
+                            t_range=(dmd_density.low, dmd_density.high),
+                            loss=gan_loss,
+                            gen=gen,
                         )
                     else:
                         losses["gan_g"], fake_images = terms.vfm_generator_gan(
@@ -453,14 +458,18 @@ def distill(
                 x0_detached = G.x0(inputs.x, G.predict(inputs.x, inputs.t, cond), inputs.t)
         # ------------------------------------------------------------ fake score step
         with timer("fake_step"), amp:
-            losses["fake"] = terms.fake_term(
-                F_train, x0_detached, cond, gen=gen, t_density=fake_density
-            )
+            losses["fake"] = terms.fake_term(F_train, x0_detached, cond, gen=gen, t_density=fake_density)
             fake_total = losses["fake"]
             if head is not None:
                 losses["gan_d"] = terms.fake_features_discriminator_loss(
-                    head, F_train, x0_detached, x_real, cond, t_range=(dmd_density.low, dmd_density.high),
-                    loss=gan_loss, gen=gen,
+                    head,
+                    F_train,
+                    x0_detached,
+                    x_real,
+                    cond,
+                    t_range=(dmd_density.low, dmd_density.high),
+                    loss=gan_loss,
+                    gen=gen,
                 )
                 fake_total = fake_total + gan_fake_weight * losses["gan_d"]
         with timer("fake_step"):

@@ -343,7 +343,9 @@ def test_missing_weights_name_the_file_and_the_download(prompts, tmp_path, regis
         (empty / SDXL).mkdir(parents=True)
         save_tiny_pipeline("sdxl", empty / SDXL)
         run("hyper_sdxl_4", empty, prompts, tmp_path / "o", registry)
-    with pytest.raises(MissingArtefactError, match="base model is missing.*senseflow weights fetch --artefact sdxl_base"):
+    with pytest.raises(
+        MissingArtefactError, match="base model is missing.*senseflow weights fetch --artefact sdxl_base"
+    ):
         run("sdxl_teacher_25", tmp_path / "nothing", prompts, tmp_path / "o", registry)
 
 

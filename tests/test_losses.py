@@ -366,7 +366,9 @@ def test_gan_weight_curves():
     torch.testing.assert_close(gan_weight(s, "one_minus_sigma"), torch.tensor([1.0, 0.75, 0.0]))
     torch.testing.assert_close(gan_weight(s, "sigma"), s)
     torch.testing.assert_close(gan_weight(s, "constant"), torch.ones(3))
-    with pytest.raises(ValueError, match="one_minus_sigma_sq, mirrored_sigma_sq, one_minus_sigma, sigma, constant"):
+    with pytest.raises(
+        ValueError, match="one_minus_sigma_sq, mirrored_sigma_sq, one_minus_sigma, sigma, constant"
+    ):
         gan_weight(s, "cosine")
 
 

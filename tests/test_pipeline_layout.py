@@ -27,7 +27,9 @@ def test_candidates_parse_and_profiles_choose():
     assert pl.parse_candidate("lcm_2").kind == "baseline"
     # independent noise: the reference alone draws other seeds; the floor shares the candidates'
     assert pl.parse_candidate(pl.REFERENCE).seed_offset == 1
-    assert pl.parse_candidate(pl.NOISE_FLOOR).seed_offset == pl.parse_candidate("senseflow_4").seed_offset == 0
+    assert (
+        pl.parse_candidate(pl.NOISE_FLOOR).seed_offset == pl.parse_candidate("senseflow_4").seed_offset == 0
+    )
     assert pl.parse_candidate(pl.REFERENCE).steps is None
     with pytest.raises(UserError, match="unknown candidate 'nope'.*teacher_full"):
         pl.parse_candidate("nope")

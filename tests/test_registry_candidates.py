@@ -22,7 +22,9 @@ TABLES = {"tables_sdxl": "sdxl", "tables_sd35": "sd3", "tables_flux": "flux"}
 
 
 def test_unknown_registry_name_fails_when_the_profile_is_read():
-    with pytest.raises(ConfigError, match=r"pipeline.registry_baselines: 'nope_4' is not in experiments/baselines"):
+    with pytest.raises(
+        ConfigError, match=r"pipeline.registry_baselines: 'nope_4' is not in experiments/baselines"
+    ):
         load_profile("sdxl", ["pipeline.registry_baselines=[nope_4]"])
 
 
@@ -46,8 +48,12 @@ def test_evaluation_only_profile_plans_a_generate_and_evaluate_stage_per_public_
     for name in cfg.pipeline.registry_baselines:
         assert recipe_family(get_recipe(name)) == TABLES[profile]
         gen, ev = stages[f"generate-{name}"], stages[f"evaluate-{name}"]
-        assert f"--candidate" not in gen["cmd"] and gen["cmd"].startswith(f"senseflow pipeline generate {name} ")
-        assert {"experiments/baselines.yaml", "eval/weights_manifest.yaml", "build/preflight.json"} <= set(gen["deps"])
+        assert "--candidate" not in gen["cmd"] and gen["cmd"].startswith(
+            f"senseflow pipeline generate {name} "
+        )
+        assert {"experiments/baselines.yaml", "eval/weights_manifest.yaml", "build/preflight.json"} <= set(
+            gen["deps"]
+        )
         assert gen["outs"] == [f"build/samples/{name}"]
         assert "build/samples/teacher_full" in ev["deps"]  # scored against the full-step teacher
         assert f"build/eval/{name}" in stages["report"]["deps"]
@@ -71,9 +77,15 @@ def test_evaluation_only_profile_gates_each_public_model_on_its_paper_row(profil
 def test_trained_profile_names_public_models_beside_its_student():
     cfg = load_profile("sdxl")
     stages = dvc_plan.plan(cfg)["stages"]
-    assert "distill-senseflow" in stages and "generate-dmd2_sdxl_4" in stages and "generate-sdxl_lightning_4" in stages
+    assert (
+        "distill-senseflow" in stages
+        and "generate-dmd2_sdxl_4" in stages
+        and "generate-sdxl_lightning_4" in stages
+    )
     names = [c.name for c in pl.active_candidates(cfg, ablations=False)]
-    assert names.index("senseflow_4") < names.index("dmd2_sdxl_4")  # table order: ours, then the public models
+    assert names.index("senseflow_4") < names.index(
+        "dmd2_sdxl_4"
+    )  # table order: ours, then the public models
 
 
 def test_registry_candidate_parses_with_its_recipe_steps_and_paper_row():
@@ -91,7 +103,9 @@ def test_preflight_lists_every_missing_registry_file_before_sampling(tmp_path):
     # one line per missing file (base and the replaced UNet or LoRA), each with how to provide it
     for name in cfg.pipeline.registry_baselines:
         assert any(line.startswith(f"{name}: ") or f"{name}: " in line for line in missing), name
-    assert all("hf download" in line or "senseflow weights fetch" in line or "mismatch" in line for line in missing)
+    assert all(
+        "hf download" in line or "senseflow weights fetch" in line or "mismatch" in line for line in missing
+    )
 
 
 def test_registry_file_with_another_hash_than_the_manifest_is_named(tmp_path, monkeypatch):
@@ -111,14 +125,21 @@ def test_registry_file_with_another_hash_than_the_manifest_is_named(tmp_path, mo
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"not the weights")
     lines = missing_recipe_weights(recipe, tmp_path)
-    assert any(line.startswith(f"sdxl_lightning_4: base {art.name}/") and "mismatch" in line for line in lines), lines
+    assert any(
+        line.startswith(f"sdxl_lightning_4: base {art.name}/") and "mismatch" in line for line in lines
+    ), lines
 
 
 def test_report_puts_the_recipes_paper_row_beside_a_public_model():
     from eval.report import paper_values, read_paper
 
     rows = [r for r in read_paper("coco5k_4step") if r["backbone"] == "sdxl"]
-    entry = {"method": "dmd2_sdxl_4", "steps": 4, "paper_row": "DMD2-SDXL", "metrics": {"fid_t": {}, "hpsv2": {}}}
+    entry = {
+        "method": "dmd2_sdxl_4",
+        "steps": 4,
+        "paper_row": "DMD2-SDXL",
+        "metrics": {"fid_t": {}, "hpsv2": {}},
+    }
     assert paper_values("dmd2_sdxl_4", entry, "sdxl", rows) == {"fid_t": 15.04, "hpsv2": 0.2963}
 
 
@@ -162,8 +183,12 @@ def test_evaluation_only_profile_runs_through_dvc_on_tiny_weights(tmp_path, fami
     (repo / "experiments/baselines.yaml").write_text(yaml.safe_dump(registry, sort_keys=False))
     path = repo / f"experiments/{profile}.yaml"
     p = yaml.safe_load(path.read_text())
-    p["teacher"]["pretrained"].update(model_id=str(weights / artefact), dtype="float32", resolution=RESOLUTION,
-                                      max_sequence_length=77 if family == "sdxl" else T5_LENGTH)  # fmt: skip
+    p["teacher"]["pretrained"].update(
+        model_id=str(weights / artefact),
+        dtype="float32",
+        resolution=RESOLUTION,
+        max_sequence_length=77 if family == "sdxl" else T5_LENGTH,
+    )
     p["teacher"]["sample"].update(steps=4, n_prompts=4, batch_size=2, step_curve=[4])
     p["pipeline"].update(prompts={"set": str(tmp_path / "prompts.txt")}, metrics=["fid_t"], n_boot=20,
                          n_boot_set=5, teacher_steps=[], noise_floor=False,

@@ -116,7 +116,11 @@ def test_teacher_sources_are_the_teacher_stage_deps():
         out = set()
         for p in paths:
             p = ROOT / p
-            out |= {str(f.relative_to(ROOT)) for f in p.rglob("*.py")} if p.is_dir() else {str(p.relative_to(ROOT))}
+            out |= (
+                {str(f.relative_to(ROOT)) for f in p.rglob("*.py")}
+                if p.is_dir()
+                else {str(p.relative_to(ROOT))}
+            )
         return out
 
     deps = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]["teacher"]["deps"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -99,11 +98,9 @@ def check_pairs(images: Sequence, prompts: Sequence[str]) -> list[str]:
 
 @functools.lru_cache(maxsize=16)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    from senseflow.io import sha256_file
+
+    return sha256_file(path, chunk=1 << 24)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -133,11 +133,9 @@ class FeatureExtractor(Protocol):
 
 
 def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from senseflow.io import sha256_file
+
+    return sha256_file(path)
 
 
 def clean_resize(images: torch.Tensor, size: int = INCEPTION_SIZE) -> torch.Tensor:
