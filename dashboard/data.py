@@ -409,6 +409,48 @@ def steps_frame(long: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- samples
 
 
+STUDY = "study/study.json"  # under the build root: `make run-study`'s table (senseflow/study.py)
+
+
+def _band(stat: dict | None) -> str:
+    if not stat:
+        return "-"
+    if "difference" in stat:  # eval.stats.paired_difference's keys
+        mean, lo, hi = stat["difference"], stat["ci_low"], stat["ci_high"]
+    else:  # senseflow.study.mean_interval's
+        mean, (lo, hi) = stat["mean"], stat.get("ci95", [math.nan, math.nan])
+    return f"{mean:.4g}" if _is_nan(lo) else f"{mean:.4g} [{lo:.4g}, {hi:.4g}]"
+
+
+def study_frames(roots: Roots) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """``make run-study``'s table: mean [95% interval] over seeds per method, and the paired tests.
+
+    Returns ``(per method, SenseFlow minus each other method)`` or None before a study was run.
+    The first frame has one row per method; the second the paired t-test over seeds per metric
+    (difference, interval, p) and, for adherence, the paired bootstrap over images.
+    """
+    path = roots.build / STUDY
+    if not path.is_file():
+        return None
+    table = read_json(path)
+    rows = []
+    for method, row in table.get("rows", {}).items():
+        rows.append({"method": method, "seeds": len(row.get("seeds", []))}
+                    | {m: _band(v) for m, v in row.items() if isinstance(v, dict)})  # fmt: skip
+    ref = table.get("reference_method", "senseflow")
+    tests = []
+    for method, test in table.get("tests", {}).items():
+        for metric, stat in test.items():
+            if not isinstance(stat, dict):
+                continue
+            tests.append({
+                "comparison": f"{ref} - {method}", "metric": metric, "difference": _band(stat),
+                "p": stat.get("p"), "test": "paired bootstrap over images" if metric == "adherence_images"
+                else "paired t over seeds",
+            })  # fmt: skip
+    return pd.DataFrame(rows), pd.DataFrame(tests)
+
+
 def sample_folders(roots: Roots, summary: dict | None = None) -> dict[str, Path]:
     """Candidate -> its sample folder (holding ``manifest.jsonl``), each checked by :func:`safe_path`.
 

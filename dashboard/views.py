@@ -82,6 +82,14 @@ def leaderboard(roots: Roots) -> None:
         st.subheader("Metrics that do not apply")
         for row in notes.itertuples():
             st.markdown(f"- **{row.metric}** ({row.candidates}): {row.reason}")
+    study = data.study_frames(roots)
+    if study is not None:
+        per_method, tests = study
+        st.subheader("Seed study (`make run-study`)")
+        st.caption("Mean over seeds with its Student-t 95% interval (4 steps, against teacher_full).")
+        st.dataframe(per_method, width="stretch", key="lb_study")
+        st.caption("SenseFlow minus each method: paired over seeds (and over images for adherence).")
+        st.dataframe(tests, width="stretch", key="lb_study_tests")
     tables = data.paper_tables(roots.repo)
     if tables:
         with st.expander("The paper's reported tables"):
