@@ -37,16 +37,15 @@ import numpy as np
 from senseflow.config import ProfileConfig, load_profile
 from senseflow.errors import MissingArtefactError, UserError
 from senseflow.io import atomic_write_text
+from senseflow.pipeline import CACHE, PROBE, TEACHER, WORLD, samples_dir
+from senseflow.pipeline import REFERENCE as REFERENCE_NAME
 
 log = logging.getLogger(__name__)
 
 METHODS = ("senseflow", "vanilla_dmd", "dmd2", "lcm", "hyper_sd", "no_ida", "no_isg", "no_gan")
 METRICS = ("adherence", "fid_t_probe", "kid_t_probe")
 HIGHER_IS_BETTER = {"adherence": True, "fid_t_probe": False, "kid_t_probe": False}
-BUILD = Path("build")
-WORLD, TEACHER, PROBE = BUILD / "world", BUILD / "teacher" / "teacher", BUILD / "probes" / "probe.safetensors"
-REFERENCE = BUILD / "samples" / "teacher_full"
-CACHE = BUILD / "cache"
+REFERENCE = samples_dir(REFERENCE_NAME)  # teacher_full: the set metrics' reference
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -165,8 +164,8 @@ def check_inputs() -> None:
 def run_cell(cfg: ProfileConfig, method: str, seed: int, out: Path, progress: bool) -> dict:
     """Train, sample (4 steps) and evaluate one (method, seed); return its metric values."""
     from eval.evaluate import evaluate
-    from senseflow.distill_run import distill_method
     from senseflow.generate import generate
+    from senseflow.stages import train
 
     run = out / "runs" / method / f"seed{seed}"
     samples = out / "samples" / method / f"seed{seed}"
@@ -174,8 +173,9 @@ def run_cell(cfg: ProfileConfig, method: str, seed: int, out: Path, progress: bo
     cache = CACHE if CACHE.is_dir() else None
     t0 = time.perf_counter()
     if not (run / "student" / "recipe.json").is_file():
-        distill_method(cfg, run, method, world_dir=WORLD, teacher_dir=TEACHER, probe_path=PROBE,
-                       cache_dir=cache, progress=progress)  # fmt: skip
+        # the pipeline's one dispatch; no in-loop curve (the study scores the exported student)
+        train(cfg, run, method, world_dir=WORLD, teacher_dir=TEACHER, probe_path=PROBE, reference_dir=None,
+              cache_dir=cache, progress=progress)  # fmt: skip
     s = cfg.teacher.sample
     # the candidates' seeds (teacher.sample.seed, offset 0): independent of the reference's
     generate(str(run / "student"), str(WORLD / "prompts" / "test.jsonl"), samples, profile=cfg, steps=4,

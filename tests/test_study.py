@@ -68,7 +68,7 @@ def test_two_seed_smoke_study_end_to_end(tmp_path):
         ["senseflow", "world", "train-probe", "--quiet", "--profile", "smoke", "--out", "build/probes"],
         ["senseflow", "train-teacher", "--quiet", "--profile", "smoke", "--world", "build/world",
          "--out", "build/teacher"],
-        ["senseflow", "pipeline", "generate", "teacher_full", "--profile", "smoke"],
+        ["senseflow", "pipeline", "generate", "teacher", "--profile", "smoke"],
     ]  # fmt: skip
     for cmd in steps:
         run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
