@@ -73,8 +73,9 @@ def test_two_seed_smoke_study_end_to_end(tmp_path):
     for cmd in steps:
         run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
         assert run.returncode == 0, (cmd, run.stdout[-2000:], run.stderr[-2000:])
+    # 5 iterations: with TTUR 5 the generator steps once, at iteration 4 (the released schedule)
     cmd = [sys.executable, "-m", "senseflow.study", "--profile", "smoke", "--seeds", "0", "1",
-           "--methods", "senseflow", "lcm", "--set", "distill.iterations=3",
+           "--methods", "senseflow", "lcm", "--set", "distill.iterations=5",
            "--set", "baselines.lcm.iterations=2"]  # fmt: skip
     run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
