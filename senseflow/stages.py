@@ -86,6 +86,20 @@ def missing_registry_weights(cfg: ProfileConfig, weights_dir: str | Path | None 
     return out
 
 
+def _missing_data(cfg: ProfileConfig) -> list[str]:
+    """What the training images of ``data:`` lack on disk (presence only)."""
+    d = cfg.data
+    if d is None:
+        return ["data: the profile names no training images (add a `data:` section; README)"]
+    if not Path(d.path).expanduser().is_dir():
+        return [f"data.path {d.path}: no such folder (put the dataset there or point data.path at it)"]
+    if d.format == "folder" and not (Path(d.path).expanduser() / d.captions).is_file():
+        return [f"data.captions {Path(d.path) / d.captions}: missing (JSONL of {{id, file, caption}})"]
+    if d.format == "webdataset" and not any(Path(d.path).expanduser().glob("*.tar")):
+        return [f"data.path {d.path}: no *.tar shards (format webdataset)"]
+    return []
+
+
 def missing_inputs(cfg: ProfileConfig) -> list[str]:
     """What a real profile's training data (``data:``) and prompt set (``pipeline.prompts``) lack on disk.
 
@@ -93,17 +107,8 @@ def missing_inputs(cfg: ProfileConfig) -> list[str]:
     the first stage stays fast on a dataset of millions of images.
     """
     out = []
-    d = cfg.data
-    if not (cfg.pipeline.methods or cfg.pipeline.ablations):
-        pass  # an evaluation-only profile trains nothing: no training images needed
-    elif d is None:
-        out.append("data: the profile names no training images (add a `data:` section; README)")
-    elif not Path(d.path).expanduser().is_dir():
-        out.append(f"data.path {d.path}: no such folder (put the dataset there or point data.path at it)")
-    elif d.format == "folder" and not (Path(d.path).expanduser() / d.captions).is_file():
-        out.append(f"data.captions {Path(d.path) / d.captions}: missing (JSONL of {{id, file, caption}})")
-    elif d.format == "webdataset" and not any(Path(d.path).expanduser().glob("*.tar")):
-        out.append(f"data.path {d.path}: no *.tar shards (format webdataset)")
+    if cfg.pipeline.methods or cfg.pipeline.ablations:  # an evaluation-only profile needs no images
+        out += _missing_data(cfg)
     p = cfg.pipeline.prompts
     if p is None:
         out.append("pipeline.prompts: the profile names no prompt set (e.g. {set: coco5k, source: FILE})")

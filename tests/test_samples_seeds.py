@@ -19,7 +19,7 @@ class _Fake:
         return {"candidate": "fake", "steps": 1}
 
     def check_prompts(self, prompts):
-        pass
+        """Every prompt is valid for the fake candidate."""
 
     def record_extra(self):
         return {}
