@@ -7,7 +7,8 @@ shared/design/t2i-compbench.md) so that the models that feed them (BLIP-VQA, a d
 CLIP ViT-B/32) can be swapped without touching the arithmetic:
 
 - prompts: ``examples/dataset/{category}_val.txt`` (300 each), read from the user's local
-  checkout with each file's sha256 (colour_val changed on 2025-09-03: the hash says which);
+  checkout with each file's sha256 (colour_val changed on 2025-09-03: the hash says which) by
+  :func:`eval.prompts.t2i_compbench_prompts` (the one reader of prompt files);
 - images: 10 per prompt at seeds 42-51 (``GORS_finetune/inference_eval.py``), prompt ``i``
   owning images ``10 i .. 10 i + 9``;
 - B-VQA (colour, shape, texture): per question ``p(yes) / (p(yes) + p(no))`` at the first
@@ -20,13 +21,16 @@ CLIP ViT-B/32) can be swapped without touching the arithmetic:
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
+import json
+import zipfile
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
-from senseflow.errors import MissingArtefactError, UserError
+from eval.prompts import COMPBENCH_CATEGORIES
+from senseflow.errors import MissingArtefactError
 
-CATEGORIES = ("color", "shape", "texture", "spatial", "non_spatial", "complex")
+CATEGORIES = COMPBENCH_CATEGORIES  # color, shape, texture, spatial, non_spatial, complex
 SEEDS = tuple(range(42, 52))  # image k of every prompt uses seed 42 + k
 YES_ID, NO_ID = 2748, 2053  # bert-base-uncased ids of "yes" and "no"
 RELATIONS = (
@@ -34,45 +38,6 @@ RELATIONS = (
     "on the top of", "on top of",
 )  # fmt: skip  # the benchmark's search order: the first substring found wins
 PERSON_WORDS = {"girl", "boy", "man", "woman"}  # mapped to the detector label "person"
-
-
-class CompBenchError(UserError, ValueError):
-    """A T2I-CompBench file is missing or malformed; the message names it and the fix."""
-
-
-@dataclass(frozen=True)
-class CompBenchPrompts:
-    """One category's validation prompts, their source file and its sha256."""
-
-    category: str
-    prompts: tuple[str, ...]
-    source: Path
-    sha256: str
-
-    def image_plan(self) -> list[tuple[str, str, int]]:
-        """``(id, prompt, seed)`` per image, in the benchmark's order (prompt i owns 10 i .. 10 i + 9)."""
-        return [
-            (f"{self.category}-{i:03d}-{k}", p, seed)
-            for i, p in enumerate(self.prompts)
-            for k, seed in enumerate(SEEDS)
-        ]
-
-
-def load_compbench_prompts(dataset_dir: str | Path, category: str) -> CompBenchPrompts:
-    """``{category}_val.txt`` of a local T2I-CompBench checkout (``examples/dataset/``), hashed."""
-    if category not in CATEGORIES:
-        raise CompBenchError(f"unknown T2I-CompBench category {category!r} (known: {', '.join(CATEGORIES)})")
-    path = Path(dataset_dir) / f"{category}_val.txt"
-    if not path.is_file():
-        raise MissingArtefactError(
-            f"{path} is missing: clone https://github.com/Karine-Huang/T2I-CompBench and pass its "
-            "examples/dataset folder (the benchmark's prompt files are read locally, never downloaded)"
-        )
-    data = path.read_bytes()
-    prompts = tuple(line.strip() for line in data.decode("utf-8").splitlines() if line.strip())
-    if not prompts:
-        raise CompBenchError(f"{path} holds no prompt")
-    return CompBenchPrompts(category, prompts, path, hashlib.sha256(data).hexdigest())
 
 
 def vqa_answer_probability(p_yes: float, p_no: float) -> float:
@@ -175,3 +140,159 @@ def three_in_one(attribute: float, spatial: float, clip: float, kind: str) -> fl
     if kind == "action":
         return (attribute + clip) / 2
     return (attribute + spatial + clip) / 3
+
+
+# ----------------------------------------------------------------------------- text: what is asked
+NP_NUM = 8  # BLIP_vqa.py asks at most this many noun-phrase questions (2 before 2023-12-02)
+SKIPPED_CHUNKS = {"top", "the side", "the left", "the right"}  # dropped noun chunks (since 2024-01-28)
+DETECTION_THRESHOLD = 0.5  # experts/obj_detection/utils.py: detections below are discarded
+SHORT_SIDE, MAX_SIDE = 479, 480  # UniDet's input resize: the pixel thresholds assume this frame
+CARD_FILE = "compbench.json"  # written beside a category's images by the generation stage
+COMPLEX_FILES = {"spatial": "complex_val_spatial.txt", "action": "complex_val_action.txt"}
+
+
+class Parsed(Protocol):
+    """What the rules read of a spaCy ``Doc``: noun chunks and (text, part of speech) tokens."""
+
+    noun_chunks: Sequence[str]
+    tokens: Sequence[tuple[str, str]]
+
+
+class SpacyParsed:
+    """A spaCy ``Doc`` reduced to :class:`Parsed` (chunk texts, token texts with ``pos_``)."""
+
+    def __init__(self, doc):
+        self.noun_chunks = [c.text for c in doc.noun_chunks]
+        self.tokens = [(t.text, t.pos_) for t in doc]
+
+
+def vqa_questions(parsed: Parsed) -> list[str]:
+    """BLIP_vqa.py's questions of one prompt: its first :data:`NP_NUM` noun chunks, as questions.
+
+    Chunks exactly 'top', 'the side', 'the left' or 'the right' are dropped first; a prompt
+    with fewer chunks asks fewer questions (a missing one scores 1 in the product).
+    """
+    chunks = [c for c in parsed.noun_chunks if c not in SKIPPED_CHUNKS]
+    return [vqa_question(c) for c in chunks[:NP_NUM]]
+
+
+def spatial_objects(parsed: Parsed) -> tuple[str | None, str | None]:
+    """2D_spatial_eval.py's objects: the first and the last NOUN token (None when there is none)."""
+    nouns = [text for text, pos in parsed.tokens if pos == "NOUN"]
+    return (nouns[0], nouns[-1]) if nouns else (None, None)
+
+
+def without_adjectives(parsed: Parsed) -> str:
+    """CLIP_similarity.py's ``--complex`` text: the prompt's tokens without ADJ ones, space-joined."""
+    return " ".join(text for text, pos in parsed.tokens if pos != "ADJ")
+
+
+def prompt_key(prompt: str) -> str:
+    """3_in_1.py's key of a prompt: its lowercased text before the first '.'."""
+    return prompt.split(".")[0].strip().lower()
+
+
+def complex_kind(prompt: str, kinds: dict[str, str]) -> str:
+    """``spatial``, ``action`` or ``spatialaction`` (neither list) of a complex prompt (3_in_1.py)."""
+    return kinds.get(prompt_key(prompt), "spatialaction")
+
+
+def benchmark_scale(height: int, width: int) -> float:
+    """Factor from an image's pixels to UniDet's frame (short side 479, long side at most 480).
+
+    The spatial rule's 150-pixel thresholds are in that frame, so boxes are scaled into it
+    whatever the generator's resolution.
+    """
+    scale = SHORT_SIDE / min(height, width)
+    if max(height, width) * scale > MAX_SIDE:
+        scale = MAX_SIDE / max(height, width)
+    return scale
+
+
+def first_detections(
+    scores, boxes, labels: Sequence[str], threshold: float = DETECTION_THRESHOLD
+) -> dict[str, tuple[float, tuple[float, float, float, float]]]:
+    """``{label: (confidence, box)}``: the highest-scoring detection of each label at >= threshold.
+
+    ``scores`` is (boxes, labels): each box takes its best label (a detector outputs one class
+    per box, as UniDet does) and the first detection of a label in descending confidence is
+    the one the rule uses (2D_spatial_eval.py).
+    """
+    out: dict[str, tuple[float, tuple]] = {}
+    best = [(max(range(len(labels)), key=lambda q: row[q]), row) for row in scores]
+    ranked = sorted(
+        (
+            (float(row[q]), labels[q], tuple(float(v) for v in box))
+            for (q, row), box in zip(best, boxes, strict=True)
+        ),
+        key=lambda t: -t[0],
+    )
+    for conf, label, box in ranked:
+        if conf >= threshold and label not in out:
+            out[label] = (conf, box)
+    return out
+
+
+# ----------------------------------------------------------------------------- the parser
+SPACY_ARTEFACT = "spacy_en_core_web_sm"
+
+
+def load_parser(root: str | Path | None = None):
+    """SpaCy ``en_core_web_sm`` from the weights directory (its wheel, unpacked once beside it).
+
+    Returns ``text -> Parsed``. The parse decides the questions and objects, so its version is
+    in every card (:func:`parser_version`). spaCy itself must be installed (``pip install spacy``);
+    the model is the manifest artefact :data:`SPACY_ARTEFACT`, never downloaded here.
+    """
+    from eval.weights import require
+
+    try:
+        import spacy
+    except ImportError as exc:
+        raise MissingArtefactError(
+            "T2I-CompBench's questions and objects come from spaCy's parse: `pip install spacy` "
+            "(the benchmark pins 3.5.3; the version is recorded in each card)"
+        ) from exc
+    wheel = require(SPACY_ARTEFACT, root)
+    folder = wheel.with_name("unpacked")
+    if not any(folder.glob("**/config.cfg")):
+        with zipfile.ZipFile(wheel) as zf:
+            zf.extractall(folder)
+    model = next(
+        (p.parent for p in sorted(folder.glob("**/config.cfg")) if (p.parent / "meta.json").is_file()), None
+    )
+    if model is None:
+        raise MissingArtefactError(f"{wheel} holds no spaCy model (config.cfg + meta.json); fetch it again")
+    nlp = spacy.load(model)
+
+    def parse(text: str) -> Parsed:
+        return SpacyParsed(nlp(text))
+
+    parse.version = f"spacy {spacy.__version__}, {nlp.meta.get('name')} {nlp.meta.get('version')}"
+    return parse
+
+
+def parser_version(parse) -> str:
+    """What parsed the prompts (spaCy and model versions, or the name of an injected parser)."""
+    return getattr(parse, "version", getattr(parse, "__name__", type(parse).__name__))
+
+
+# ----------------------------------------------------------------------------- the folder's card
+def write_card(folder: str | Path, card: dict) -> Path:
+    """``compbench.json`` beside a category's images: category, prompt files and hashes, complex kinds."""
+    from senseflow.io import atomic_write_text
+
+    path = Path(folder) / CARD_FILE
+    atomic_write_text(path, json.dumps(card, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_card(folder: str | Path) -> dict:
+    """The ``compbench.json`` of a sample folder; its absence is an error naming the stage that writes it."""
+    path = Path(folder) / CARD_FILE
+    if not path.is_file():
+        raise MissingArtefactError(
+            f"{path} is missing: T2I-CompBench metrics score folders made by "
+            "`senseflow pipeline compbench-generate` (it records the category and the prompt files)"
+        )
+    return json.loads(path.read_text())

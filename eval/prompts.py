@@ -13,6 +13,10 @@ downloaded here; a missing file fails with the command that provides it.
 - ``hpsv2``: the HPSv2 benchmark styles (``anime``, ``concept-art``, ``paintings``, ``photo``).
 - ``parti``: PartiPrompts (``PartiPrompts.tsv``).
 - ``world_test``: the embedded world's test split (``world_dir/prompts/test.jsonl``).
+- ``t2i_compbench``: T2I-CompBench's validation prompts, ``{category}_val.txt`` of a local
+  checkout's ``examples/dataset/`` (300 per category), ids ``<category>-000``; every file's
+  sha256 is kept in :attr:`PromptSet.files` (colour_val.txt changed on 2025-09-03: the hash
+  says which version a number used).
 """
 
 from __future__ import annotations
@@ -40,7 +44,10 @@ FETCH = {
     "hpsv2.benchmark_prompts('all').items()]\" (benchmark prompts of the dataset zhwang/HPDv2)",
     "parti": "curl -LO https://raw.githubusercontent.com/google-research/parti/main/PartiPrompts.tsv",
     "world": "senseflow world build --out WORLD_DIR",
+    "t2i_compbench": "git clone https://github.com/Karine-Huang/T2I-CompBench (the prompt files are in "
+    "its examples/dataset/ folder; pass that folder)",
 }
+COMPBENCH_CATEGORIES = ("color", "shape", "texture", "spatial", "non_spatial", "complex")
 
 
 class PromptSetError(UserError, ValueError):
@@ -54,6 +61,7 @@ class PromptSet:
     name: str
     records: tuple[PromptRecord, ...]
     source: Path
+    files: tuple[tuple[str, str], ...] = ()  # (file name, sha256) of each source file read, in order
 
     @property
     def sha256(self) -> str:
@@ -83,6 +91,18 @@ def _need(path: Path, what: str) -> Path:
     if not path.is_file():
         raise MissingArtefactError(f"{what} file {path} is missing: get it with `{FETCH[what]}`")
     return path
+
+
+def _lines(path: Path) -> tuple[list[str], str]:
+    """Non-empty stripped lines of a text file and the file's sha256."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PromptSetError(
+            f"{path}: not UTF-8 text ({exc}); use the benchmark's file as published"
+        ) from exc
+    return [line.strip() for line in text.splitlines() if line.strip()], hashlib.sha256(data).hexdigest()
 
 
 def _read_json(path: Path):
@@ -236,8 +256,51 @@ def world_test_prompts(world_dir: str | Path) -> PromptSet:
     return PromptSet("world_test", tuple(load_prompt_file(path)), path)
 
 
+def t2i_compbench_prompts(folder: str | Path, categories=COMPBENCH_CATEGORIES) -> PromptSet:
+    """T2I-CompBench's ``{category}_val.txt`` prompts of a local ``examples/dataset/`` folder, in file order.
+
+    Ids are ``<category>-<line:03d>`` (prompt ``i`` of a category owns images ``10 i .. 10 i + 9``
+    once sampled at the benchmark's seeds, :func:`senseflow.samples.per_seed_records`). Every
+    file read and its sha256 is in :attr:`PromptSet.files`. A missing file is named with the
+    place to get it; nothing is downloaded.
+    """
+    folder = Path(folder)
+    unknown = [c for c in categories if c not in COMPBENCH_CATEGORIES]
+    if unknown:
+        raise PromptSetError(
+            f"unknown T2I-CompBench category {unknown[0]!r} (known: {', '.join(COMPBENCH_CATEGORIES)})"
+        )
+    records, files = [], []
+    for cat in categories:
+        path = _need(folder / f"{cat}_val.txt", "t2i_compbench")
+        prompts, digest = _lines(path)
+        if not prompts:
+            raise PromptSetError(
+                f"{path} holds no prompt; use the benchmark's file ({FETCH['t2i_compbench']})"
+            )
+        records += [PromptRecord(f"{cat}-{i:03d}", p) for i, p in enumerate(prompts)]
+        files.append((path.name, digest))
+    return PromptSet("t2i_compbench", tuple(records), folder, tuple(files))
+
+
+def t2i_compbench_complex_kinds(folder: str | Path) -> tuple[dict[str, str], tuple[tuple[str, str], ...]]:
+    """The 3-in-1 kind of each complex prompt (keyed as 3_in_1.py keys it) and the files' hashes.
+
+    ``complex_val_spatial.txt`` prompts are ``spatial``, ``complex_val_action.txt`` ones ``action``;
+    any other complex prompt is ``spatialaction`` (:func:`eval.compbench.complex_kind`).
+    """
+    from eval.compbench import COMPLEX_FILES, prompt_key
+
+    kinds, files = {}, []
+    for kind, name in COMPLEX_FILES.items():
+        prompts, digest = _lines(_need(Path(folder) / name, "t2i_compbench"))
+        kinds.update({prompt_key(p): kind for p in prompts})
+        files.append((name, digest))
+    return kinds, tuple(files)
+
+
 def load_prompt_set(name: str, source: str | Path) -> PromptSet:
-    """A prompt set by name: coco10k, coco5k, coco2017_5k, hpsv2, parti or world_test."""
+    """A prompt set by name: coco10k, coco5k, coco2017_5k, hpsv2, parti, world_test or t2i_compbench."""
     loaders = {
         "coco10k": lambda s: coco_prompts(s, 10_000),
         "coco5k": lambda s: coco_prompts(s, 5_000),
@@ -245,6 +308,7 @@ def load_prompt_set(name: str, source: str | Path) -> PromptSet:
         "hpsv2": hpsv2_prompts,
         "parti": parti_prompts,
         "world_test": world_test_prompts,
+        "t2i_compbench": t2i_compbench_prompts,
     }
     if name not in loaders:
         raise PromptSetError(f"unknown prompt set {name!r} (known: {', '.join(loaders)})")

@@ -49,6 +49,12 @@ MODULES = {
     "compbench_shape": "eval.metrics.compbench_embedded",
     "compbench_spatial": "eval.metrics.compbench_embedded",
     "compbench_complex": "eval.metrics.compbench_embedded",
+    "t2i_compbench_color": "eval.metrics.t2i_compbench",
+    "t2i_compbench_shape": "eval.metrics.t2i_compbench",
+    "t2i_compbench_texture": "eval.metrics.t2i_compbench",
+    "t2i_compbench_spatial": "eval.metrics.t2i_compbench",
+    "t2i_compbench_non_spatial": "eval.metrics.t2i_compbench",
+    "t2i_compbench_complex": "eval.metrics.t2i_compbench",
 }
 
 # metrics built on models of real photographs and art: meaningless on the embedded world's

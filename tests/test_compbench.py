@@ -10,18 +10,50 @@ from eval import compbench as cb
 
 
 def test_prompts_are_read_locally_with_their_hash_and_planned_at_seeds_42_to_51(tmp_path):
+    from eval.prompts import (
+        PromptSetError,
+        load_prompt_set,
+        t2i_compbench_complex_kinds,
+        t2i_compbench_prompts,
+    )
+    from senseflow.samples import per_seed_records
+
     data = b"a green bench and a red car\n\na blue bowl and a yellow cup\n"
     (tmp_path / "color_val.txt").write_bytes(data)
-    ps = cb.load_compbench_prompts(tmp_path, "color")
-    assert ps.prompts == ("a green bench and a red car", "a blue bowl and a yellow cup")
-    assert ps.sha256 == hashlib.sha256(data).hexdigest()
-    plan = ps.image_plan()
-    assert len(plan) == 20 and [s for _, _, s in plan[:10]] == list(range(42, 52))
-    assert plan[10] == ("color-001-0", "a blue bowl and a yellow cup", 42)  # prompt i owns 10i .. 10i+9
-    with pytest.raises(cb.MissingArtefactError, match="shape_val.txt is missing.*T2I-CompBench"):
-        cb.load_compbench_prompts(tmp_path, "shape")
-    with pytest.raises(cb.CompBenchError, match="unknown T2I-CompBench category 'colour'"):
-        cb.load_compbench_prompts(tmp_path, "colour")
+    ps = t2i_compbench_prompts(tmp_path, ["color"])
+    assert [r.prompt for r in ps.records] == ["a green bench and a red car", "a blue bowl and a yellow cup"]
+    assert [r.id for r in ps.records] == ["color-000", "color-001"] and ps.name == "t2i_compbench"
+    assert ps.files == (("color_val.txt", hashlib.sha256(data).hexdigest()),)
+    records, seeds = per_seed_records(list(ps.records), cb.SEEDS)
+    assert len(records) == 20 and [seeds[r.id] for r in records[:10]] == list(range(42, 52))
+    assert records[10].id == "color-001-s0" and seeds[records[10].id] == 42  # prompt i owns 10i .. 10i+9
+    with pytest.raises(cb.MissingArtefactError, match="shape_val.txt is missing.*Karine-Huang/T2I-CompBench"):
+        load_prompt_set("t2i_compbench", tmp_path)  # every category by default: shape's file is absent
+    with pytest.raises(PromptSetError, match="unknown T2I-CompBench category 'colour'"):
+        t2i_compbench_prompts(tmp_path, ["colour"])
+    (tmp_path / "complex_val_spatial.txt").write_text("A cat on the left of a dog. Extra\n")
+    with pytest.raises(cb.MissingArtefactError, match="complex_val_action.txt is missing"):
+        t2i_compbench_complex_kinds(tmp_path)
+    (tmp_path / "complex_val_action.txt").write_text("a man riding a horse\n")
+    kinds, files = t2i_compbench_complex_kinds(tmp_path)
+    assert cb.complex_kind("a cat on the left of a dog. Other", kinds) == "spatial"
+    assert cb.complex_kind("A man riding a horse", kinds) == "action"
+    assert cb.complex_kind("a red cat behind a blue car", kinds) == "spatialaction"
+    assert [f for f, _ in files] == ["complex_val_spatial.txt", "complex_val_action.txt"]
+
+
+def test_questions_objects_and_complex_text_follow_the_parse():
+    class Parsed:
+        noun_chunks = ["A green bench", "the left", "a red car", "top"]
+        tokens = [("a", "DET"), ("green", "ADJ"), ("bench", "NOUN"), ("near", "ADP"), ("a", "DET"),
+                  ("red", "ADJ"), ("car", "NOUN")]  # fmt: skip
+
+    assert cb.vqa_questions(Parsed) == ["a green bench?", "a red car?"]  # 'the left' and 'top' dropped
+    assert cb.spatial_objects(Parsed) == ("bench", "car")
+    assert cb.without_adjectives(Parsed) == "a bench near a car"
+    many = type("P", (), {"noun_chunks": [f"thing {i}" for i in range(10)], "tokens": []})
+    assert len(cb.vqa_questions(many)) == cb.NP_NUM == 8
+    assert cb.spatial_objects(many) == (None, None)
 
 
 def test_blip_vqa_scores():
