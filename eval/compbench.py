@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-from eval.prompts import COMPBENCH_CATEGORIES
+from eval.prompts import COMPBENCH_CATEGORIES, COMPBENCH_COMPLEX_FILES, compbench_prompt_key
 from senseflow.errors import MissingArtefactError
 
 CATEGORIES = COMPBENCH_CATEGORIES  # color, shape, texture, spatial, non_spatial, complex
@@ -148,7 +148,8 @@ SKIPPED_CHUNKS = {"top", "the side", "the left", "the right"}  # dropped noun ch
 DETECTION_THRESHOLD = 0.5  # experts/obj_detection/utils.py: detections below are discarded
 SHORT_SIDE, MAX_SIDE = 479, 480  # UniDet's input resize: the pixel thresholds assume this frame
 CARD_FILE = "compbench.json"  # written beside a category's images by the generation stage
-COMPLEX_FILES = {"spatial": "complex_val_spatial.txt", "action": "complex_val_action.txt"}
+COMPLEX_FILES = COMPBENCH_COMPLEX_FILES  # complex_val_spatial.txt, complex_val_action.txt
+prompt_key = compbench_prompt_key  # 3_in_1.py's key of a prompt: lowercased, before the first '.'
 
 
 class Parsed(Protocol):
@@ -185,11 +186,6 @@ def spatial_objects(parsed: Parsed) -> tuple[str | None, str | None]:
 def without_adjectives(parsed: Parsed) -> str:
     """CLIP_similarity.py's ``--complex`` text: the prompt's tokens without ADJ ones, space-joined."""
     return " ".join(text for text, pos in parsed.tokens if pos != "ADJ")
-
-
-def prompt_key(prompt: str) -> str:
-    """3_in_1.py's key of a prompt: its lowercased text before the first '.'."""
-    return prompt.split(".")[0].strip().lower()
 
 
 def complex_kind(prompt: str, kinds: dict[str, str]) -> str:

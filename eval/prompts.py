@@ -48,6 +48,13 @@ FETCH = {
     "its examples/dataset/ folder; pass that folder)",
 }
 COMPBENCH_CATEGORIES = ("color", "shape", "texture", "spatial", "non_spatial", "complex")
+# the complex category's sub-lists that decide the 3-in-1 mix (eval.compbench.three_in_one)
+COMPBENCH_COMPLEX_FILES = {"spatial": "complex_val_spatial.txt", "action": "complex_val_action.txt"}
+
+
+def compbench_prompt_key(prompt: str) -> str:
+    """3_in_1.py's key of a prompt: its lowercased text before the first '.'."""
+    return prompt.split(".")[0].strip().lower()
 
 
 class PromptSetError(UserError, ValueError):
@@ -289,12 +296,10 @@ def t2i_compbench_complex_kinds(folder: str | Path) -> tuple[dict[str, str], tup
     ``complex_val_spatial.txt`` prompts are ``spatial``, ``complex_val_action.txt`` ones ``action``;
     any other complex prompt is ``spatialaction`` (:func:`eval.compbench.complex_kind`).
     """
-    from eval.compbench import COMPLEX_FILES, prompt_key
-
     kinds, files = {}, []
-    for kind, name in COMPLEX_FILES.items():
+    for kind, name in COMPBENCH_COMPLEX_FILES.items():
         prompts, digest = _lines(_need(Path(folder) / name, "t2i_compbench"))
-        kinds.update({prompt_key(p): kind for p in prompts})
+        kinds.update({compbench_prompt_key(p): kind for p in prompts})
         files.append((name, digest))
     return kinds, tuple(files)
 

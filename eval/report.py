@@ -126,7 +126,7 @@ def gather(cfg: ProfileConfig, *, ablations: bool, root: Path = Path(".")) -> di
             "label": c.label, "kind": c.kind, "method": c.method, "steps": steps,
             **_speed(root / pl.samples_dir(name)),
             "samples": str(pl.samples_dir(name)), "eval": str(pl.eval_dir(name)), "paper_row": c.paper_row,
-            "metrics": evaluated["metrics"],
+            "metrics": evaluated["metrics"], "compbench": compbench_metrics(cfg, name, root),
         }  # fmt: skip
     backbone, analogue = paper_backbone(cfg)
     paper_main = [r for r in read_paper("coco5k_4step", root / PAPER_DIR) if r["backbone"] == backbone]
@@ -154,6 +154,25 @@ def gather(cfg: ProfileConfig, *, ablations: bool, root: Path = Path(".")) -> di
             ],
         },
     }
+
+
+def compbench_metrics(cfg: ProfileConfig, candidate: str, root: Path = Path(".")) -> dict:
+    """``{t2i_compbench_<category>: entry}`` of a candidate's evaluated T2I-CompBench folders.
+
+    Real profiles with ``pipeline.compbench``: the summaries of ``build/compbench/eval/<candidate>/
+    <category>/`` (kept apart from ``metrics``: they are scored on other prompts and images).
+    """
+    from eval.summaries import read_summary
+
+    if candidate not in pl.compbench_candidates(cfg):
+        return {}
+    out = {}
+    for category in cfg.pipeline.compbench.categories:
+        path = root / pl.compbench_eval_dir(candidate) / category / "summary.json"
+        name = f"t2i_compbench_{category}"
+        if path.is_file() and name in (metrics := read_summary(path)["metrics"]):
+            out[name] = metrics[name]
+    return out
 
 
 # ----------------------------------------------------------------------------- tables
@@ -267,7 +286,10 @@ def steps_table(summary: dict) -> pd.DataFrame:
 # real profiles' metrics under the same names)
 COMPBENCH_COLUMNS = {"compbench_colour": "color", "compbench_shape": "shape", "compbench_texture": "texture",
                      "compbench_spatial": "spatial", "compbench_non_spatial": "non_spatial",
-                     "compbench_complex": "complex_3in1"}  # fmt: skip
+                     "compbench_complex": "complex_3in1",
+                     **{f"t2i_compbench_{c}": c for c in ("color", "shape", "texture", "spatial",
+                                                          "non_spatial")},
+                     "t2i_compbench_complex": "complex_3in1"}  # fmt: skip
 
 
 def compbench_table(summary: dict) -> pd.DataFrame:
@@ -276,7 +298,8 @@ def compbench_table(summary: dict) -> pd.DataFrame:
     for name, e in summary["candidates"].items():
         if e["kind"] == "ablation" or not (name == pl.REFERENCE or e["steps"] == 4):
             continue
-        measured = {col: e["metrics"].get(m) for m, col in COMPBENCH_COLUMNS.items() if m in e["metrics"]}
+        found = {**e["metrics"], **e.get("compbench", {})}  # embedded: the probe's; real: its own folders
+        measured = {col: found[m] for m, col in COMPBENCH_COLUMNS.items() if m in found}
         if measured:
             rows.append(
                 {"source": "measured", "method": e["label"], **{c: _cell(v) for c, v in measured.items()}}
@@ -285,6 +308,21 @@ def compbench_table(summary: dict) -> pd.DataFrame:
         rows.append({"source": "paper", "method": r["method"],
                      **{c: _fmt(r.get(c)) for c in COMPBENCH_COLUMNS.values()}})  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def compbench_note(cfg: ProfileConfig) -> str:
+    """What the measured T2I-CompBench rows are (the probe's analogue, or the benchmark, deviations named)."""
+    if cfg.family == "embedded":
+        return ("Embedded: colour = colour binding, shape = digit, spatial = position, complex = every "
+                "attribute (the probe judges; no BLIP-VQA, detector or CLIP).")  # fmt: skip
+    if cfg.pipeline.compbench is None:
+        return "No measured rows: the profile has no pipeline.compbench."
+    return (
+        "Measured: 10 images per prompt at seeds 42-51 on the benchmark's validation prompts (hashes in each "
+        "card). B-VQA runs the Hub port of BLIP-VQA at 480 px with [ENC]; spatial uses OWLv2 instead of "
+        "UniDet under the same rule (approximate); non-spatial is CLIP ViT-B/32 raw cosine "
+        "(docs/evaluation.md)."
+    )
 
 
 def to_markdown(df: pd.DataFrame, title: str, note: str = "") -> str:
@@ -324,9 +362,7 @@ def write_report(cfg: ProfileConfig, *, ablations: bool, root: Path = Path("."))
         "speed": (speed_table, "Speed",
                   "Seconds per image measured on this machine at the profile's batch size."),
         "steps": (steps_table, "Quality against NFE", "Teacher and every student at each step count."),
-        "compbench": (compbench_table, "T2I-CompBench (4 steps)", paper_note + " Embedded: colour = colour "
-                      "binding, shape = digit, spatial = position, complex = every attribute (the probe "
-                      "judges; no BLIP-VQA, detector or CLIP)."),
+        "compbench": (compbench_table, "T2I-CompBench (4 steps)", paper_note + " " + compbench_note(cfg)),
     }  # fmt: skip
     for name, (build, title, note) in specs.items():
         df = build(summary)

@@ -684,6 +684,31 @@ def pipeline_evaluate(source: Source, profile: Profile = "embedded", set_: Sets 
         typer.echo(json.dumps({k: v for k, v in res.items() if k in ("skipped", "n_images", "candidate")}))
 
 
+@pipeline_app.command("compbench-generate")
+def pipeline_compbench_generate(
+    source: Source, profile: Profile = "embedded", set_: Sets = None, quiet: Quiet = False
+) -> None:
+    """Sample SOURCE's 4-step candidates on T2I-CompBench (10 images per prompt, seeds 42-51)."""
+    from senseflow.compbench_stages import generate
+
+    cfg = _stage_cfg(profile, set_)
+    if cfg is None:
+        return
+    for out in generate(cfg, source, progress=not quiet):
+        typer.echo(str(out))
+
+
+@pipeline_app.command("compbench-evaluate")
+def pipeline_compbench_evaluate(source: Source, profile: Profile = "embedded", set_: Sets = None) -> None:
+    """Score SOURCE's T2I-CompBench folders with t2i_compbench_<category> into build/compbench/eval/."""
+    from senseflow.compbench_stages import evaluate
+
+    cfg = _cfg(profile, set_)
+    _threads(cfg)
+    for res in evaluate(cfg, source):
+        typer.echo(json.dumps({k: res[k] for k in ("samples", "n_images")}))
+
+
 @pipeline_app.command("report")
 def pipeline_report(profile: Profile = "embedded", set_: Sets = None, ablations: Ablations = "false") -> None:
     """Write results/summary.json and results/tables/PROFILE/ (main, ablation, speed, steps)."""

@@ -454,6 +454,22 @@ class PromptSourceConfig(Strict):
     source: str | None = None
 
 
+CompBenchCategory = Literal["color", "shape", "texture", "spatial", "non_spatial", "complex"]
+
+
+class CompBenchConfig(Strict):
+    """T2I-CompBench of a real profile: the paper's second table (eval/metrics/t2i_compbench.py).
+
+    ``source``: the ``examples/dataset`` folder of a local T2I-CompBench checkout (prompt files
+    are read there, never downloaded). Every 4-step candidate samples 10 images per prompt at
+    seeds 42-51 for each category; ``n_prompts`` keeps the first N prompts of each (300: all).
+    """
+
+    source: str
+    categories: list[CompBenchCategory] = ["color", "shape", "texture", "spatial", "non_spatial", "complex"]
+    n_prompts: PositiveInt | None = None
+
+
 class PipelineConfig(Strict):
     """What ``dvc repro`` produces for a profile: methods trained, candidates sampled, metrics.
 
@@ -473,6 +489,8 @@ class PipelineConfig(Strict):
     noise_floor: bool = True  # also sample the teacher with other seeds: FID-T's noise floor
     registry_baselines: list[str] = []  # real profiles: names in experiments/baselines.yaml
     prompts: PromptSourceConfig | None = None  # real profiles; embedded: the world's test prompts
+    # real profiles: T2I-CompBench's own sample folders and metrics (embedded: compbench_* of the probe)
+    compbench: CompBenchConfig | None = None
     n_boot: PositiveInt = 1000  # bootstrap resamples of the per-image metrics
     n_boot_set: PositiveInt = 200  # subsamples of the set metrics (FID-T)
     eval_seed: int = 0

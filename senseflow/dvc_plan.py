@@ -289,11 +289,13 @@ def plan(cfg: ProfileConfig) -> dict:
             outs=[str(eval_dir(n)) for n in names],
         )  # fmt: skip
         evaluated += names
+        stages |= _compbench_stages(cfg, source, origin, q)
+    compbench = pl.compbench_candidates(cfg)
     stages["report"] = _stage(
         f"senseflow pipeline report --profile {name} --ablations ${{ablations}}",
         entries=["eval.report"],
         deps=[*(str(eval_dir(n)) for n in evaluated), *(str(samples_dir(n)) for n in evaluated),
-              "experiments/paper"],  # fmt: skip
+              *(str(pl.compbench_eval_dir(n)) for n in compbench), "experiments/paper"],  # fmt: skip
         params=["ablations"],
         outs=[_uncached(f"results/tables/{name}"), _uncached("results/summary.json")],
         metrics=[_uncached("results/metrics.json")],
@@ -308,6 +310,33 @@ def plan(cfg: ProfileConfig) -> dict:
     # training curves of every method (dvc plots show / diff)
     plots = [{f"{distill_dir(m)}/dvclive/plots/metrics": {"x": "step"}} for m in planned_methods(cfg)]
     return {"stages": stages, "plots": plots}
+
+
+def _compbench_stages(cfg: ProfileConfig, source: str, origin: list[str], q: str) -> dict:
+    """``compbench-generate-<source>`` / ``compbench-evaluate-<source>`` (``pipeline.compbench``; else none).
+
+    Generation reads the source's model and ``pipeline.compbench`` (the prompt files live outside
+    the repository, like ``pipeline.prompts``: their hashes are in each folder's identity and card);
+    evaluation reads the sample folders and the judges' code (weights: checked by their loaders).
+    """
+    names = pl.compbench_candidates(cfg, source)
+    if not names:
+        return {}
+    keys = ["pipeline.compbench", "teacher.sample.batch_size"]
+    return {
+        f"compbench-generate-{source}": _stage(
+            f"senseflow pipeline compbench-generate {source} {q}",
+            entries=["senseflow.compbench_stages", "senseflow.generate"], deps=list(origin),
+            params=_params(cfg, keys), outs=[str(pl.compbench_samples_dir(n)) for n in names],
+        ),
+        f"compbench-evaluate-{source}": _stage(
+            f"senseflow pipeline compbench-evaluate {source} --profile {cfg.name}",
+            entries=["senseflow.compbench_stages", "eval.evaluate", "eval.metrics.t2i_compbench"],
+            deps=[str(pl.compbench_samples_dir(n)) for n in names],
+            params=_params(cfg, ["pipeline.compbench", "pipeline.n_boot", "pipeline.eval_seed"]),
+            outs=[str(pl.compbench_eval_dir(n)) for n in names],
+        ),
+    }  # fmt: skip
 
 
 def _metric_module(metric: str) -> str:

@@ -79,12 +79,15 @@ def generate(
     registry: dict | None = None,
     recipe_overrides: dict | None = None,
     on_batch=None,
+    fixed_seeds: dict[str, int] | None = None,
 ) -> dict:
     """Generate ``candidate``'s images for ``prompts`` into ``out``; return a summary.
 
     Defaults come from the profile's ``teacher.sample`` (seed, CFG and steps of the embedded
     teacher, batch size of embedded candidates); pipelines default to a batch of
     :data:`PIPELINE_BATCH`. Under torchrun each rank takes every world-size-th prompt.
+    ``fixed_seeds`` gives each prompt id its own seed (T2I-CompBench's 42-51,
+    :func:`senseflow.samples.per_seed_records`) instead of deriving it from ``seed``.
     """
     import torch.distributed as dist
 
@@ -130,6 +133,7 @@ def generate(
             rank=info.rank,
             world_size=info.world_size,
             on_batch=on_batch,
+            fixed_seeds=fixed_seeds,
         )
     finally:
         if owned and dist.is_initialized():

@@ -209,6 +209,11 @@ def validate_pipeline(cfg: ProfileConfig) -> None:
                     f"experiments/{cfg.name}.yaml: pipeline.{key}: unknown method {m!r} "
                     f"(known: {', '.join(METHODS)})"
                 )
+    if cfg.pipeline.compbench is not None and cfg.family == "embedded":
+        raise ConfigError(
+            f"experiments/{cfg.name}.yaml: pipeline.compbench: the embedded world's T2I-CompBench is "
+            "pipeline.metrics compbench_colour/shape/spatial/complex (the probe); drop pipeline.compbench"
+        )
     if not cfg.pipeline.registry_baselines:
         return
     from senseflow.baselines import recipe_family
@@ -261,6 +266,36 @@ def samples_dir(candidate: str) -> Path:
 def eval_dir(candidate: str) -> Path:
     """Evaluation folder of ``candidate``."""
     return Path("build/eval") / candidate
+
+
+# T2I-CompBench (pipeline.compbench, real profiles): <dir>/<candidate>/<category>/ per candidate
+COMPBENCH_SAMPLES, COMPBENCH_EVAL = Path("build/compbench/samples"), Path("build/compbench/eval")
+
+
+def compbench_samples_dir(candidate: str) -> Path:
+    """T2I-CompBench sample folders of ``candidate`` (one sub-folder per category)."""
+    return COMPBENCH_SAMPLES / candidate
+
+
+def compbench_eval_dir(candidate: str) -> Path:
+    """T2I-CompBench evaluations of ``candidate`` (one sub-folder per category)."""
+    return COMPBENCH_EVAL / candidate
+
+
+def compbench_candidates(cfg: ProfileConfig, source: str | None = None) -> list[str]:
+    """The candidates sampled on T2I-CompBench: every planned 4-step model but the teacher (the paper's rows).
+
+    None when the profile has no ``pipeline.compbench``; ``source`` keeps that source's only.
+    """
+    if cfg.pipeline.compbench is None:
+        return []
+    out = []
+    for name in planned_candidates(cfg):
+        c = parse_candidate(name)
+        if c.method != "teacher" and c.kind != "ablation" and c.steps == 4:
+            if source is None or source_of(name) == source:
+                out.append(name)
+    return out
 
 
 # ----------------------------------------------------------------------------- skip markers
