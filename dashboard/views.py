@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import charts, data
+from dashboard.compbench_page import compbench
 from dashboard.data import RUN_HINT, Roots
 
 TEACHER_HINT = "the teacher is the first column"
@@ -351,4 +352,5 @@ PAGES = {
     "Training": training,
     "Experiments": experiments,
     "Gate": gate,
+    "T2I-CompBench": compbench,
 }
