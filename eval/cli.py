@@ -187,12 +187,14 @@ def gate_cmd(
 
 @app.command("prompts")
 def prompts_cmd(
-    name: Annotated[str, typer.Argument(help="coco10k, coco5k, coco2017_5k, hpsv2, parti or world_test.")],
+    name: Annotated[
+        str, typer.Argument(help="coco10k, coco5k, coco2017_5k, hpsv2, parti, world_test or t2i_compbench.")
+    ],
     source: Annotated[
         Path,
         typer.Option(
-            help="captions_val2014.json, the folder of HPSv2 <style>.json files, PartiPrompts.tsv "
-            "or a world folder."
+            help="captions_val2014.json, the folder of HPSv2 <style>.json files, PartiPrompts.tsv, "
+            "a world folder or T2I-CompBench's examples/dataset folder."
         ),
     ],
     out: Annotated[Path | None, typer.Option(help="Write the set as a .jsonl prompt file here.")] = None,
