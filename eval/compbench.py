@@ -246,7 +246,7 @@ def load_parser(root: str | Path | None = None):
         import spacy
     except ImportError as exc:
         raise MissingArtefactError(
-            "T2I-CompBench's questions and objects come from spaCy's parse: `pip install spacy` "
+            "T2I-CompBench's questions and objects come from spaCy's parse: `pip install 'senseflow-suite[compbench]'` (spaCy) "
             "(the benchmark pins 3.5.3; the version is recorded in each card)"
         ) from exc
     wheel = require(SPACY_ARTEFACT, root)
