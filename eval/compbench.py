@@ -246,7 +246,8 @@ def load_parser(root: str | Path | None = None):
         import spacy
     except ImportError as exc:
         raise MissingArtefactError(
-            "T2I-CompBench's questions and objects come from spaCy's parse: `pip install 'senseflow-suite[compbench]'` (spaCy) "
+            "T2I-CompBench's questions and objects come from spaCy's parse: install it with "
+            "`pip install 'senseflow-suite[compbench]'` "
             "(the benchmark pins 3.5.3; the version is recorded in each card)"
         ) from exc
     wheel = require(SPACY_ARTEFACT, root)
