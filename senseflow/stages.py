@@ -79,14 +79,17 @@ def missing_weights(cfg: ProfileConfig, weights_dir: str | Path | None = None) -
     sampling).
     """
     from eval.weights import check
+    from eval.weights import weights_dir as resolve
     from senseflow.baselines import profile_artefacts
 
     users = profile_artefacts(cfg)
     if not users:
         return []
-    rows = check(None, weights_dir, artefacts=list(users))
+    root = resolve(weights_dir)
+    rows = check(None, root, artefacts=list(users))
     return [
-        f"{r.artefact}/{r.path.name}: {r.status} ({r.detail}); needed by {', '.join(users[r.artefact])}"
+        f"{r.artefact}/{r.path.relative_to(root / r.artefact)}: {r.status} ({r.detail}); "
+        f"needed by {', '.join(users[r.artefact])}"
         for r in rows
         if r.failed
     ]
