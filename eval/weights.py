@@ -7,7 +7,9 @@ name, or a metric set such as ``coco``; on a connected machine; resumable, hash-
 ``check`` verifies presence and hashes, and :func:`require` is the one function every loader
 calls (scorers, Inception, baselines, backbones): it never downloads and fails with the name, the
 expected path and a command that provides exactly that artefact
-(``senseflow weights fetch --artefact NAME``).
+(``senseflow weights fetch --artefact NAME``). A file the manifest pins no hash for has its sha256
+recorded by its first ``fetch`` (``<artefact>/.sha256-recorded.json``); ``check`` compares against
+that record, so a file swapped afterwards is a ``mismatch`` although no hash was ever invented.
 """
 
 from __future__ import annotations

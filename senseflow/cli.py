@@ -475,7 +475,8 @@ WeightsDir = Annotated[
 WeightsProfile = Annotated[
     str | None,
     typer.Argument(
-        help="Profile (sdxl, sd35_large, sd35_medium, flux_dev); optional with --artefact/--metrics."
+        help="Profile (sdxl, tables_sdxl, ...): exactly what it loads (teacher, registry models, metric "
+        "models); optional with --artefact/--metrics."
     ),
 ]
 WeightsArtefacts = Annotated[
