@@ -7,12 +7,15 @@ name, or a metric set such as ``coco``; on a connected machine; resumable, hash-
 ``check`` verifies presence and hashes, and :func:`require` is the one function every loader
 calls (scorers, Inception, baselines, backbones): it never downloads and fails with the name, the
 expected path and a command that provides exactly that artefact
-(``senseflow weights fetch --artefact NAME``).
+(``senseflow weights fetch --artefact NAME``). A file the manifest pins no hash for has its sha256
+recorded by its first ``fetch`` (``<artefact>/.sha256-recorded.json``); ``check`` compares against
+that record, so a file swapped afterwards is a ``mismatch`` although no hash was ever invented.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -241,13 +244,57 @@ class FileStatus:
         return self.status in ("missing", "mismatch")
 
 
+RECORD_FILE = ".sha256-recorded.json"
+
+
+def recorded_hashes(art: Artefact, root: Path) -> dict[str, str]:
+    """The sha256 of each unpinned file of ``art`` as recorded by its first ``fetch`` (path -> hex)."""
+    path = root / art.name / RECORD_FILE
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+
+def record_hashes(art: Artefact, root: Path) -> None:
+    """Record the sha256 of every present, unpinned, not yet recorded file of ``art`` (atomic write).
+
+    The manifest pins no hash nobody has measured; instead the first fetch records what it
+    downloaded, so a file swapped or corrupted afterwards (another LoRA under the same name)
+    is a ``mismatch`` on every later check, before anything is sampled with it.
+    """
+    known = recorded_hashes(art, root)
+    todo = [
+        f for f in art.files
+        if not f.sha256 and f.path not in known and (root / art.name / f.path).is_file()
+    ]  # fmt: skip
+    if not todo:
+        return
+    known.update({f.path: sha256_file(root / art.name / f.path) for f in todo})
+    from senseflow.io import atomic_write_text
+
+    atomic_write_text(root / art.name / RECORD_FILE, json.dumps(known, indent=2, sort_keys=True) + "\n")
+
+
 def verify_file(art: Artefact, f: ArtefactFile, root: Path) -> FileStatus:
-    """Presence and hash of one file of an artefact."""
+    """Presence and hash of one file of an artefact (the manifest's pin, else the hash recorded at fetch)."""
     path = root / art.name / f.path
     if not path.is_file():
         return FileStatus(art.name, path, "missing", f"run {fetch_command(art.name, root)}")
     if not f.sha256 and not f.sha256_prefix:
-        return FileStatus(art.name, path, "unpinned", "no sha256 in the manifest")
+        recorded = recorded_hashes(art, root).get(f.path)
+        if recorded is None:
+            return FileStatus(art.name, path, "unpinned", "no sha256 in the manifest, none recorded at fetch")
+        digest = sha256_file(path)
+        if digest != recorded:
+            record = root / art.name / RECORD_FILE
+            return FileStatus(
+                art.name, path, "mismatch",
+                f"sha256 {digest[:16]}..., recorded at its first fetch {recorded[:16]}... (a changed "
+                f"file; if the publisher changed it on purpose, delete {record} and fetch again)",
+            )  # fmt: skip
+        return FileStatus(art.name, path, "unpinned", "matches the sha256 recorded at its first fetch")
     digest = sha256_file(path)
     if f.sha256 and digest != f.sha256:
         return FileStatus(art.name, path, "mismatch", f"sha256 {digest[:16]}..., expected {f.sha256[:16]}...")
@@ -353,21 +400,25 @@ def fetch(
     *,
     artefacts: tuple[str, ...] | list[str] = (),
     metrics=(),
+    label: str | None = None,
 ) -> list[FileStatus]:
     """Download a selection (profile, named artefacts, metric sets) and verify it.
 
     Raises :class:`WeightsError` on failure. Artefacts already present with matching hashes
     are skipped. A file whose hash is wrong after the download is deleted (so the next run
-    fetches it again) and reported.
+    fetches it again) and reported. Files the manifest pins no hash for get theirs recorded
+    (:func:`record_hashes`). ``label`` is the selection as the user typed it (e.g. a profile
+    whose artefacts the caller computed), for the messages.
     """
     manifest = manifest or load_manifest()
     root = weights_dir(root)
     selected = manifest.select(profile, artefacts, metrics)
     todo = [a for a in selected if any(verify_file(a, f, root).failed for f in a.files)]
     if todo and _offline():
+        label = label or selection_args(profile, artefacts, metrics)
         raise WeightsError(
             f"cannot fetch {', '.join(a.name for a in todo)}: HF_HUB_OFFLINE is set (no network); run "
-            f"`senseflow weights fetch {selection_args(profile, artefacts, metrics)}` on a connected "
+            f"`senseflow weights fetch {label}` on a connected "
             f"machine and copy {root} here"
         )
     for art in todo:
@@ -379,6 +430,8 @@ def fetch(
                 "check the network, `hf auth login` for gated repositories (accept the licence on the "
                 "model page first), then rerun to resume"
             ) from exc
+    for art in selected:
+        record_hashes(art, root)
     rows = check(profile, root, manifest, artefacts=artefacts, metrics=metrics)
     for r in rows:
         if r.status == "mismatch":

@@ -206,22 +206,24 @@ def recipe_family(recipe: Recipe) -> str:
     return PIPELINE_FAMILIES.get(recipe.pipeline, recipe.pipeline)
 
 
-def missing_recipe_weights(recipe: Recipe, weights_dir: str | Path | None = None) -> list[str]:
+def missing_recipe_weights(
+    recipe: Recipe, weights_dir: str | Path | None = None, *, skip_manifest: bool = False
+) -> list[str]:
     """What ``recipe`` cannot find on this machine (base, replaced network, LoRA), one line each.
 
     The lookups :func:`build_pipeline` does, without loading anything, so ``preflight`` stops
-    before any sampling; a manifest artefact whose pinned sha256 differs is reported the same way.
+    before any sampling; a manifest artefact whose sha256 differs (from the manifest's pin or
+    from the hash recorded at its first fetch) is reported the same way. ``skip_manifest``
+    leaves manifest artefacts out (the caller checked them already).
     """
-    refs = [("base", recipe.base), ("unet", recipe.unet), ("transformer", recipe.transformer),
-            ("lora", recipe.lora)]  # fmt: skip
     from eval.weights import check, load_manifest
 
     manifest = load_manifest()
     out = []
-    for attr, ref in refs:
-        if ref is None:
-            continue
+    for attr, ref in recipe_refs(recipe):
         if ref.artefact and ref.artefact in manifest.artefacts:
+            if skip_manifest:
+                continue  # checked with the profile's whole selection (senseflow.stages.preflight)
             # presence and the pinned sha256 of every file (a swapped LoRA is caught here)
             bad = [
                 r for r in check(artefacts=[ref.artefact], root=weights_dir, manifest=manifest) if r.failed
@@ -233,6 +235,53 @@ def missing_recipe_weights(recipe: Recipe, weights_dir: str | Path | None = None
             resolve_weight(ref, weights_dir, f"{recipe.name}: {attr}")
         except MissingArtefactError as exc:
             out.append(str(exc))
+    return out
+
+
+def recipe_refs(recipe: Recipe) -> list[tuple[str, WeightRef]]:
+    """The weights a recipe loads, ``(role, ref)``: its base, then the replaced network and LoRA."""
+    refs = [("base", recipe.base), ("unet", recipe.unet), ("transformer", recipe.transformer),
+            ("lora", recipe.lora)]  # fmt: skip
+    return [(role, ref) for role, ref in refs if ref is not None]
+
+
+def profile_artefacts(cfg, manifest=None) -> dict[str, list[str]]:
+    """Every manifest artefact profile ``cfg`` loads, each with who needs it (``{artefact: [users]}``).
+
+    The teacher and discriminator backbone (the manifest's ``profiles`` entry), the weights of
+    every recipe in ``pipeline.registry_baselines`` (its base, UNet / transformer and LoRA that
+    name an ``artefact``) and the models of each metric in ``pipeline.metrics`` (the manifest's
+    ``metric_sets``; a metric without an entry loads no pretrained file). This is exactly what
+    ``senseflow weights fetch PROFILE`` downloads and what ``preflight`` checks. Embedded
+    profiles build everything themselves and need nothing.
+    """
+    from eval.weights import WeightsError, load_manifest
+
+    if cfg.family == "embedded":
+        return {}
+    manifest = manifest or load_manifest()
+    if cfg.name not in manifest.profiles:
+        raise WeightsError(
+            f"profile {cfg.name!r} has no entry under `profiles:` in eval/weights_manifest.yaml; add "
+            f"`{cfg.name}: [<teacher artefact>, ...]` there (known: {', '.join(sorted(manifest.profiles))})"
+        )
+    out: dict[str, list[str]] = {}
+    for name in manifest.profiles[cfg.name]:
+        out.setdefault(name, []).append(cfg.name)
+    registry = load_registry()
+    for cand in cfg.pipeline.registry_baselines:
+        for role, ref in recipe_refs(get_recipe(cand, registry)):
+            if ref.artefact:
+                if ref.artefact not in manifest.artefacts:
+                    where = f"experiments/baselines.yaml: candidates.{cand}.{role}.artefact"
+                    raise RegistryError(
+                        f"{where} {ref.artefact!r} is not in eval/weights_manifest.yaml; add it there "
+                        "(repo, files, licence) or remove the key"
+                    )
+                out.setdefault(ref.artefact, []).append(cand)
+    for metric in cfg.pipeline.metrics:
+        for name in manifest.metric_sets.get(metric, ()):
+            out.setdefault(name, []).append(metric)
     return out
 
 

@@ -475,7 +475,8 @@ WeightsDir = Annotated[
 WeightsProfile = Annotated[
     str | None,
     typer.Argument(
-        help="Profile (sdxl, sd35_large, sd35_medium, flux_dev); optional with --artefact/--metrics."
+        help="Profile (sdxl, tables_sdxl, ...): exactly what it loads (teacher, registry models, metric "
+        "models); optional with --artefact/--metrics."
     ),
 ]
 WeightsArtefacts = Annotated[
@@ -488,14 +489,35 @@ WeightsMetrics = Annotated[
 ]
 
 
-def _weights_run(action, profile, weights_dir, artefact, metrics) -> None:
-    """Run ``eval.weights.fetch`` or ``check`` on the selection, print the table, exit 1 on failure."""
+def _weights_run(action, profile, weights_dir, artefact, metrics, **kw) -> None:
+    """Run ``eval.weights.fetch`` or ``check`` on the selection, print the table, exit 1 on failure.
+
+    A PROFILE with a file in experiments/ selects exactly what that profile loads
+    (:func:`senseflow.baselines.profile_artefacts`: teacher, the weights of its
+    ``pipeline.registry_baselines`` recipes, the models of its metrics); a name that is only
+    in the manifest's ``profiles:`` keeps the manifest's list.
+    """
     from eval.weights import render_check, selection_args
     from eval.weights import weights_dir as resolve
 
     artefacts = tuple(artefact or ())
-    rows = action(profile, weights_dir, artefacts=artefacts, metrics=metrics or ())
-    typer.echo(render_check(rows, resolve(weights_dir), selection_args(profile, artefacts, metrics)))
+    label = selection_args(profile, artefacts, metrics)
+    from senseflow.config import find_profiles_dir, known_profiles
+
+    if profile is not None and profile in known_profiles(find_profiles_dir()):
+        from senseflow.baselines import profile_artefacts
+
+        needed = tuple(profile_artefacts(_cfg(profile, None)))
+        artefacts = tuple(dict.fromkeys(needed + artefacts))
+        if not artefacts and not metrics:  # an embedded profile: nothing to fetch or check
+            typer.echo(render_check([], resolve(weights_dir), label))
+            return
+        if action.__name__ == "fetch":
+            kw["label"] = label
+        rows = action(None, weights_dir, artefacts=artefacts, metrics=metrics or (), **kw)
+    else:
+        rows = action(profile, weights_dir, artefacts=artefacts, metrics=metrics or ())
+    typer.echo(render_check(rows, resolve(weights_dir), label))
     if any(r.failed for r in rows):
         raise typer.Exit(1)
 

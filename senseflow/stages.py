@@ -51,24 +51,18 @@ def preflight(cfg: ProfileConfig, weights_dir: str | Path | None = None) -> dict
         raise UserError(stale)
     record = {"profile": cfg.name, "family": cfg.family}
     if cfg.family != "embedded":
-        from eval.weights import check, render_check
         from eval.weights import weights_dir as resolve
 
-        rows = check(cfg.name, weights_dir)
-        if any(r.failed for r in rows):
-            from senseflow.errors import MissingArtefactError
-
-            raise MissingArtefactError(
-                f"profile {cfg.name!r} needs pretrained weights this machine does not have:\n"
-                + render_check(rows, resolve(weights_dir), cfg.name)
-            )
-        missing = missing_inputs(cfg) + missing_registry_weights(cfg, weights_dir)
+        missing = missing_weights(cfg, weights_dir) + missing_inputs(cfg)
+        missing += missing_registry_weights(cfg, weights_dir, skip_manifest=True)
         if missing:
             from senseflow.errors import MissingArtefactError
 
             raise MissingArtefactError(
-                f"profile {cfg.name!r} needs local files this machine does not have:\n  "
+                f"profile {cfg.name!r} cannot start, {len(missing)} problem(s) here (one per line):\n  "
                 + "\n  ".join(missing)
+                + f"\nfix the weights with `senseflow weights fetch {cfg.name} --weights-dir "
+                f"{resolve(weights_dir)}` on a connected machine (it fetches exactly this profile's set)"
             )
     PREFLIGHT.parent.mkdir(parents=True, exist_ok=True)
     # deterministic content: an unchanged preflight never invalidates the stages after it
@@ -76,13 +70,44 @@ def preflight(cfg: ProfileConfig, weights_dir: str | Path | None = None) -> dict
     return record
 
 
-def missing_registry_weights(cfg: ProfileConfig, weights_dir: str | Path | None = None) -> list[str]:
-    """What the profile's registry candidates (``pipeline.registry_baselines``) cannot find here."""
+def missing_weights(cfg: ProfileConfig, weights_dir: str | Path | None = None) -> list[str]:
+    """One line per file of the profile's artefacts that is absent or has another sha256.
+
+    The selection is :func:`senseflow.baselines.profile_artefacts` (teacher, registry models,
+    metric models), the set ``senseflow weights fetch PROFILE`` downloads; each line names the
+    file, what is wrong and who needs it (a LoRA swapped after its fetch fails here, before any
+    sampling).
+    """
+    from eval.weights import check
+    from eval.weights import weights_dir as resolve
+    from senseflow.baselines import profile_artefacts
+
+    users = profile_artefacts(cfg)
+    if not users:
+        return []
+    root = resolve(weights_dir)
+    rows = check(None, root, artefacts=list(users))
+    return [
+        f"{r.artefact}/{r.path.relative_to(root / r.artefact)}: {r.status} ({r.detail}); "
+        f"needed by {', '.join(users[r.artefact])}"
+        for r in rows
+        if r.failed
+    ]
+
+
+def missing_registry_weights(
+    cfg: ProfileConfig, weights_dir: str | Path | None = None, *, skip_manifest: bool = False
+) -> list[str]:
+    """What the profile's registry candidates (``pipeline.registry_baselines``) cannot find here.
+
+    ``skip_manifest``: leave out the weights that are manifest artefacts (:func:`missing_weights`
+    reports those); what remains are recipe weights given as local paths or Hub repositories.
+    """
     from senseflow.baselines import get_recipe, missing_recipe_weights
 
     out = []
     for name in cfg.pipeline.registry_baselines:
-        out += missing_recipe_weights(get_recipe(name), weights_dir)
+        out += missing_recipe_weights(get_recipe(name), weights_dir, skip_manifest=skip_manifest)
     return out
 
 

@@ -304,7 +304,7 @@ def test_authors_senseflow_flux_replaced_transformer_at_its_anchors(weights, pro
     net = FluxTransformer2DModel.from_pretrained(base_dir / "transformer")
     with torch.no_grad():
         net.proj_out.weight.add_(0.01)
-    net.save_pretrained(weights / "domiso/SenseFlow/SenseFlow-FLUX/transformer")
+    net.save_pretrained(weights / "domiso/SenseFlow/SenseFlow-FLUX")
     recipe = get_recipe("senseflow_flux_4", registry)
     for name in ("senseflow_flux_4", "senseflow_flux_euler_4"):
         _, cand = run(name, weights, prompts, tmp_path / name, registry)

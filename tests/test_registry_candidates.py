@@ -143,6 +143,42 @@ def test_report_puts_the_recipes_paper_row_beside_a_public_model():
     assert paper_values("dmd2_sdxl_4", entry, "sdxl", rows) == {"fid_t": 15.04, "hpsv2": 0.2963}
 
 
+def test_pcm_flash_and_turbo_alpha_sample_by_their_recipes(tmp_path):
+    # the recipes added for the paper's PCM-SDXL, Flash-SDXL and FLUX-Turbo-Alpha rows, on tiny
+    # bases saved under their real repository ids: each LoRA is found where `weights fetch` or
+    # `hf download` puts it (PCM's in its sdxl/ subfolder), fused at its scale, and sampled by
+    # the recipe's scheduler in 4 network evaluations
+    from diffusers import FluxTransformer2DModel, UNet2DConditionModel
+
+    from senseflow.baselines import load_registry
+    from tests.test_baselines_recipes import SDXL, _check_folder, assert_fused, run, tiny_lora
+    from tests.tiny_pipelines import save_tiny_pipeline
+
+    registry, weights = load_registry(), tmp_path / "weights"
+    save_tiny_pipeline("sdxl", weights / SDXL)
+    save_tiny_pipeline("flux", weights / "black-forest-labs/FLUX.1-dev")
+    (tmp_path / "p.txt").write_text("a red cat\nthe photo of a dog\n")
+    unet = UNet2DConditionModel.from_pretrained(weights / SDXL / "unet")
+    cases = {
+        "pcm_sdxl_4": ("TCDScheduler", unet, "unet",
+                       "wangfuyun/PCM_Weights/sdxl/pcm_sdxl_smallcfg_4step_converted.safetensors"),
+        "flash_sdxl_4": ("LCMScheduler", unet, "unet",
+                         "jasperai/flash-sdxl/pytorch_lora_weights.safetensors"),
+        "flux_turbo_alpha_4": (None, FluxTransformer2DModel.from_pretrained(
+            weights / "black-forest-labs/FLUX.1-dev/transformer"), "transformer",
+            "alimama-creative/FLUX.1-Turbo-Alpha/diffusion_pytorch_model.safetensors"),
+    }  # fmt: skip
+    for seed, (name, (scheduler, base, prefix, rel)) in enumerate(cases.items()):
+        state = tiny_lora(base, prefix, weights / rel, seed=seed)
+        _, cand = run(name, weights, tmp_path / "p.txt", tmp_path / name, registry)
+        assert_fused(getattr(cand.pipe, prefix), base, state, prefix, get_recipe(name).lora.scale)
+        if scheduler:  # trailing spacing, as the model cards set it
+            assert cand.last_schedule["scheduler"] == scheduler
+            assert cand.pipe.scheduler.config.timestep_spacing == "trailing"
+        manifest, speed = _check_folder(tmp_path / name, n=2)
+        assert manifest[0]["nfe"] == 4 and speed["nfe"] == 4, name
+
+
 # family -> (profile, tiny pipeline, manifest artefact of the base, pipeline class, paper row, its FID-T)
 TINY = {
     "sd3": ("tables_sd35", "sd3", "sd35_large", "StableDiffusion3Pipeline", "SD 3.5 Large Turbo", 13.58),
