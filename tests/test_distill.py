@@ -19,8 +19,9 @@ from senseflow.config import ConfigError, load_profile
 from senseflow.data import WorldData
 from senseflow.distributed import resolve_parallel
 from senseflow.errors import UserError
+from senseflow.export import anchors_for_steps, export_student
 from senseflow.losses import d_logistic_loss, g_logistic_loss, isg_loss
-from senseflow.student import anchors_for_steps, export_student, load_student
+from senseflow.student import load_student
 from senseflow.train import CHECKPOINT, ResumeError, TrainingDivergedError, _load_checkpoint, distill
 from tests.conftest import ROOT
 from tests.conftest import torchrun as _torchrun
@@ -311,7 +312,7 @@ def test_two_process_fsdp2_ranks_agree_and_resume_in_one_process(world_dir, tmp_
 
 
 def test_lora_run_trains_adapters_only_and_exports_merged_and_lora_weights(teacher, tmp_path):
-    from senseflow.student import LORA_FILE
+    from senseflow.export import LORA_FILE
 
     base = {k: v.clone() for k, v in teacher.network.state_dict().items()}
     res = distill(tmp_path / "run", teacher=teacher, data=_data(), iterations=2, gan=False, lora_rank=4,
