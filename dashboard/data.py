@@ -3,8 +3,8 @@
 Each page's own loaders are in :mod:`dashboard.pages` (one module per page), built on these.
 Files of the results layout in, pandas DataFrames out.
 
-Everything here reads files written by the pipeline (``docs/architecture.md``, "Results
-layout") and nothing else; no Streamlit import, so every function is testable on its own.
+Everything here reads files written by the pipeline (``docs/architecture/pipeline-data-flow.md``)
+and nothing else; no Streamlit import, so every function is testable on its own.
 File reads are cached by modification time and size (:func:`mtime_cached`): a rerun of the
 app costs a ``stat`` per file until the pipeline rewrites it.
 
