@@ -95,8 +95,9 @@ def test_generate_stages_track_the_sampling_code(plans):
         for stage_name, stage in plan["stages"].items():
             if stage_name.startswith("generate-"):
                 for f in ("senseflow/student.py", "senseflow/student_sampler.py", "senseflow/export.py",
-                          "senseflow/candidates.py", "senseflow/teacher_candidate.py", "senseflow/samplers.py",
-                          "senseflow/schedules.py", "senseflow/backbones/sd3.py"):  # fmt: skip
+                          "senseflow/candidates.py", "senseflow/teacher_candidate.py",
+                          "senseflow/samplers.py", "senseflow/schedules.py",
+                          "senseflow/backbones/sd3.py"):  # fmt: skip
                     assert _covers(_deps(stage), f), (name, stage_name, f)
 
 
