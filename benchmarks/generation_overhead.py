@@ -32,7 +32,7 @@ from senseflow.world.prompts import load_prompt_file
 def build_tiny(cfg, root: Path, n: int) -> tuple[Path, Path, Path]:
     """World, teacher and student folders with the profile's sizes and random weights."""
     from senseflow.backbones.flow import SD3FlowBackbone, tiny_sd3_transformer
-    from senseflow.student import export_student
+    from senseflow.export import export_student
     from senseflow.world.build import build_world
     from senseflow.world.text import WorldTextEncoder
 

@@ -15,7 +15,8 @@ import argparse
 from pathlib import Path
 
 from senseflow.distill_run import EmbeddedEvaluator
-from senseflow.student import anchors_for_steps, load_student
+from senseflow.export import anchors_for_steps
+from senseflow.student import load_student
 from senseflow.world.probes import load_probe
 
 

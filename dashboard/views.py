@@ -12,6 +12,12 @@ import streamlit as st
 from dashboard import charts, data
 from dashboard.compbench_page import compbench
 from dashboard.data import RUN_HINT, Roots
+from dashboard.pages import experiments as experiments_data
+from dashboard.pages import gate as gate_data
+from dashboard.pages import leaderboard as leaderboard_data
+from dashboard.pages import samples as samples_data
+from dashboard.pages import steps as steps_data
+from dashboard.pages import training as training_data
 
 TEACHER_HINT = "the teacher is the first column"
 
@@ -46,7 +52,7 @@ def leaderboard(roots: Roots) -> None:
     if not summary:
         _nothing(f"no `{data.SUMMARY}` under the results root", roots)
         return
-    long = data.leaderboard_frame(summary)
+    long = leaderboard_data.leaderboard_frame(summary)
     st.caption(
         f"Profile **{profile}** · reference `{summary.get('reference', '?')}` · "
         f"created {summary.get('created', '?')}"
@@ -58,10 +64,10 @@ def leaderboard(roots: Roots) -> None:
     left, right = st.columns([3, 1])
     sort_by = left.selectbox("Sort by", ["(pipeline order)", *metrics, "NFE", "speedup"], key="lb_sort")
     reverse = right.checkbox("Reverse order", key="lb_reverse")
-    table = data.leaderboard_table(long, None if sort_by == "(pipeline order)" else sort_by)
+    table = leaderboard_data.leaderboard_table(long, None if sort_by == "(pipeline order)" else sort_by)
     if reverse:
         table = table.iloc[::-1]
-    best = data.best_candidates(long)
+    best = leaderboard_data.best_candidates(long)
 
     def mark_best(column: pd.Series) -> list[str]:
         winners = best.get(column.name, set())
@@ -78,12 +84,12 @@ def leaderboard(roots: Roots) -> None:
         "Best per metric in green (and listed under *best*); *paper* is the paper's reported value for the "
         "same method and steps and *diff* the measured minus the paper's. Click a header to sort."
     )
-    notes = data.not_applicable_notes(long)
+    notes = leaderboard_data.not_applicable_notes(long)
     if not notes.empty:
         st.subheader("Metrics that do not apply")
         for row in notes.itertuples():
             st.markdown(f"- **{row.metric}** ({row.candidates}): {row.reason}")
-    study = data.study_frames(roots)
+    study = leaderboard_data.study_frames(roots)
     if study is not None:
         per_method, tests = study
         st.subheader("Seed study (`make run-study`)")
@@ -91,7 +97,7 @@ def leaderboard(roots: Roots) -> None:
         st.dataframe(per_method, width="stretch", key="lb_study")
         st.caption("SenseFlow minus each method: paired over seeds (and over images for adherence).")
         st.dataframe(tests, width="stretch", key="lb_study_tests")
-    tables = data.paper_tables(roots.repo)
+    tables = leaderboard_data.paper_tables(roots.repo)
     if tables:
         with st.expander("The paper's reported tables"):
             for name, frame in tables.items():
@@ -106,21 +112,21 @@ def samples(roots: Roots) -> None:
     """Prompts (search, attribute filters) by candidates, one seed per row, scores under each image."""
     st.header("Samples")
     _profile, summary = _profile_summary(roots)
-    folders = data.sample_folders(roots, summary)
+    folders = samples_data.sample_folders(roots, summary)
     if not folders:
         _nothing("no sample folder with a `manifest.jsonl` under the samples root", roots)
         return
     names = list(folders)
-    default = data.default_sample_candidates(names, summary.get("candidates"))
+    default = samples_data.default_sample_candidates(names, summary.get("candidates"))
     chosen = st.multiselect("Candidates", names, default=default, key="s_candidates")
     if not chosen:
         st.warning("Choose at least one candidate.")
         return
     chosen = [n for n in names if n in chosen]  # the pipeline order: teacher first
-    manifests = {c: data.load_manifest(folders[c], roots.allowed) for c in chosen}
+    manifests = {c: samples_data.load_manifest(folders[c], roots.allowed) for c in chosen}
     scores = {c: data.load_scores(data.eval_folder(roots, c, summary)) for c in chosen}
-    grid = data.samples_grid(manifests, scores)
-    metric_cols = data.score_columns(scores)
+    grid = samples_data.samples_grid(manifests, scores)
+    metric_cols = samples_data.score_columns(scores)
     refused = grid[grid["refused"].astype(bool)] if not grid.empty else grid
     if not refused.empty:
         st.warning(
@@ -130,18 +136,18 @@ def samples(roots: Roots) -> None:
     if grid.empty:
         _nothing("the chosen sample folders list no readable images", roots)
         return
-    per_prompt = data.seeds_per_prompt(grid)
+    per_prompt = samples_data.seeds_per_prompt(grid)
     if per_prompt > 1:  # several images per prompt: show one seed index at a time, the same for every column
         k = st.selectbox("Seed (n-th of each prompt)", list(range(per_prompt)), key="s_seed")
-        grid = data.nth_seed(grid, k)
+        grid = samples_data.nth_seed(grid, k)
     text = st.text_input("Search prompts", key="s_search", placeholder="e.g. red 3")
     attrs: dict[str, list[str]] = {}
-    options = data.attribute_options(grid)
+    options = samples_data.attribute_options(grid)
     if options:
         cols = st.columns(len(options))
         for col, (attr, values) in zip(cols, options.items(), strict=True):
             attrs[attr] = col.multiselect(attr.capitalize(), values, key=f"s_attr_{attr}")
-    ids = data.filter_prompts(grid, text, attrs)
+    ids = samples_data.filter_prompts(grid, text, attrs)
     st.caption(
         f"{len(ids)} prompts match; {TEACHER_HINT} when it is chosen; the images of a row share one seed, "
         "except the full-step reference teacher's, drawn from other seeds "
@@ -181,7 +187,7 @@ def _grid_row(
             if pd.api.types.is_number(rec[m]) and not pd.isna(rec[m])
         )
         try:
-            image = data.read_image(rec["path"], roots.allowed, display_px)
+            image = samples_data.read_image(rec["path"], roots.allowed, display_px)
         except (OSError, data.UnsafePathError) as exc:  # a truncated PNG, a file removed meanwhile
             col.warning(f"{cand}: unreadable image ({exc})")
             continue
@@ -199,7 +205,7 @@ def steps(roots: Roots) -> None:
     """Quality against NFE for the teacher and every student: what distillation buys."""
     st.header("Steps")
     _profile, summary = _profile_summary(roots)
-    frame = data.steps_frame(data.leaderboard_frame(summary)) if summary else pd.DataFrame()
+    frame = steps_data.steps_frame(leaderboard_data.leaderboard_frame(summary)) if summary else pd.DataFrame()
     if frame.empty:
         _nothing("no evaluated candidates with an NFE in the summary", roots)
         return
@@ -216,7 +222,7 @@ def steps(roots: Roots) -> None:
 def training(roots: Roots) -> None:
     """Loss terms, gradient norms and FID-T over iterations per method, overlaid."""
     st.header("Training")
-    dirs = data.training_dirs(roots)
+    dirs = training_data.training_dirs(roots)
     if not dirs:
         _nothing("no distillation logs under `build/distill/<method>/dvclive`", roots)
         return
@@ -225,8 +231,8 @@ def training(roots: Roots) -> None:
     if not chosen:
         st.warning("Choose at least one method.")
         return
-    logs = data.training_frame(chosen)
-    curves = data.eval_curves(chosen)
+    logs = training_data.training_frame(chosen)
+    curves = training_data.eval_curves(chosen)
     if not curves.empty:
         st.subheader("Evaluation during training")
         names = sorted(curves["metric"].unique())
@@ -237,7 +243,7 @@ def training(roots: Roots) -> None:
     if logs.empty:
         st.info("No dvclive metrics logged yet for the chosen methods.")
         return
-    groups = data.metric_groups(logs["metric"])
+    groups = training_data.metric_groups(logs["metric"])
     group = st.radio("Logged values", list(groups), horizontal=True, key="t_group")
     picked = st.multiselect("Series", groups[group], default=groups[group][:4], key=f"t_series_{group}")
     for metric in picked:
@@ -253,7 +259,7 @@ def training(roots: Roots) -> None:
 def experiments(roots: Roots) -> None:
     """DVC experiments with params and metrics; two picked: param diff, metric deltas; paired comparison."""
     st.header("Experiments")
-    exps = data.load_experiments(roots.repo)
+    exps = experiments_data.load_experiments(roots.repo)
     if exps.frame.empty:
         _nothing(f"no DVC experiments ({exps.message or 'dvc exp show lists none'})", roots)
     else:
@@ -261,7 +267,7 @@ def experiments(roots: Roots) -> None:
         shown = frame.assign(rev=frame["rev"].str[:10]).set_index("experiment")
         st.dataframe(shown, width="stretch", key="e_table")
         names = list(frame["experiment"])
-        ia, ib = data.default_pair(frame)
+        ia, ib = experiments_data.default_pair(frame)
         left, right = st.columns(2)
         a = left.selectbox("Experiment A", names, index=ia, key="e_a")
         b = right.selectbox("Experiment B", names, index=ib, key="e_b")
@@ -269,9 +275,9 @@ def experiments(roots: Roots) -> None:
             st.info("Pick two different experiments to compare them.")
         else:
             st.subheader(f"Params that differ ({a} → {b})")
-            _table_or_none(data.param_diff(frame, a, b), "e_params")
+            _table_or_none(experiments_data.param_diff(frame, a, b), "e_params")
             st.subheader("Metric deltas (B − A)")
-            _table_or_none(data.metric_deltas(frame, a, b), "e_metrics")
+            _table_or_none(experiments_data.metric_deltas(frame, a, b), "e_metrics")
     _paired(roots)
 
 
@@ -294,12 +300,12 @@ def _paired(roots: Roots) -> None:
         st.caption(f"Needs two evaluated candidates with per-image scores; {RUN_HINT}.")
         return
     left, right = st.columns(2)
-    ia, ib = data.default_paired(
+    ia, ib = experiments_data.default_paired(
         {n: data.load_scores(data.eval_folder(roots, n, summary)) for n in with_scores}
     )
     a = left.selectbox("Candidate A", with_scores, index=ia, key="p_a")
     b = right.selectbox("Candidate B", with_scores, index=ib, key="p_b")
-    table = data.paired_comparison(
+    table = experiments_data.paired_comparison(
         data.load_scores(data.eval_folder(roots, a, summary)),
         data.load_scores(data.eval_folder(roots, b, summary)),
     )
@@ -313,7 +319,7 @@ def _paired(roots: Roots) -> None:
 def gate(roots: Roots) -> None:
     """The quality gate's thresholds and current verdict, violations first."""
     st.header("Gate")
-    view = data.load_gate(roots)
+    view = gate_data.load_gate(roots)
     if view is None:
         _nothing(f"no `{data.GATE}` under the results root", roots)
         return

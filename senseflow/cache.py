@@ -1,4 +1,4 @@
-"""Teacher target caching: prompt embeddings (and real-image latents) encoded once, read while training.
+"""Teacher target caching: prompt embeddings encoded once, read while training.
 
 Distillation only ever needs the *outputs* of the teacher's text encoders for a fixed
 prompt set, yet the encoders are the largest frozen models in memory (T5-XXL alone is
@@ -6,7 +6,7 @@ about 9 GB in bf16). ``senseflow cache`` encodes every prompt once; the training
 then reads rows from the cache through :class:`CachedPromptEncoder`, a
 :class:`~senseflow.backbones.base.PromptEncoder` that loads no model.
 
-A cache folder (one per kind, ``DIR/prompts`` and ``DIR/latents``)::
+A cache folder (``DIR/prompts``)::
 
     manifest.json                    kind, identity, per-row tensor shapes and dtypes, key -> [shard, row]
     prompts-<16 hex>.safetensors     rows of ``hidden`` (N, L, D) and ``pooled`` (N, P), encoder dtype kept
@@ -22,12 +22,11 @@ encoding it again. Rerunning with the same inputs encodes nothing and writes not
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import re
 import shlex
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ log = logging.getLogger(__name__)
 
 FORMAT = "senseflow-cache/1"
 MANIFEST = "manifest.json"
-PROMPTS, LATENTS = "prompts", "latents"
+PROMPTS = "prompts"
 FILL_COMMAND = "senseflow cache --profile P --out {folder}"
 
 
@@ -61,19 +60,6 @@ def _sha(*parts: str) -> str:
 def prompt_key(text: str, encoder_id: str) -> str:
     """Cache key of ``text`` under the encoder ``encoder_id`` (sha256 hex of both)."""
     return _sha(PROMPTS, encoder_id, text)
-
-
-def latent_key(image_id: str, codec_id: str) -> str:
-    """Cache key of the image ``image_id`` encoded by the codec ``codec_id`` (sha256 hex of both)."""
-    return _sha(LATENTS, codec_id, image_id)
-
-
-def image_content_id(image: torch.Tensor) -> str:
-    """Id of an image that has none: sha256 of its dtype, shape and bytes."""
-    flat = image.detach().cpu().contiguous().flatten()
-    h = hashlib.sha256(f"{flat.dtype}:{tuple(image.shape)}".encode())
-    h.update(flat.view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -473,48 +459,6 @@ def build_prompt_cache(
     )
 
 
-def build_latent_cache(
-    codec,
-    images: Iterable[tuple[str | None, torch.Tensor]],
-    out_dir: str | Path,
-    *,
-    codec_id: str,
-    shard_size: int = 256,
-    batch_size: int = 16,
-    progress: bool = True,
-    command: str | None = None,
-) -> CacheStats:
-    """Encode real images (C, H, W) in [-1, 1] to latents with ``codec`` into the cache ``out_dir``.
-
-    ``images`` yields ``(id, image)``; an id of None becomes :func:`image_content_id`. The
-    images are streamed (never all in memory) and those already cached are not encoded;
-    ``codec_id`` identifies the codec (its weights) like ``encoder_id`` for prompts.
-    """
-
-    def items() -> Iterator[tuple[str, torch.Tensor, str]]:
-        for image_id, image in images:
-            image_id = image_content_id(image) if image_id is None else str(image_id)
-            lo, hi = float(image.min()), float(image.max())
-            if lo < -1.001 or hi > 1.001:
-                raise UserError(f"image {image_id!r} has values in [{lo:g}, {hi:g}], not [-1, 1]")
-            yield latent_key(image_id, codec_id), image, image_id
-
-    def encode(batch: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-        return {"latents": codec.encode(torch.stack(batch))}
-
-    return _fill(
-        LATENTS,
-        out_dir,
-        codec_id,
-        items(),
-        encode,
-        command=command,
-        shard_size=shard_size,
-        batch_size=batch_size,
-        progress=progress,
-    )
-
-
 # ----------------------------------------------------------------------------- readers
 class CachedPromptEncoder:
     """A :class:`~senseflow.backbones.base.PromptEncoder` that looks prompts up in a cache.
@@ -556,33 +500,7 @@ class CachedPromptEncoder:
         return PromptEmbeds(rows["hidden"], rows["pooled"])
 
 
-class CachedLatents:
-    """Reader of a latent cache filled by :func:`build_latent_cache` (or ``DIR/latents``)."""
-
-    def __init__(self, cache_dir: str | Path, *, codec_id: str | None = None):
-        self.store = _open_reader(cache_dir, LATENTS)
-        if codec_id is not None:
-            self.store.check_identity(codec_id, self.store.identity, self.store.folder / MANIFEST)
-        self.codec_id: str = self.store.identity
-
-    def __contains__(self, image_id: str) -> bool:
-        return latent_key(image_id, self.codec_id) in self.store
-
-    def __len__(self) -> int:
-        return len(self.store)
-
-    def get(self, ids: list[str]) -> torch.Tensor:
-        """Latents of the images ``ids`` (as given to :func:`build_latent_cache`), in order."""
-        missing = [i for i in dict.fromkeys(ids) if i not in self]
-        if missing:
-            raise _missing_error(self.store, "image", missing, len(ids))
-        return self.store.rows([latent_key(i, self.codec_id) for i in ids])["latents"]
-
-
 # ----------------------------------------------------------------------------- profiles
-LOADER_MODULE = "senseflow.backbones.loading"
-
-
 class _LazyEncoder:
     """Loads the real encoder on its first call: a rerun that finds every prompt cached loads no model."""
 
@@ -599,26 +517,11 @@ class _LazyEncoder:
         return self.encoder.encode(prompts)
 
 
-def load_real_backbone(cfg):
-    """The real teacher of ``cfg`` via ``senseflow.backbones.loading.load_backbone``.
+def _real_text_encoder(cfg):
+    """The text encoders of ``cfg``'s real teacher (loaded offline, with the rest of its pipeline)."""
+    from senseflow.backbones.loading import load_backbone
 
-    An indirection so that a checkout without the loader fails with one clear line
-    instead of an ImportError; a missing dependency *inside* the loader still raises.
-    """
-    try:
-        module = importlib.import_module(LOADER_MODULE)
-    except ModuleNotFoundError as exc:
-        if exc.name != LOADER_MODULE:
-            raise
-        module = None
-    load_backbone = getattr(module, "load_backbone", None)
-    if load_backbone is None:
-        raise UserError(
-            f"profile {cfg.name!r} (family {cfg.family}) needs the real-model loader "
-            f"{LOADER_MODULE}.load_backbone, which this checkout does not have yet; "
-            "update the checkout, or cache an embedded profile"
-        )
-    return load_backbone(cfg.family, cfg.teacher.pretrained)
+    return load_backbone(cfg.family, cfg.teacher.pretrained).text
 
 
 def _local_snapshot(pretrained) -> Path | None:
@@ -660,13 +563,11 @@ class CacheReport:
     """What ``senseflow cache`` did for a profile."""
 
     prompts: CacheStats
-    latents: CacheStats | None
     notes: list[str]
 
     def lines(self) -> list[str]:
         """Lines for the command line."""
-        stats = [s.summary() for s in (self.prompts, self.latents) if s is not None]
-        return [*stats, *self.notes]
+        return [self.prompts.summary(), *self.notes]
 
 
 def cache_profile(
@@ -679,12 +580,12 @@ def cache_profile(
     shard_size: int = 256,
     batch_size: int = 64,
 ) -> CacheReport:
-    """Fill ``out_dir/prompts`` (and ``out_dir/latents`` where needed) for the profile ``cfg``.
+    """Fill ``out_dir/prompts`` for the profile ``cfg`` (training images are never cached as latents).
 
     Embedded family: the world's text encoder (``world_dir``) and every prompt of its
     splits, plus ``prompts_file`` if given; no latents (the world renders its training
     images on the fly, in pixel space). Real families (sdxl, sd3, flux): the teacher's text
-    encoders from :func:`load_real_backbone`, the captions of the profile's ``data:`` (so
+    encoders (:func:`senseflow.backbones.loading.load_backbone`), the captions of the profile's ``data:`` (so
     :func:`senseflow.real_run.distill_real` trains without text encoders) plus the prompts of
     ``prompts_file``. The encoder is loaded only if some prompt is not cached yet.
     """
@@ -724,7 +625,7 @@ def cache_profile(
                 "section or pass --prompts FILE (.txt, one prompt a line, or .jsonl)"
             )
         encoder_id = pretrained_encoder_id(cfg.family, cfg.teacher.pretrained)
-        encoder = _LazyEncoder(lambda: load_real_backbone(cfg).text)
+        encoder = _LazyEncoder(lambda: _real_text_encoder(cfg))
         notes = ["latents: none cached, the VAE encodes the training images live (its decoder runs anyway)"]
     if prompts_file:
         command += ["--prompts", str(prompts_file)]
@@ -738,4 +639,4 @@ def cache_profile(
         progress=progress,
         command=shlex.join(command),
     )
-    return CacheReport(stats, None, notes)
+    return CacheReport(stats, notes)

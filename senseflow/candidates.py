@@ -1,10 +1,10 @@
 """What can be sampled: the embedded teacher, an exported student, a registry recipe's pipeline.
 
-Each candidate turns a batch of prompts and their noise seeds into uint8 images with one
-method, :meth:`Candidate.render`, and says who it is (:meth:`Candidate.identity`, the
-settings that decide its images). The sample-folder code (:mod:`senseflow.samples`) only ever
-calls those two, so teacher, students and public baselines share one resumable, sharded
-generation loop.
+The protocol (:class:`senseflow.teacher_candidate.Candidate`: ``render`` and ``identity``) and
+the embedded teacher live in :mod:`senseflow.teacher_candidate`; here are the student and
+pipeline candidates and :func:`load_candidate`, which resolves a name or folder to one of them.
+Teacher, students and public baselines share one resumable, sharded generation loop
+(:mod:`senseflow.samples`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from senseflow.errors import MissingArtefactError, UserError
-from senseflow.samplers import sample_prompts
+from senseflow.teacher_candidate import Candidate, EmbeddedTeacher
 from senseflow.world.scenes import to_uint8
 
 DEFAULT_TEACHER = Path("build/teacher/teacher")
@@ -25,82 +25,6 @@ DEFAULT_TEACHER = Path("build/teacher/teacher")
 
 def _sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-class Candidate:
-    """Base class: ``render(prompts, seeds) -> (uint8 NHWC images, NFE per image)``."""
-
-    name: str
-    kind: str
-    steps: int
-    resolution: int
-    device: torch.device = torch.device("cpu")
-    dtype: str = "float32"
-
-    def __init__(self) -> None:
-        self.last_schedule: dict = {}
-
-    def identity(self) -> dict:
-        """Settings that decide the images; a folder made under other values is refused."""
-        raise NotImplementedError
-
-    def record_extra(self) -> dict:
-        """Extra manifest fields (e.g. the CFG scale)."""
-        return {}
-
-    def check_prompts(self, prompts: list[str]) -> None:
-        """Refuse prompts the candidate cannot encode (before anything is generated)."""
-
-    def render(self, prompts: list[str], seeds: list[int]) -> tuple[np.ndarray, int]:
-        """Images for ``prompts``, each from its own seed's noise: batch composition never changes one."""
-        raise NotImplementedError
-
-
-class EmbeddedTeacher(Candidate):
-    """The embedded world's teacher: Euler flow ODE with CFG (:func:`senseflow.samplers.sample_prompts`)."""
-
-    kind = "teacher"
-
-    def __init__(
-        self, backbone, shape: tuple[int, int, int], *, steps: int, cfg: float, name: str = "teacher"
-    ):
-        super().__init__()
-        self.backbone, self.shape, self.steps, self.cfg, self.name = backbone, shape, steps, cfg, name
-        self.resolution = shape[-1]
-
-    def identity(self) -> dict:
-        """Name, kind, sampler, steps and CFG scale."""
-        return {
-            "candidate": self.name,
-            "kind": self.kind,
-            "sampler": "euler",
-            "steps": self.steps,
-            "cfg": self.cfg,
-        }
-
-    def record_extra(self) -> dict:
-        """The CFG scale, as ``senseflow sample`` always recorded it."""
-        return {"cfg": self.cfg}
-
-    def check_prompts(self, prompts: list[str]) -> None:
-        """The world's tokenizer must know every word."""
-        self.backbone.text.check(prompts)
-
-    def render(self, prompts, seeds):
-        """Euler-sample, decode, round to 8 bits."""
-        x, nfe = sample_prompts(
-            self.backbone,
-            prompts,
-            seeds,
-            steps=self.steps,
-            cfg=self.cfg,
-            shape=self.shape,
-            batch_size=len(prompts),
-        )
-        from senseflow.schedules import euler_sigmas
-
-        self.last_schedule = {"sigmas": euler_sigmas(self.steps, self.backbone.shift).tolist()}
-        return to_uint8(self.backbone.codec.decode(x)), nfe
 
 
 class StudentCandidate(Candidate):
@@ -117,7 +41,7 @@ class StudentCandidate(Candidate):
         sampler: str | None = None,
         recipe_hash: str | None = None,
     ):
-        from senseflow.student import anchors_for_steps
+        from senseflow.export import anchors_for_steps
 
         super().__init__()
         self.student, self.name = student, name

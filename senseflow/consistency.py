@@ -12,9 +12,10 @@ One function, :func:`consistency_distill`, for both methods (the loss is the onl
 
 The student is a :class:`~senseflow.guidance_embedding.GuidanceConditioned` copy of the
 teacher's network (LCM: with the ``w`` embedding; Hyper-SD: without, the teacher's ``w`` is
-fixed). Checkpoints, resume-by-rerun, the run fingerprint, NaN guard and dvclive logging are
-the SenseFlow loop's own (:mod:`senseflow.train`): a checkpoint holds the student, its
-optimiser and LR schedule, and the target network, so a rerun resumes bit-identically.
+fixed). Checkpoints, resume-by-rerun and the run fingerprint are :mod:`senseflow.checkpoint`, the
+NaN guard, optimiser and timer :mod:`senseflow.loop_tools`, as for the SenseFlow loop: a
+checkpoint holds the student, its optimiser and LR schedule, and the target network, so a
+rerun resumes bit-identically.
 Single process (the baselines are embedded-world runs).
 """
 
@@ -32,11 +33,23 @@ import torch
 from tqdm.auto import tqdm
 
 from senseflow.backbones.base import Backbone
+from senseflow.checkpoint import CHECKPOINT, resume, run_fingerprint, save_checkpoint, write_run_state
 from senseflow.data import TrainData
 from senseflow.distributed import init_distributed
 from senseflow.errors import UserError
 from senseflow.guidance_embedding import GuidanceConditioned
 from senseflow.io import atomic_write_text, ensure_writable_dir
+from senseflow.loop_tools import (
+    EVAL_CURVE,
+    PhaseTimer,
+    diverged,
+    grad_norm,
+    is_finite,
+    iteration_seed,
+    lr_factor,
+    make_optimizer,
+    read_curve,
+)
 from senseflow.losses import (
     ema_update,
     lcm_loss,
@@ -44,25 +57,6 @@ from senseflow.losses import (
     sample_skip_pairs,
     stage_segments,
     tscd_loss,
-)
-from senseflow.run_state import run_fingerprint
-
-# the SenseFlow loop's checkpoint / resume / logging machinery, shared rather than duplicated
-from senseflow.train import (
-    CHECKPOINT,
-    EVAL_CURVE,
-    STATE,
-    _check_same_run,
-    _diverged,
-    _grad_norm,
-    _is_finite,
-    _iteration_seed,
-    _load_checkpoint,
-    _lr_factor,
-    _make_optimizer,
-    _read_curve,
-    _save_checkpoint,
-    _Timer,
 )
 
 log = logging.getLogger(__name__)
@@ -145,37 +139,34 @@ def consistency_distill(
     student.train().requires_grad_(True)
     target = student.fresh_copy().to(dev).eval().requires_grad_(False)
     S_train, S_target = teacher.with_network(student), teacher.with_network(target)
-    opt = _make_optimizer(student.parameters(), "adamw", lr, betas, weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(lr, lr_warmup, None))
+    opt = make_optimizer(student.parameters(), "adamw", lr, betas, weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(lr, lr_warmup, None))
 
     # ---------------------------------------------------------------- resume
     ckpt = out_dir / CHECKPOINT
     nets = {"student": (student, opt), "target": (target, None)}
-    start = 0
-    if (out_dir / STATE).exists():
-        saved = json.loads((out_dir / STATE).read_text())
-        _check_same_run(out_dir, saved.get("config", {}), fingerprint)
-        start = _load_checkpoint(ckpt, nets, None, sched, models_only=False)
+    start = resume(out_dir, nets, None, sched, fingerprint)
+    if start:
         log.info("resuming %s at iteration %d (%s)", method, start, ckpt)
     from dvclive import Live
 
     live = Live(str(out_dir / "dvclive"), resume=start > 0, dvcyaml=None, save_dvc_exp=False)
     curve_path = out_dir / EVAL_CURVE
-    curve = _read_curve(curve_path) if start > 0 else []
+    curve = read_curve(curve_path) if start > 0 else []
     if evaluator is not None and eval_every and start == 0:
         curve = [{"iteration": 0, **evaluator(teacher.with_network(student.bake(export_guidance)), 0)}]
         atomic_write_text(curve_path, json.dumps(curve[0]) + "\n")
 
     # ---------------------------------------------------------------- loop
     uncond_one = teacher.text.encode([""])
-    timer = _Timer()
+    timer = PhaseTimer()
     acc: dict[str, float] = defaultdict(float)
     t_start = time.perf_counter()
     last_good = start
     w_lo, w_hi = guidance
     bar = tqdm(range(start, iterations), initial=start, total=iterations, desc=method, disable=not progress)
     for it in bar:
-        gen = torch.Generator().manual_seed(_iteration_seed(seed, it, 0))
+        gen = torch.Generator().manual_seed(iteration_seed(seed, it, 0))
         with timer("data"):
             prompts, images = data.batch(it, 0, global_batch)
             with torch.no_grad():
@@ -214,9 +205,9 @@ def consistency_distill(
         with timer("backward"):
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            norm = _grad_norm(list(student.parameters()), grad_clip)
-        if not _is_finite(loss, norm):
-            _diverged(it, {"loss": loss, "grad_norm": norm}, last_good, ckpt, live)
+            norm = grad_norm(list(student.parameters()), grad_clip)
+        if not is_finite(loss, norm):
+            diverged(it, {"loss": loss, "grad_norm": norm}, last_good, ckpt, live)
         opt.step()
         sched.step()
         with timer("target_ema"):
@@ -248,8 +239,8 @@ def consistency_distill(
                 if k != "iteration" and isinstance(v, int | float):
                     live.log_metric(f"eval/{k}", v)
         if done % checkpoint_every == 0 or done == iterations:
-            _save_checkpoint(ckpt, nets, None, sched, done, info)
-            atomic_write_text(out_dir / STATE, json.dumps({"iteration": done, "config": fingerprint}) + "\n")
+            save_checkpoint(ckpt, nets, None, sched, done, info)
+            write_run_state(out_dir, done, fingerprint)
             last_good = done
     live.end()
     seconds = time.perf_counter() - t_start

@@ -18,8 +18,8 @@ from senseflow.config import ConsistencyBaselineConfig, HyperSDConfig, LCMConfig
 from senseflow.consistency import consistency_distill
 from senseflow.distill_run import EmbeddedEvaluator, embedded_teacher_and_data
 from senseflow.errors import UserError
+from senseflow.export import anchors_for_steps, export_student
 from senseflow.io import atomic_write_text
-from senseflow.student import anchors_for_steps, export_student
 
 
 def baseline_section(cfg: ProfileConfig, variant: str) -> LCMConfig | HyperSDConfig:

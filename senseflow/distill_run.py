@@ -17,10 +17,11 @@ from senseflow.config import DistillConfig, ProfileConfig, dump_profile
 from senseflow.data import WorldData
 from senseflow.discriminator.model import build_discriminator
 from senseflow.errors import UserError
+from senseflow.export import export_student
 from senseflow.io import atomic_write_text
 from senseflow.samplers import prompt_noise
 from senseflow.samples import load_folder_images, scenes_of
-from senseflow.student import export_student, student_sample
+from senseflow.student_sampler import student_sample
 from senseflow.teacher import load_teacher
 from senseflow.train import distill
 from senseflow.world.adherence import adherence

@@ -114,7 +114,7 @@ def distill_real(
     progress: bool = True,
 ) -> dict:
     """Distil the real teacher of ``cfg`` with ``variant``; write ``out_dir/student`` and ``summary.json``."""
-    from senseflow.cache import load_real_backbone
+    from senseflow.backbones.loading import load_backbone
     from senseflow.discriminator.model import build_discriminator
     from senseflow.distill_run import distill_kwargs, is_main_process
     from senseflow.real_data import data_from_profile
@@ -125,7 +125,7 @@ def distill_real(
     d = cfg.variant(variant)
     data = data_from_profile(cfg, seed=d.seed)
     data.check(max(1, d.global_batch // int(os.environ.get("WORLD_SIZE", "1"))))  # before any model loads
-    teacher = load_real_backbone(cfg)
+    teacher = load_backbone(cfg.family, cfg.teacher.pretrained)
     text = use_cached_text(cfg, teacher, data.captions(), cache_dir)
     place_frozen_parts(teacher, cfg.runtime.device)
     discriminator = None
@@ -157,10 +157,10 @@ def distill_real(
 
 def export_real_from_run(cfg: ProfileConfig, run_dir: str | Path, out: str | Path, variant: str) -> Path:
     """Export the generator of an unfinished real-family run's latest checkpoint to ``out``."""
-    from senseflow.cache import load_real_backbone
+    from senseflow.backbones.loading import load_backbone
     from senseflow.train import load_generator_state
 
-    teacher = load_real_backbone(cfg)
+    teacher = load_backbone(cfg.family, cfg.teacher.pretrained)
     state = load_generator_state(Path(run_dir), teacher)
     return export_real(cfg, variant, Path(out), state, teacher)
 

@@ -330,7 +330,7 @@ def sample_to_folder(
 
     The embedded-teacher case of :func:`generate_to_folder` (``senseflow sample``).
     """
-    from senseflow.candidates import EmbeddedTeacher
+    from senseflow.teacher_candidate import EmbeddedTeacher
 
     cand = EmbeddedTeacher(backbone, shape, steps=steps, cfg=cfg, name="model")
     return generate_to_folder(cand, records, out_dir, seed=seed, batch_size=batch_size, progress=progress)

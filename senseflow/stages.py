@@ -263,7 +263,7 @@ def train(
 
 def distill(cfg: ProfileConfig, method: str, *, ablations: bool, progress: bool = True) -> dict:
     """Train ``method`` into ``build/distill/<method>`` (an ablation whose switch is off: skip marker)."""
-    from senseflow.train import ResumeError
+    from senseflow.checkpoint import ResumeError
 
     out = pl.distill_dir(method)
     reason = pl.method_inactive(cfg, method, ablations)

@@ -1,18 +1,8 @@
-"""Exported few-step students: the folder format, its recipe, and sampling from it.
+"""A loaded few-step student: :func:`load_student` reads an exported folder, :class:`Student` samples it.
 
-``senseflow export`` writes a diffusers-format folder::
-
-    student/
-      transformer/            the generator (diffusers ``save_pretrained``)
-      scheduler/              FlowMatchEulerDiscreteScheduler, shift 1, no dynamic shifting
-      tokenizer/ text_encoder/ text_pooling.json   the prompt encoder (embedded world)
-      recipe.json             sampler, anchors, guidance, dtype, resolution, text settings
-      config.yaml             the resolved profile the student was trained with
-
-Anchors are stored as the exact times the generator was trained at. The scheduler carries
-shift 1.0 on purpose: diffusers' ``FlowMatchEulerDiscreteScheduler`` shifts user-passed
-sigmas by its own ``shift``, so a scheduler with the teacher's shift 3.0 fed with the
-already-shifted anchors would shift them twice (method.md section 6).
+The folder format and its writer are :mod:`senseflow.export`; the sampling loop is
+:mod:`senseflow.student_sampler`. Only the generate stages import this module, so editing it
+regenerates samples and retrains nothing.
 """
 
 from __future__ import annotations
@@ -21,152 +11,13 @@ import json
 from pathlib import Path
 
 import torch
-from diffusers import FlowMatchEulerDiscreteScheduler
 
 from senseflow.backbones.flow import SD3FlowBackbone
-from senseflow.distill import renoise_step
-from senseflow.errors import MissingArtefactError, UserError
-from senseflow.io import atomic_folder, atomic_write_text
-from senseflow.samplers import prompt_noise, prompt_seed
+from senseflow.errors import MissingArtefactError
+from senseflow.export import RECIPE, anchors_for_steps
+from senseflow.samplers import prompt_noise
+from senseflow.student_sampler import student_sample
 from senseflow.world.text import WorldTextEncoder
-
-RECIPE = "recipe.json"
-LORA_FILE = "pytorch_lora_weights.safetensors"
-SAMPLERS = ("euler", "x0")
-
-
-def anchors_for_steps(anchors: list[float], steps: int) -> list[float]:
-    """The anchors a ``steps``-step run visits: all of them, or every k-th (the 4-step student at 2 steps).
-
-    Fewer steps reuse the trained anchors (DMD2 / SenseFlow run 2 steps with the 4-step
-    weights at anchors 1 and 3 of 4, i.e. times 1.0 and 0.5 for the uniform embedded
-    anchors); a count that does not divide the anchors is refused.
-    """
-    n = len(anchors)
-    if steps == n:
-        return list(anchors)
-    if steps < 1 or steps > n or n % steps:
-        ok = [k for k in range(1, n + 1) if n % k == 0]
-        raise UserError(f"this student was trained with {n} anchors; it samples at {ok} steps, not {steps}")
-    return list(anchors[:: n // steps])
-
-
-@torch.no_grad()
-def student_sample(
-    backbone,
-    cond,
-    noise: torch.Tensor,
-    times: list[float],
-    *,
-    sampler: str = "euler",
-    seeds: list[int] | None = None,
-) -> tuple[torch.Tensor, list[float]]:
-    """Run the student from ``noise`` through ``times``; return (clean samples, times really used).
-
-    At each time the generator predicts x0; the sample moves to the next time by
-    :func:`senseflow.distill.renoise_step` (``euler``: deterministic; ``x0``: fresh noise from
-    per-prompt ``seeds``, so batch composition never changes an image). The last step
-    returns the x0 estimate.
-    """
-    if sampler not in SAMPLERS:
-        raise UserError(f"unknown student sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
-    if sampler == "x0" and seeds is None:
-        raise ValueError("the x0 sampler needs per-prompt seeds for its fresh noise")
-    x, used = noise.float(), []
-    b = x.shape[0]
-    for i, t in enumerate(times):
-        tt = torch.full((b,), float(t), device=x.device)
-        used.append(float(t))
-        x0 = backbone.x0(x, backbone.predict(x, tt, cond), tt)
-        if i == len(times) - 1:
-            return x0, used
-        fresh = None
-        if sampler == "x0":
-            step_seeds = [prompt_seed(s, f"renoise-{i}") for s in seeds]
-            fresh = prompt_noise(step_seeds, tuple(x.shape[1:])).to(x.device)
-        nxt = torch.full((b,), float(times[i + 1]), device=x.device)
-        x = renoise_step(backbone, x, x0, tt, nxt, sampler=sampler, noise=fresh)
-    return x, used
-
-
-def student_scheduler(prediction: str, teacher_scheduler_config: dict | None = None):
-    """The diffusers scheduler saved with a student, set so the trained anchors pass through unchanged.
-
-    Flow: ``FlowMatchEulerDiscreteScheduler`` with shift 1 and no dynamic shifting (it would
-    shift user sigmas again). Epsilon (SDXL): ``LCMScheduler`` on the teacher's DDPM betas,
-    to be called with explicit ``timesteps`` (999, 749, 499, 249), as the paper samples SDXL.
-    """
-    if prediction == "flow":
-        return FlowMatchEulerDiscreteScheduler(
-            num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False
-        )
-    from diffusers import LCMScheduler
-
-    return LCMScheduler.from_config(teacher_scheduler_config or {})
-
-
-def _network_folder(backbone) -> str:
-    return "unet" if backbone.prediction == "epsilon" else "transformer"
-
-
-def export_student(
-    folder: str | Path,
-    generator_state: dict[str, torch.Tensor],
-    teacher,
-    recipe: dict,
-    *,
-    config_yaml: str | None = None,
-    base: dict | None = None,
-    lora_state: dict[str, torch.Tensor] | None = None,
-) -> Path:
-    """Write a student folder atomically (a temp folder renamed into place).
-
-    ``generator_state`` holds the generator's full weights (``teacher.trainable_copy()``'s
-    architecture: for FLUX without the guidance embedding). ``recipe`` must name
-    ``anchors``, ``sampler`` and ``resolution``. The embedded world's text encoder is saved
-    in the folder; real families record ``base`` (the teacher's ``teacher.pretrained``
-    section: model id, revision, dtype, ...) and take text encoders and VAE from it.
-    ``lora_state`` (LoRA runs): also written as ``lora/pytorch_lora_weights.safetensors``
-    with diffusers' ``<network folder>.`` key prefix, for ``load_lora_adapter`` on the base.
-    """
-    for key in ("anchors", "sampler", "resolution"):
-        if key not in recipe:
-            raise ValueError(f"student recipe is missing {key!r}")
-    embedded = hasattr(teacher.text, "save")
-    if not embedded and base is None:
-        raise ValueError("a real-family student needs `base` (its teacher's pretrained settings)")
-    with atomic_folder(folder) as tmp:
-        net = teacher.trainable_copy()
-        net.load_state_dict(generator_state)
-        sub = _network_folder(teacher)
-        net.save_pretrained(tmp / sub)
-        if lora_state is not None:
-            from safetensors.torch import save_file
-
-            (tmp / "lora").mkdir()
-            save_file({f"{sub}.{k}": v.contiguous() for k, v in lora_state.items()},
-                      str(tmp / "lora" / LORA_FILE))  # fmt: skip
-        if embedded:
-            teacher.text.save(tmp)
-        teacher_sched = getattr(teacher, "scheduler_config", None)
-        student_scheduler(teacher.prediction, teacher_sched).save_pretrained(tmp / "scheduler")
-        full = {
-            "family": recipe.get("family", "embedded"),
-            "prediction": teacher.prediction,
-            "network": {"folder": sub, "class": type(net).__name__},
-            "lora": None if lora_state is None else f"lora/{LORA_FILE}",
-            "guidance": 1.0,  # CFG is distilled into the student: one network call per step
-            # the dtype the weights were saved in (the teacher's: training's float32 masters are cast)
-            "dtype": str(next(net.parameters()).dtype).removeprefix("torch."),
-            "shift": teacher.shift,
-            **({"text": {"encoder": "world", "max_length": teacher.text.tokenizer.model_max_length,
-                         "pooling": teacher.text.pooling}} if embedded else {"base": base}),
-            **recipe,
-        }  # fmt: skip
-        atomic_write_text(tmp / RECIPE, json.dumps(full, indent=2) + "\n")
-        if config_yaml is not None:
-            atomic_write_text(tmp / "config.yaml", config_yaml)
-    return Path(folder)
 
 
 class Student:
@@ -220,7 +71,7 @@ class Student:
 
 
 def load_student(path: str | Path) -> Student:
-    """Load what :func:`export_student` wrote; a folder that is not a student is a clear error.
+    """Load what :func:`senseflow.export.export_student` wrote; refuse a folder that is not a student.
 
     Embedded students carry their text encoder; real-family students load text encoders and
     VAE from their recorded base model (local folder or HF cache, never downloaded).

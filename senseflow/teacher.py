@@ -24,10 +24,10 @@ from tqdm.auto import tqdm
 from senseflow.backbones.conversions import flow_add_noise, flow_velocity
 from senseflow.backbones.flow import SD3FlowBackbone, tiny_sd3_transformer
 from senseflow.cache import files_fingerprint
-from senseflow.errors import MissingArtefactError, UserError
+from senseflow.checkpoint import ResumeError, resume_file, run_fingerprint
+from senseflow.errors import MissingArtefactError
 from senseflow.io import atomic_folder, atomic_torch_save, atomic_write_text, ensure_writable_dir
 from senseflow.optim import adamw
-from senseflow.run_state import config_differences, run_fingerprint
 from senseflow.schedules import sample_train_sigmas
 from senseflow.world.scenes import caption, sample_batch, to_tensor_range
 from senseflow.world.text import POOLING_FILE, WorldTextEncoder
@@ -36,32 +36,6 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 EXPORT = "teacher"
-
-
-class CheckpointError(UserError, RuntimeError):
-    """A checkpoint exists but cannot be used to resume."""
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Read a training checkpoint; a corrupt file is a clear error with the fix."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise CheckpointError(
-            f"checkpoint {path} is corrupt or unreadable ({type(exc).__name__}: {exc}); "
-            f"delete it to restart training from scratch"
-        ) from exc
-
-
-def _check_same_run(path: Path, saved: dict | None, current: dict) -> None:
-    """Refuse to resume a checkpoint written under other settings (it would silently mix runs)."""
-    diffs = config_differences(saved, current) if saved is not None else []
-    if not diffs:
-        return
-    raise CheckpointError(
-        f"checkpoint {path} was written by a different configuration ({'; '.join(diffs)}); "
-        "delete it to train from scratch, or restore those values to resume"
-    )
 
 
 def train_teacher(
@@ -136,20 +110,11 @@ def train_teacher(
 
     start = 0
     ckpt_path = out_dir / CHECKPOINT
-    if ckpt_path.exists() and restart_stale:
-        # dvc reruns a stage only when its code or params changed: a finished checkpoint, or one
-        # written under other settings, is stale then; an unfinished one of the same run resumes
-        # dvc reruns this stage when its code, world or params changed, or when its output was
-        # deleted by hand: only a checkpoint of other settings or code is stale; a finished one
-        # of the same run is exported again (the loop below has nothing left to do)
-        state = load_checkpoint(ckpt_path)
-        saved = state.get("config")
-        if saved is None or config_differences(saved, run_config):
-            log.warning("%s is from other settings or code: training the teacher from scratch", ckpt_path)
-            ckpt_path.unlink()
-    if ckpt_path.exists():
-        state = load_checkpoint(ckpt_path)
-        _check_same_run(ckpt_path, state.get("config"), run_config)
+    # a checkpoint of other settings or code is refused, or with restart_stale (dvc reruns this
+    # stage when its code, world or params changed) trained again from scratch; a finished one of
+    # the same run is exported again (the loop below has nothing left to do)
+    state = resume_file(ckpt_path, run_config, restart_stale=restart_stale)
+    if state is not None:
         try:
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
@@ -157,7 +122,7 @@ def train_teacher(
             ema.load_state_dict(state["ema"])
             start = int(state["step"])
         except (KeyError, RuntimeError, ValueError) as exc:
-            raise CheckpointError(
+            raise ResumeError(
                 f"checkpoint {ckpt_path} does not match this configuration ({exc}); "
                 "delete it to restart, or rerun with the configuration that wrote it"
             ) from exc

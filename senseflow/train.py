@@ -16,8 +16,9 @@ Per iteration (method.md sections 1-5):
 
 A checkpoint (``torch.distributed.checkpoint``: generator, fake model, discriminator heads,
 their optimisers, EMA, iteration) is written every ``checkpoint_every`` iterations;
-rerunning the same command resumes. Data and noise come from generators seeded by the
-iteration, so a resumed run is bit-identical to an uninterrupted one in deterministic mode.
+rerunning the same command resumes (:mod:`senseflow.checkpoint`: one policy for every loop).
+Data and noise come from generators seeded by the iteration, so a resumed run is
+bit-identical to an uninterrupted one in deterministic mode.
 A non-finite loss or gradient stops the run with the last good checkpoint kept.
 """
 
@@ -25,31 +26,33 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
-    get_state_dict,
-    set_state_dict,
 )
 from tqdm.auto import tqdm
 
 from senseflow import distill as terms
 from senseflow.backbones.base import Backbone
+from senseflow.checkpoint import (
+    CHECKPOINT,
+    load_checkpoint,
+    resume,
+    run_fingerprint,
+    save_checkpoint,
+    write_run_state,
+)
 from senseflow.data import TrainData
 from senseflow.discriminator.fake_head import FakeFeatureHead
 from senseflow.distributed import (
-    DistInfo,
     all_true,
     barrier,
     init_distributed,
@@ -59,28 +62,23 @@ from senseflow.distributed import (
 )
 from senseflow.errors import UserError
 from senseflow.io import atomic_write_text, ensure_writable_dir
+from senseflow.loop_tools import (
+    EVAL_CURVE,
+    PhaseTimer,
+    diverged,
+    grad_norm,
+    is_finite,
+    iteration_seed,
+    lr_factor,
+    make_optimizer,
+    read_curve,
+)
 from senseflow.losses import gan_weight as gan_time_weight
 from senseflow.losses import ida_update
 from senseflow.optim import adamw
-from senseflow.run_state import config_differences, run_fingerprint
 from senseflow.schedules import TimeDensity
 
 log = logging.getLogger(__name__)
-
-CHECKPOINT = "checkpoint"
-STATE = "state.json"
-EVAL_CURVE = "eval_curve.jsonl"
-
-# DCP warns on every single-process save/load; one process is a supported, intended mode here
-warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
-
-
-class TrainingDivergedError(UserError, RuntimeError):
-    """A loss or gradient became NaN/inf; the last good checkpoint is kept."""
-
-
-class ResumeError(UserError, RuntimeError):
-    """A checkpoint exists but belongs to another configuration or cannot be read."""
 
 
 @dataclass
@@ -92,32 +90,6 @@ class DistillResult:
     seconds: float
     out_dir: Path
     lora_state: dict[str, torch.Tensor] | None = None  # LoRA weights alone (peft names), LoRA runs
-
-
-def _check_same_run(path: Path, saved: dict, current: dict) -> None:
-    diffs = config_differences(saved, current)
-    if not diffs:
-        return
-    raise ResumeError(
-        f"{path} holds a checkpoint of a different configuration ({'; '.join(diffs)}); "
-        "use another output folder, delete it to start over, or restore those values to resume"
-    )
-
-
-def _make_optimizer(params, kind: str, lr: float, betas, weight_decay: float) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
-    if kind == "adamw":
-        return adamw(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
-    if kind == "adamw8bit":
-        try:
-            import bitsandbytes as bnb
-        except ImportError as exc:
-            raise UserError(
-                "distill.optimizer is 'adamw8bit' but bitsandbytes is not installed: "
-                "`pip install bitsandbytes` (CUDA only) or set distill.optimizer: adamw"
-            ) from exc
-        return bnb.optim.AdamW8bit(params, lr=lr, betas=tuple(betas), weight_decay=weight_decay)
-    raise UserError(f"distill.optimizer must be adamw or adamw8bit, got {kind!r}")
 
 
 class _Schedules:
@@ -142,52 +114,6 @@ class _Schedules:
             s.last_epoch = value
             for group, lr in zip(s.optimizer.param_groups, s.get_lr(), strict=True):
                 group["lr"] = lr
-
-
-def _lr_factor(lr: float, warmup: int, lr_after_warmup: float | None) -> Callable[[int], float]:
-    """LR multiplier at iteration n: linear warm-up from 0, or from ``lr`` to ``lr_after_warmup`` (FLUX).
-
-    Applied to the generator's, the fake model's and the discriminator's LRs alike (released
-    FLUX: all three 5e-6 -> 1e-5 over 500 iterations).
-    """
-
-    def factor(step: int) -> float:
-        if warmup <= 0:
-            return (lr_after_warmup / lr) if lr_after_warmup else 1.0
-        frac = min(1.0, step / warmup)
-        if lr_after_warmup is None:
-            return frac
-        return 1.0 + frac * (lr_after_warmup / lr - 1.0)
-
-    return factor
-
-
-def _grad_norm(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
-    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-    return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
-
-
-def _is_finite(*values: torch.Tensor) -> bool:
-    return all(bool(torch.isfinite(v.detach()).all()) for v in values)
-
-
-class _Timer:
-    """Accumulates wall-clock seconds per phase (the overhead figures of IDA and ISG)."""
-
-    def __init__(self):
-        self.total: dict[str, float] = defaultdict(float)
-
-    def __call__(self, name: str):
-        timer = self
-
-        class _Span:
-            def __enter__(self):
-                self.t0 = time.perf_counter()
-
-            def __exit__(self, *exc):
-                timer.total[name] += time.perf_counter() - self.t0
-
-        return _Span()
 
 
 def distill(
@@ -309,14 +235,14 @@ def distill(
     G, F = teacher.with_network(g_net), teacher.with_network(f_net)  # plain: no-grad / frozen use
     G_train, F_train = teacher.with_network(g_train), teacher.with_network(f_train)
 
-    opt_g = _make_optimizer(g_train.parameters(), optimizer, generator_lr, betas, weight_decay)
-    opt_f = _make_optimizer(f_train.parameters(), optimizer, fake_lr, betas, weight_decay)
+    opt_g = make_optimizer(g_train.parameters(), optimizer, generator_lr, betas, weight_decay)
+    opt_f = make_optimizer(f_train.parameters(), optimizer, fake_lr, betas, weight_decay)
     d_params = _d_parameters(d_module) if d_module is not None else []
     # weight decay as for G and fake (0 in every recipe), not AdamW's default 0.01
     opt_d = adamw(d_params, lr=gan_lr, betas=tuple(betas), weight_decay=weight_decay) if d_params else None
     # one LR multiplier per iteration for all three optimisers (the released trainers step the
     # generator's, the fake model's and D's schedulers every iteration, generator step or not)
-    factor = _lr_factor(generator_lr, lr_warmup, lr_after_warmup)
+    factor = lr_factor(generator_lr, lr_warmup, lr_after_warmup)
     sched_g = _Schedules([torch.optim.lr_scheduler.LambdaLR(o, factor) for o in (opt_g, opt_f, opt_d) if o])
     ema = None
     if ema_decay is not None:
@@ -330,13 +256,11 @@ def distill(
     nets = {"generator": (g_train, opt_g), "fake": (f_train, opt_f)}
     if d_module is not None:
         nets["discriminator"] = (d_train, opt_d)
-    if (out_dir / STATE).exists():
-        saved = json.loads((out_dir / STATE).read_text())
-        _check_same_run(out_dir, saved.get("config", {}), fingerprint)
-        start = _load_checkpoint(ckpt, nets, ema, sched_g, models_only=False)
+    start = resume(out_dir, nets, ema, sched_g, fingerprint)
+    if start:
         log.info("resuming distillation at iteration %d (%s)", start, ckpt)
     elif init_from is not None:
-        _load_checkpoint(Path(init_from) / CHECKPOINT, nets, None, None, models_only=True)
+        load_checkpoint(Path(init_from) / CHECKPOINT, nets, None, None, models_only=True)
 
     live = None
     if info.is_main:
@@ -344,12 +268,12 @@ def distill(
 
         live = Live(str(out_dir / "dvclive"), resume=start > 0, dvcyaml=None, save_dvc_exp=False)
     curve_path = out_dir / EVAL_CURVE
-    curve = _read_curve(curve_path) if start > 0 else []
+    curve = read_curve(curve_path) if start > 0 else []
 
     # ---------------------------------------------------------------- loop
     uncond_one = teacher.text.encode([""])
     amp = torch.autocast(info.device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-    timer = _Timer()
+    timer = PhaseTimer()
     acc: dict[str, float] = defaultdict(float)
     n_acc: dict[str, int] = defaultdict(int)
     t_start = time.perf_counter()
@@ -362,7 +286,7 @@ def distill(
                disable=not (progress and info.is_main))  # fmt: skip
     last_good = start
     for it in bar:
-        gen = torch.Generator().manual_seed(_iteration_seed(seed, it, info.rank))
+        gen = torch.Generator().manual_seed(iteration_seed(seed, it, info.rank))
         prompts, images = data.batch(it, info.rank, batch)
         images = images.to(info.device)
         with torch.no_grad():
@@ -441,9 +365,9 @@ def distill(
             with timer("generator_backward"):
                 opt_g.zero_grad(set_to_none=True)
                 total.backward()
-                g_norm = _grad_norm(list(g_train.parameters()), grad_clip)
-            if not all_true(_is_finite(total, g_norm), info.device):
-                _diverged(it, {**losses, "generator_grad_norm": g_norm}, last_good, ckpt, live)
+                g_norm = grad_norm(list(g_train.parameters()), grad_clip)
+            if not all_true(is_finite(total, g_norm), info.device):
+                diverged(it, {**losses, "generator_grad_norm": g_norm}, last_good, ckpt, live)
             opt_g.step()
             if ema is not None:
                 ema.step(g_net.parameters())
@@ -477,7 +401,7 @@ def distill(
             if opt_d is not None:
                 opt_d.zero_grad(set_to_none=True)
             fake_total.backward()
-            f_norm = _grad_norm(list(f_train.parameters()), grad_clip)
+            f_norm = grad_norm(list(f_train.parameters()), grad_clip)
         # ------------------------------------------------------------ VFM discriminator step
         d_norm = torch.zeros(())
         if gan and head is None:
@@ -492,9 +416,9 @@ def distill(
                     else None,
                 )  # fmt: skip
         if opt_d is not None:
-            d_norm = _grad_norm(d_params, grad_clip)
-        if not all_true(_is_finite(*losses.values(), f_norm, d_norm), info.device):
-            _diverged(it, {**losses, "fake_grad_norm": f_norm, "d_grad_norm": d_norm}, last_good, ckpt, live)
+            d_norm = grad_norm(d_params, grad_clip)
+        if not all_true(is_finite(*losses.values(), f_norm, d_norm), info.device):
+            diverged(it, {**losses, "fake_grad_norm": f_norm, "d_grad_norm": d_norm}, last_good, ckpt, live)
         opt_f.step()
         if opt_d is not None:
             opt_d.step()
@@ -536,11 +460,9 @@ def distill(
                             live.log_metric(f"eval/{k}", v)
             barrier()
         if done % checkpoint_every == 0 or done == iterations:
-            _save_checkpoint(ckpt, nets, ema, sched_g, done, info)
+            save_checkpoint(ckpt, nets, ema, sched_g, done, info)
             if info.is_main:
-                atomic_write_text(
-                    out_dir / STATE, json.dumps({"iteration": done, "config": fingerprint}) + "\n"
-                )
+                write_run_state(out_dir, done, fingerprint)
             last_good = done
     if live is not None:
         live.end()
@@ -632,13 +554,6 @@ def _uniform_scales(bounds: tuple[float, float], n: int, gen: torch.Generator) -
     return bounds[0] + (bounds[1] - bounds[0]) * torch.rand(n, generator=gen)
 
 
-def _iteration_seed(seed: int, iteration: int, rank: int) -> int:
-    """One 62-bit seed per (run seed, iteration, rank): resumable without saving RNG states."""
-    import numpy as np
-
-    return int(np.random.default_rng([seed, 2, iteration, rank]).integers(2**62))
-
-
 def _d_parameters(module: nn.Module) -> list[nn.Parameter]:
     """What the discriminator optimiser updates (never the frozen VFM)."""
     if hasattr(module, "trainable_parameters"):
@@ -666,99 +581,8 @@ def _ema_network(net: nn.Module, ema) -> nn.Module:
     return shadow
 
 
-def _diverged(it: int, values: dict, last_good: int, ckpt: Path, live) -> None:
-    bad = [k for k, v in values.items() if not bool(torch.isfinite(torch.as_tensor(v).detach()).all())]
-    if live is not None:
-        live.end()
-    where = f"{ckpt} (iteration {last_good})" if last_good else "none written yet"
-    raise TrainingDivergedError(
-        f"iteration {it + 1}: non-finite {', '.join(bad) or 'values'}; stopped without saving. "
-        f"Last good checkpoint: {where}. Lower the learning rates or raise precision, then rerun"
-    )
-
-
-def _state(nets: dict, ema, sched, iteration: int, *, models_only: bool) -> dict:
-    state: dict = {"iteration": iteration}
-    for name, (module, opt) in nets.items():
-        if models_only or opt is None:
-            msd = get_model_state_dict(module)
-        else:
-            msd, osd = get_state_dict(module, opt)
-            state[f"{name}_optimizer"] = osd
-        if name == "discriminator":  # the frozen VFM is not part of the run's state
-            msd = {k: v for k, v in msd.items() if not k.startswith("taps.")}
-        state[name] = msd
-    if not models_only:
-        if ema is not None:
-            state["ema"] = {str(i): p for i, p in enumerate(ema.shadow_params)}
-            state["ema_step"] = ema.optimization_step
-        state["generator_scheduler"] = {"last_epoch": sched.last_epoch}
-    return state
-
-
-def _save_checkpoint(ckpt: Path, nets: dict, ema, sched, iteration: int, info: DistInfo) -> None:
-    """DCP save into a fresh folder, then swap it in: a kill mid-save leaves the old checkpoint intact."""
-    tmp = ckpt.with_name(f"{ckpt.name}.tmp")
-    if info.is_main and tmp.exists():
-        shutil.rmtree(tmp)
-    barrier()
-    dcp.save(_state(nets, ema, sched, iteration, models_only=False), checkpoint_id=str(tmp))
-    barrier()
-    if info.is_main:
-        old = ckpt.with_name(f"{ckpt.name}.old")
-        if ckpt.exists():
-            ckpt.rename(old)
-        tmp.rename(ckpt)
-        if old.exists():
-            shutil.rmtree(old)
-    barrier()
-
-
-def _load_checkpoint(ckpt: Path, nets: dict, ema, sched, *, models_only: bool) -> int:
-    """Load a DCP checkpoint (any number of ranks wrote it) into the nets; return its iteration."""
-    if not ckpt.exists() and ckpt.with_name(f"{ckpt.name}.old").exists():
-        ckpt = ckpt.with_name(f"{ckpt.name}.old")  # killed between the two renames of a save
-    if not (ckpt / ".metadata").exists():
-        raise ResumeError(
-            f"no checkpoint at {ckpt}: "
-            + (
-                "point init_from at a finished distill folder"
-                if models_only
-                else "the run state says there is one; delete state.json to start over"
-            )  # fmt: skip
-        )
-    state = _state(nets, ema, sched, 0, models_only=models_only)
-    try:
-        dcp.load(state, checkpoint_id=str(ckpt))
-    except Exception as exc:
-        raise ResumeError(f"checkpoint {ckpt} does not fit this run ({type(exc).__name__}: {exc})") from exc
-    for name, (module, opt) in nets.items():
-        opts = StateDictOptions(strict=name != "discriminator")
-        if models_only or opt is None:
-            set_state_dict(module, [], model_state_dict=state[name], optim_state_dict={}, options=opts)
-        else:
-            set_state_dict(
-                module, opt, model_state_dict=state[name], optim_state_dict=state[f"{name}_optimizer"],
-                options=opts,
-            )  # fmt: skip
-    if models_only:
-        return 0
-    if ema is not None:
-        for i, p in enumerate(ema.shadow_params):
-            p.copy_(state["ema"][str(i)])
-        ema.optimization_step = int(state["ema_step"])
-    sched.last_epoch = int(state["generator_scheduler"]["last_epoch"])
-    return int(state["iteration"])
-
-
 def load_generator_state(run_dir: Path, teacher: Backbone) -> dict[str, torch.Tensor]:
     """The generator weights of a run's latest checkpoint (EMA not applied), as a plain state dict."""
     net = trainable_network(teacher)
-    _load_checkpoint(run_dir / CHECKPOINT, {"generator": (net, None)}, None, None, models_only=True)
+    load_checkpoint(run_dir / CHECKPOINT, {"generator": (net, None)}, None, None, models_only=True)
     return {k: v.detach().clone() for k, v in net.state_dict().items()}
-
-
-def _read_curve(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,4 +1,4 @@
-"""A small results tree in the pipeline's layout (docs/architecture.md, "Results layout") for dashboard tests.
+"""A small results tree in the pipeline's layout (docs/architecture/pipeline-data-flow.md), for the dashboard.
 
 Real 16 px PNGs (one colour family per candidate, so a screenshot shows which column is
 which), manifests with embedded-world scenes, evaluated summaries with per-image scores in

@@ -1,24 +1,20 @@
 import json
 import shutil
-import sys
 import types
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from senseflow.backbones.base import IdentityCodec, PromptEncoder
+from senseflow.backbones import loading
+from senseflow.backbones.base import PromptEncoder
 from senseflow.cache import (
-    LOADER_MODULE,
     MANIFEST,
-    CachedLatents,
     CachedPromptEncoder,
     ShardStore,
-    build_latent_cache,
     build_prompt_cache,
     cache_profile,
     encoder_fingerprint,
-    image_content_id,
     prompt_key,
 )
 from senseflow.cli import app
@@ -253,7 +249,7 @@ def test_cli_caches_the_smoke_world_and_reruns_as_a_no_op(tmp_path, world_dir, e
     assert bad.exit_code == 1 and "purple" in str(bad.exception)
 
 
-def test_real_profile_goes_through_the_loader_indirection(tmp_path, monkeypatch, encoder, prompts):
+def test_real_profile_loads_its_encoder_only_for_uncached_prompts(tmp_path, monkeypatch, encoder, prompts):
     model = tmp_path / "model"
     (model / "text_encoder").mkdir(parents=True)
     (model / "text_encoder" / "model.safetensors").write_bytes(b"weights v1")
@@ -264,17 +260,10 @@ def test_real_profile_goes_through_the_loader_indirection(tmp_path, monkeypatch,
     (tmp_path / "p.txt").write_text("\n".join(prompts[:5]) + "\n")
     with pytest.raises(UserError, match="pass --prompts FILE"):
         cache_profile(cfg, tmp_path / "c", progress=False)
-    monkeypatch.setitem(sys.modules, LOADER_MODULE, None)
-    with pytest.raises(
-        UserError, match=rf"{LOADER_MODULE}\.load_backbone, which this checkout does not have"
-    ):
-        cache_profile(cfg, tmp_path / "c", prompts_file=tmp_path / "p.txt", progress=False)
     loads = []
-    fake = types.ModuleType(LOADER_MODULE)
-    fake.load_backbone = lambda family, pretrained: (
+    monkeypatch.setattr(loading, "load_backbone", lambda family, pretrained: (
         loads.append((family, pretrained.model_id)) or types.SimpleNamespace(text=encoder)
-    )
-    monkeypatch.setitem(sys.modules, LOADER_MODULE, fake)
+    ))  # fmt: skip
     report = cache_profile(cfg, tmp_path / "c", prompts_file=tmp_path / "p.txt", progress=False)
     assert loads == [("sdxl", str(model))] and report.prompts.encoded == 6
     again = cache_profile(cfg, tmp_path / "c", prompts_file=tmp_path / "p.txt", progress=False)
@@ -287,49 +276,3 @@ def test_real_profile_goes_through_the_loader_indirection(tmp_path, monkeypatch,
     (model / "text_encoder" / "model.safetensors").write_bytes(b"weights v2")  # another encoder: refused
     with pytest.raises(UserError, match="one cache folder holds one encoder's outputs"):
         cache_profile(cfg, tmp_path / "c", prompts_file=tmp_path / "p.txt", progress=False)
-
-
-class HalvingCodec:
-    """A latent codec that halves the resolution into 4 bf16 channels, counting its calls."""
-
-    def __init__(self):
-        self.calls = 0
-
-    def encode(self, images):
-        self.calls += 1
-        pooled = torch.nn.functional.avg_pool2d(images, 2)
-        return torch.cat([pooled, pooled.mean(1, keepdim=True)], 1).to(torch.bfloat16)
-
-    def decode(self, latents):
-        return torch.nn.functional.interpolate(latents[:, :3].float(), scale_factor=2)
-
-
-@pytest.mark.parametrize("codec", [IdentityCodec(), HalvingCodec()], ids=["identity", "halving"])
-def test_latent_cache_round_trip(tmp_path, codec):
-    gen = torch.Generator().manual_seed(0)
-    images = [torch.rand(3, 8, 8, generator=gen) * 2 - 1 for _ in range(7)]
-    items = [(f"img-{i}" if i % 2 else None, im) for i, im in enumerate(images)]
-    ids = [i if i else image_content_id(im) for i, im in items]
-    stats = build_latent_cache(
-        codec, iter(items), tmp_path, codec_id="c", shard_size=3, batch_size=2, progress=False
-    )
-    assert stats.encoded == 7 and len(stats.shards) == 3
-    latents = CachedLatents(tmp_path)
-    order = [ids[5], ids[0], ids[5], ids[6]]
-    got = latents.get(order)
-    want = codec.encode(torch.stack([images[5], images[0], images[5], images[6]]))
-    assert got.dtype == want.dtype and torch.equal(got, want)
-    before, calls = files(tmp_path), getattr(codec, "calls", 0)
-    again = build_latent_cache(codec, iter(items), tmp_path, codec_id="c", shard_size=3, progress=False)
-    assert again.encoded == 0 and again.reused == 7 and getattr(codec, "calls", 0) == calls
-    assert files(tmp_path) == before
-    with pytest.raises(MissingArtefactError, match=r"image 'img-99' is not in the cache"):
-        latents.get(["img-99"])
-    with pytest.raises(UserError, match=r"image 'bytes' has values in \[0, 255\]"):
-        build_latent_cache(
-            codec,
-            [("bytes", torch.full((3, 8, 8), 255.0).index_fill(0, torch.tensor(0), 0))],
-            tmp_path,
-            codec_id="c",
-            progress=False,
-        )

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from senseflow.checkpoint import ResumeError
 from senseflow.config import ConfigError, load_profile
 from senseflow.consistency import consistency_distill
 from senseflow.consistency_run import consistency_embedded
@@ -29,7 +30,6 @@ from senseflow.losses import (
     tscd_loss,
 )
 from senseflow.student import load_student
-from senseflow.train import ResumeError
 from tests.conftest import ROOT
 from tests.distill_script import tiny_teacher
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dashboard import data
+from dashboard.pages import samples as samples_data
 from tests.dashboard_fixtures import PROMPTS, build_tree
 from tests.test_dashboard_app import captions, images, open_page
 
@@ -63,17 +63,17 @@ def test_paired_comparison_opens_on_a_pair_that_shares_seeds(tree, monkeypatch):
 
 def test_nth_seed_ranks_within_each_candidate():
     grid = pd.DataFrame({"id": ["a", "a", "a"], "seed": [5, 900, 901], "candidate": ["x", "ref", "ref"]})
-    assert data.seeds_per_prompt(grid) == 2
-    assert sorted(data.nth_seed(grid, 0)["candidate"]) == ["ref", "x"]
-    assert list(data.nth_seed(grid, 1)["seed"]) == [901]
+    assert samples_data.seeds_per_prompt(grid) == 2
+    assert sorted(samples_data.nth_seed(grid, 0)["candidate"]) == ["ref", "x"]
+    assert list(samples_data.nth_seed(grid, 1)["seed"]) == [901]
 
 
 def test_default_sample_candidates_without_four_steps_falls_back_to_the_first_five():
     names = ["teacher_full", "teacher_2", "senseflow_2", "dmd2_2", "lcm_2", "hyper_sd_2"]
-    assert data.default_sample_candidates(names) == names[:5]
+    assert samples_data.default_sample_candidates(names) == names[:5]
     names = ["teacher_full", "teacher_reseed", "teacher_4", "senseflow_4", "senseflow_2"]
     info = {
         "teacher_full": {"kind": "teacher", "steps": 32},
         "teacher_reseed": {"kind": "teacher", "steps": 32},
     }
-    assert data.default_sample_candidates(names, info) == ["teacher_full", "teacher_4", "senseflow_4"]
+    assert samples_data.default_sample_candidates(names, info) == ["teacher_full", "teacher_4", "senseflow_4"]

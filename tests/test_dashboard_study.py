@@ -7,6 +7,7 @@ import json
 import numpy as np
 
 from dashboard import data
+from dashboard.pages import leaderboard as leaderboard_data
 from senseflow.study import study_table
 
 
@@ -28,11 +29,11 @@ def _cells() -> dict:
 
 def test_study_frames_read_the_study_table(tmp_path):
     roots = data.Roots(results=tmp_path / "results", build=tmp_path / "build", repo=tmp_path)
-    assert data.study_frames(roots) is None  # no study yet: the page says nothing about it
-    path = tmp_path / "build" / data.STUDY
+    assert leaderboard_data.study_frames(roots) is None  # no study yet: the page says nothing about it
+    path = tmp_path / "build" / leaderboard_data.STUDY
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(study_table(_cells())))
-    per_method, tests = data.study_frames(roots)
+    per_method, tests = leaderboard_data.study_frames(roots)
     row = per_method.set_index("method").loc["dmd2"]
     assert row["seeds"] == 3 and row["fid_t_probe"].startswith("106 [")  # mean 106, t interval beside it
     fid = tests[(tests["comparison"] == "senseflow - dmd2") & (tests["metric"] == "fid_t_probe")].iloc[0]

@@ -15,13 +15,16 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from senseflow import distill as terms
 from senseflow.backbones.conversions import flow_euler_step
+from senseflow.checkpoint import CHECKPOINT, ResumeError, load_checkpoint
 from senseflow.config import ConfigError, load_profile
 from senseflow.data import WorldData
 from senseflow.distributed import resolve_parallel
 from senseflow.errors import UserError
+from senseflow.export import anchors_for_steps, export_student
+from senseflow.loop_tools import TrainingDivergedError
 from senseflow.losses import d_logistic_loss, g_logistic_loss, isg_loss
-from senseflow.student import anchors_for_steps, export_student, load_student
-from senseflow.train import CHECKPOINT, ResumeError, TrainingDivergedError, _load_checkpoint, distill
+from senseflow.student import load_student
+from senseflow.train import distill
 from tests.conftest import ROOT
 from tests.conftest import torchrun as _torchrun
 from tests.distill_script import tiny_teacher
@@ -118,7 +121,7 @@ def test_ida_pulls_the_fake_model_onto_the_generator(teacher, tmp_path):
     distill(tmp_path, teacher=teacher, data=_data(), iterations=1, gan=False, ida_lam=0.0,
             checkpoint_every=1, **{**FAST, "fake_lr": 1e-30})  # fmt: skip
     g, f = teacher.trainable_copy(), teacher.trainable_copy()
-    _load_checkpoint(tmp_path / CHECKPOINT, {"generator": (g, None), "fake": (f, None)}, None, None,
+    load_checkpoint(tmp_path / CHECKPOINT, {"generator": (g, None), "fake": (f, None)}, None, None,
                      models_only=True)  # fmt: skip
     moved = any(
         not torch.equal(a, b) for a, b in zip(g.parameters(), teacher.network.parameters(), strict=True)
@@ -311,7 +314,7 @@ def test_two_process_fsdp2_ranks_agree_and_resume_in_one_process(world_dir, tmp_
 
 
 def test_lora_run_trains_adapters_only_and_exports_merged_and_lora_weights(teacher, tmp_path):
-    from senseflow.student import LORA_FILE
+    from senseflow.export import LORA_FILE
 
     base = {k: v.clone() for k, v in teacher.network.state_dict().items()}
     res = distill(tmp_path / "run", teacher=teacher, data=_data(), iterations=2, gan=False, lora_rank=4,

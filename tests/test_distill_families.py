@@ -74,7 +74,8 @@ def test_two_iterations_every_term(family, tmp_path):
 def test_exported_real_family_student_generates_at_its_anchors(family, tmp_path):
     from diffusers import LCMScheduler
 
-    from senseflow.student import export_student, load_student
+    from senseflow.export import export_student
+    from senseflow.student import load_student
 
     folder = save_tiny_pipeline(family, tmp_path / "teacher")
     base = dict(model_id=str(folder), licence="test", dtype="float32", resolution=RESOLUTION,

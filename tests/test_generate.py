@@ -35,7 +35,7 @@ def teacher_dir(tmp_path_factory, world_dir):
 @pytest.fixture(scope="module")
 def students(tmp_path_factory, world_dir):
     """The same tiny generator exported twice, with the x0 re-noise and the Euler sampler."""
-    from senseflow.student import export_student
+    from senseflow.export import export_student
 
     teacher = tiny_teacher(str(world_dir))
     root = tmp_path_factory.mktemp("students")

@@ -7,78 +7,33 @@ same pipeline for a person to watch.
 """
 
 import json
-import os
-import shutil
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .conftest import ROOT
+from tests.helpers.dvc_repo import (
+    changed_stages,
+    copy_repo,
+    deps_of,
+    dvc,
+    dvc_env,
+    relax_inception_hash,
+    repro_report,
+    restore,
+    stages_run,
+)
 
 pytestmark = pytest.mark.slow
-
-# from nothing: no build outputs, no lock file, no DVC cache
-SKIP = {".venv", ".git", "build", "results", ".pytest_cache", ".ruff_cache", "__pycache__", "tmp", "cache",
-        "dvc.lock"}  # fmt: skip
-
-
-def _copy_repo(dest: Path, profile: str = "smoke") -> Path:
-    shutil.copytree(ROOT, dest, ignore=lambda d, names: [n for n in names if n in SKIP])
-    # params.yaml and dvc.yaml of the profile (the render command the README gives)
-    subprocess.run([sys.executable, "-m", "senseflow.cli", "pipeline", "render", "--profile", profile],
-                   cwd=dest, env=_env(dest), check=True, capture_output=True)  # fmt: skip
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
-                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "copy"]):  # fmt: skip
-        subprocess.run(cmd, cwd=dest, check=True)
-    return dest
-
-
-def _env(repo: Path) -> dict:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    env["PYTHONPATH"] = str(repo)  # the copy's code, not the editable install's
-    env["DVC_NO_ANALYTICS"] = "1"
-    env["HF_HUB_OFFLINE"] = "1"
-    return env
-
-
-def _dvc(repo: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["dvc", *args], cwd=repo, env=_env(repo), capture_output=True, text=True, timeout=timeout
-    )
-
-
-def _ran(out: str) -> set[str]:
-    return {line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")}
-
-
-def _changed(repo: Path) -> set[str]:
-    """Stages `dvc status` reports as changed (their own deps, params or outs)."""
-    status = _dvc(repo, "status", "--json", timeout=300)
-    assert status.returncode == 0, status.stderr[-2000:]
-    return set(json.loads(status.stdout or "{}"))
-
-
-def _restore(repo: Path) -> None:
-    subprocess.run(["git", "checkout", "-q", "--", "."], cwd=repo, check=True)
-
-
-def _deps_of(repo: Path, path: str) -> set[str]:
-    """Stages of the rendered dvc.yaml with a dep covering ``path``."""
-    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-    return {name for name, s in stages.items()
-            if any(path == d or path.startswith(d + "/") for d in s.get("deps", []))}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory) -> Path:
-    repo = _copy_repo(tmp_path_factory.mktemp("smoke") / "repo")
+    repo = copy_repo(tmp_path_factory.mktemp("smoke") / "repo")
     t0 = time.perf_counter()
-    run = _dvc(repo, "repro", timeout=1800)
+    run = dvc(repo, "repro", timeout=1800)
     print(f"smoke dvc repro from nothing: {time.perf_counter() - t0:.0f} s")
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
     return repo
@@ -104,16 +59,16 @@ def test_smoke_pipeline_end_to_end(smoke):
     assert "| senseflow_4 |" in (tables / "main.md").read_text()
     gate = json.loads((repo / "results/gate.json").read_text())
     assert gate["passed"] is True and gate["rows"]
-    metrics = _dvc(repo, "metrics", "show", "--json")
+    metrics = dvc(repo, "metrics", "show", "--json")
     assert "senseflow_4" in metrics.stdout
 
 
 def test_nothing_changed_reruns_nothing(smoke):
     t0 = time.perf_counter()
-    again = _dvc(smoke, "repro", timeout=300)
+    again = dvc(smoke, "repro", timeout=300)
     print(f"second dvc repro, nothing changed: {time.perf_counter() - t0:.1f} s")
-    assert again.returncode == 0 and not _ran(again.stdout), again.stdout[-2000:]
-    assert _changed(smoke) == set()
+    assert again.returncode == 0 and not stages_run(again.stdout), again.stdout[-2000:]
+    assert changed_stages(smoke) == set()
 
 
 def test_editing_the_student_code_marks_the_generate_stages(smoke):
@@ -121,19 +76,17 @@ def test_editing_the_student_code_marks_the_generate_stages(smoke):
     path = smoke / "senseflow/student.py"
     path.write_text(path.read_text() + "\n# an edit\n")
     try:
-        changed = _changed(smoke)
+        changed = changed_stages(smoke)
     finally:
-        _restore(smoke)
+        restore(smoke)
     generate = {
         s for s in yaml.safe_load((smoke / "dvc.yaml").read_text())["stages"] if s.startswith("generate-")
     }
     assert generate <= changed, (generate, changed)
-    # exactly the stages that import it (and the first stage, which tracks all code for the render check)
-    assert changed == _deps_of(smoke, "senseflow/student.py") | {"preflight"}, changed
-    # the world, the judges, the teacher and the cache do not import it. (curve-reference does, through
-    # senseflow.samples -> candidates, so it reruns too; its bytes are deterministic, so the training
-    # stages that read it see an unchanged folder)
-    assert not {"world", "probes", "clip", "teacher", "cache"} & changed
+    # exactly the generate stages (and the first stage, which tracks all code for the render check):
+    # no training stage, nor the in-loop curve's reference, imports the student loader
+    assert changed == generate | {"preflight"}, changed
+    assert changed == deps_of(smoke, "senseflow/student.py") | {"preflight"}, changed
 
 
 def test_a_knob_of_ida_marks_only_the_methods_that_use_ida(smoke):
@@ -143,19 +96,19 @@ def test_a_knob_of_ida_marks_only_the_methods_that_use_ida(smoke):
     assert before in path.read_text()
     path.write_text(path.read_text().replace(before, "ida: {enabled: true, lam: 0.95}"))
     try:
-        changed = _changed(smoke)
+        changed = changed_stages(smoke)
     finally:
-        _restore(smoke)
+        restore(smoke)
     # senseflow uses IDA; lcm (consistency loop) and no_ida (an ablation without it) do not
     assert changed == {"preflight", "distill-senseflow"}, changed
 
 
 def test_an_evaluation_knob_reruns_only_the_evaluation(smoke):
-    exp = _dvc(smoke, "exp", "run", "-S", "experiments/smoke.yaml:pipeline.n_boot=100", timeout=600)
+    exp = dvc(smoke, "exp", "run", "-S", "experiments/smoke.yaml:pipeline.n_boot=100", timeout=600)
     assert exp.returncode == 0, exp.stdout[-3000:] + exp.stderr[-2000:]
-    ran = _ran(exp.stdout)
+    ran = stages_run(exp.stdout)
     assert ran and all(s.startswith("evaluate-") or s in ("preflight", "report", "gate") for s in ran), ran
-    _restore(smoke)
+    restore(smoke)
 
 
 def test_broken_dmd_sign_fails_the_gate(smoke):
@@ -167,10 +120,10 @@ def test_broken_dmd_sign_fails_the_gate(smoke):
     src = dmd.read_text()
     assert "grad = (fake - real) / w" in src
     dmd.write_text(src.replace("grad = (fake - real) / w", "grad = (real - fake) / w"))
-    run = _dvc(repo, "repro", timeout=1200)
+    run = dvc(repo, "repro", timeout=1200)
     out = run.stdout + run.stderr
     assert run.returncode != 0 and "failed to reproduce 'gate'" in out, out[-4000:]
-    assert not {"world", "probes", "clip", "teacher"} & _ran(run.stdout), _ran(run.stdout)
+    assert not {"world", "probes", "clip", "teacher"} & stages_run(run.stdout), stages_run(run.stdout)
     gate = json.loads((repo / "results/gate.json").read_text())
     failed = {(r["candidate"], r["metric"]) for r in gate["rows"] if not r["passed"]}
     assert gate["passed"] is False and failed == {("senseflow_4", "fid_t_probe")}, failed
@@ -179,16 +132,16 @@ def test_broken_dmd_sign_fails_the_gate(smoke):
 def test_real_profile_stops_at_the_first_stage(tmp_path):
     # no weights on this machine: the first stage names what is missing and how to fetch it,
     # before any stage writes anything
-    repo = _copy_repo(tmp_path / "repo", profile="sdxl")
+    repo = copy_repo(tmp_path / "repo", profile="sdxl")
     env_weights = tmp_path / "no-weights"
     run = subprocess.run(
-        ["dvc", "repro"], cwd=repo, env={**_env(repo), "SENSEFLOW_WEIGHTS": str(env_weights)},
+        ["dvc", "repro"], cwd=repo, env={**dvc_env(repo), "SENSEFLOW_WEIGHTS": str(env_weights)},
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert run.returncode != 0
     out = run.stderr + run.stdout
     assert "failed to reproduce 'preflight'" in out and "senseflow weights fetch sdxl" in out, out[-3000:]
-    assert _ran(run.stdout) == {"preflight"}
+    assert stages_run(run.stdout) == {"preflight"}
     assert not (repo / "build").exists() or not any((repo / "build").iterdir())
 
 
@@ -202,7 +155,7 @@ def test_real_profile_runs_through_dvc_on_tiny_weights(tmp_path):
     from tests.test_real_data import write_folder
     from tests.tiny_pipelines import RESOLUTION, T5_LENGTH, save_tiny_pipeline
 
-    repo = _copy_repo(tmp_path / "repo", profile="sd35_medium")
+    repo = copy_repo(tmp_path / "repo", profile="sd35_medium")
     weights = tmp_path / "weights"
     save_tiny_pipeline("sd3", weights / "sd35_medium")
     tiny_dinov2().save_pretrained(weights / "dinov2_vitl14")
@@ -213,10 +166,7 @@ def test_real_profile_runs_through_dvc_on_tiny_weights(tmp_path):
     (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
     # preflight checks the evaluation models: only the random Inception is here (metric fid_t alone),
     # and it cannot carry the real file's hash prefix
-    manifest = yaml.safe_load((repo / "eval/weights_manifest.yaml").read_text())
-    manifest["evaluation"] = ["inception_fid"]
-    manifest["artefacts"]["inception_fid"]["files"][0].update(sha256=None, sha256_prefix=None)
-    (repo / "eval/weights_manifest.yaml").write_text(yaml.safe_dump(manifest))
+    relax_inception_hash(repo)
     path = repo / "experiments/sd35_medium.yaml"
     p = yaml.safe_load(path.read_text())
     p["teacher"]["pretrained"].update(model_id=str(weights / "sd35_medium"), dtype="float32",
@@ -228,16 +178,9 @@ def test_real_profile_runs_through_dvc_on_tiny_weights(tmp_path):
     p["pipeline"].update(prompts={"set": str(tmp_path / "prompts.txt")}, metrics=["fid_t"], n_boot=20,
                          n_boot_set=5, student_steps=[4], teacher_steps=[4], noise_floor=False)  # fmt: skip
     p["runtime"] = {"nproc_per_node": 1, "device": "cpu", "threads": 1}
-    path.write_text(yaml.safe_dump(p, sort_keys=False))
-    subprocess.run([sys.executable, "-m", "senseflow.cli", "pipeline", "render"], cwd=repo, env=_env(repo),
-                   check=True)  # the pipeline section changed: render the plan again  # fmt: skip
-    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "tiny"], cwd=repo,
-                   check=True)  # fmt: skip
-    env = {**_env(repo), "SENSEFLOW_WEIGHTS": str(weights)}
-    run = subprocess.run(["dvc", "repro", "report"], cwd=repo, env=env, capture_output=True, text=True,
-                         timeout=900)  # fmt: skip
+    run = repro_report(repo, path, p, weights)  # the pipeline section changed: render the plan again
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
-    assert {"cache", "distill-senseflow", "generate-senseflow"} <= _ran(run.stdout)
+    assert {"cache", "distill-senseflow", "generate-senseflow"} <= stages_run(run.stdout)
     assert not {"world", "teacher"} & set(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
     assert json.loads((repo / "build/distill/senseflow/summary.json").read_text())["text"] == "cached"
     cands = json.loads((repo / "results/summary.json").read_text())["candidates"]

@@ -94,9 +94,46 @@ def test_generate_stages_track_the_sampling_code(plans):
     for name, plan in plans.items():
         for stage_name, stage in plan["stages"].items():
             if stage_name.startswith("generate-"):
-                for f in ("senseflow/student.py", "senseflow/candidates.py", "senseflow/samplers.py",
-                          "senseflow/schedules.py", "senseflow/backbones/sd3.py"):  # fmt: skip
+                for f in ("senseflow/student.py", "senseflow/student_sampler.py", "senseflow/export.py",
+                          "senseflow/candidates.py", "senseflow/teacher_candidate.py",
+                          "senseflow/samplers.py", "senseflow/schedules.py",
+                          "senseflow/backbones/sd3.py"):  # fmt: skip
                     assert _covers(_deps(stage), f), (name, stage_name, f)
+
+
+def _downstream(stages: dict, names: set[str]) -> set[str]:
+    """``names`` and every stage reading (directly or not) what one of them writes."""
+    found, todo = set(names), list(names)
+    while todo:
+        outs = _outs(stages[todo.pop()])
+        for name, stage in stages.items():
+            if name not in found and any(_covers(outs, d) for d in _deps(stage)):
+                found.add(name)
+                todo.append(name)
+    return found
+
+
+def test_editing_the_student_loader_marks_exactly_the_generate_stages(plans):
+    # issue 16: an edit of senseflow/student.py (the loaded student) regenerates samples and retrains
+    # nothing: distillation writes the folder through senseflow.export and samples its in-loop curve
+    # through senseflow.student_sampler, and the curve's reference samples the teacher through
+    # senseflow.teacher_candidate, so none of them reaches student.py
+    for name, plan in plans.items():
+        stages = plan["stages"]
+        generate = {s for s in stages if s.startswith("generate-")}
+        marked = {s for s, stage in stages.items() if _covers(_deps(stage), "senseflow/student.py")}
+        # (the first stage tracks all code: its stale-plan check renders the plan from the imports)
+        assert marked - {"preflight"} == generate, (name, sorted(marked ^ generate))
+        rerun = _downstream(stages, generate)
+        assert not {s for s in rerun if s.startswith(("distill-", "export-"))}, name
+        assert not {"world", "probes", "clip", "teacher", "cache", "curve-reference"} & rerun, name
+        assert {s for s in stages if s.startswith("evaluate-")} <= rerun and "report" in rerun, name
+    # the files split from it do reach training: an edit there honestly retrains
+    embedded = plans["embedded"]["stages"]
+    for f in ("senseflow/export.py", "senseflow/student_sampler.py"):
+        assert _covers(_deps(embedded["distill-senseflow"]), f), f
+    assert _covers(_deps(embedded["curve-reference"]), "senseflow/teacher_candidate.py")
+    assert not _covers(_deps(embedded["curve-reference"]), "senseflow/candidates.py")
 
 
 def test_training_and_evaluation_stages_track_what_they_import(plans):

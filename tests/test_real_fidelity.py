@@ -385,8 +385,8 @@ def test_the_planner_reads_the_settings_the_loop_uses(name):
 def test_export_records_the_true_dtype_and_sdxl_samples_x0(tmp_path):
     import json
 
+    from senseflow.export import export_student
     from senseflow.real_run import student_sampler
-    from senseflow.student import export_student
     from senseflow.train import trainable_network
 
     teacher = tiny_family("sd3", tmp_path)  # bfloat16, the profile's dtype

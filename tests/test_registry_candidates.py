@@ -5,8 +5,6 @@ preflight's list of missing weights, the report's paper rows, and a tiny end-to-
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -16,7 +14,7 @@ from senseflow import pipeline as pl
 from senseflow.baselines import get_recipe, missing_recipe_weights, recipe_family
 from senseflow.config import ConfigError, load_profile
 from senseflow.stages import missing_inputs, missing_registry_weights
-from tests.test_pipeline import _copy_repo, _env, _ran
+from tests.helpers.dvc_repo import copy_repo, relax_inception_hash, repro_report, stages_run
 
 TABLES = {"tables_sdxl": "sdxl", "tables_sd35": "sd3", "tables_flux": "flux"}
 
@@ -197,18 +195,14 @@ def test_evaluation_only_profile_runs_through_dvc_on_tiny_weights(tmp_path, fami
     from tests.tiny_pipelines import RESOLUTION, T5_LENGTH, save_tiny_pipeline
 
     profile, tiny, artefact, pipeline_class, paper_row, paper_fid = TINY[family]
-    repo = _copy_repo(tmp_path / "repo", profile=profile)
+    repo = copy_repo(tmp_path / "repo", profile=profile)
     weights = tmp_path / "weights"
     save_tiny_pipeline(tiny, weights / artefact)
     (weights / "inception_fid").mkdir()
     save_random_inception(weights / "inception_fid")
     prompts = ["a red cat", "a blue dog", "a photo of a cat", "the dog and the cat"]
     (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
-    manifest = yaml.safe_load((repo / "eval/weights_manifest.yaml").read_text())
-    manifest["evaluation"] = ["inception_fid"]  # the random Inception cannot carry the real file's hash
-    for f in manifest["artefacts"]["inception_fid"]["files"]:
-        f.update({k: None for k in ("sha256", "sha256_prefix", "size") if k in f})
-    (repo / "eval/weights_manifest.yaml").write_text(yaml.safe_dump(manifest))
+    relax_inception_hash(repo)  # the random Inception cannot carry the real file's hash
     registry = yaml.safe_load((repo / "experiments/baselines.yaml").read_text())
     registry["candidates"]["tiny_public_4"] = {
         "label": "tiny public model", "kind": "baseline", "paper_row": paper_row, "pipeline": pipeline_class,
@@ -230,17 +224,10 @@ def test_evaluation_only_profile_runs_through_dvc_on_tiny_weights(tmp_path, fami
                          n_boot_set=5, teacher_steps=[], noise_floor=False,
                          registry_baselines=["tiny_public_4"])  # fmt: skip
     p["runtime"] = {"nproc_per_node": 1, "device": "cpu", "threads": 1}
-    path.write_text(yaml.safe_dump(p, sort_keys=False))
-    subprocess.run([sys.executable, "-m", "senseflow.cli", "pipeline", "render"], cwd=repo, env=_env(repo),
-                   check=True)  # fmt: skip
-    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qam", "tiny"], cwd=repo,
-                   check=True)  # fmt: skip
-    env = {**_env(repo), "SENSEFLOW_WEIGHTS": str(weights)}
-    run = subprocess.run(["dvc", "repro", "report"], cwd=repo, env=env, capture_output=True, text=True,
-                         timeout=900)  # fmt: skip
+    run = repro_report(repo, path, p, weights)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
-    assert {"preflight", "generate-tiny_public_4", "evaluate-tiny_public_4"} <= _ran(run.stdout)
-    assert not any(s.startswith(("distill-", "cache")) for s in _ran(run.stdout))  # nothing trained
+    assert {"preflight", "generate-tiny_public_4", "evaluate-tiny_public_4"} <= stages_run(run.stdout)
+    assert not any(s.startswith(("distill-", "cache")) for s in stages_run(run.stdout))  # nothing trained
     summary = json.loads((repo / "results/summary.json").read_text())
     entry = summary["candidates"]["tiny_public_4"]
     assert entry["kind"] == "registry" and entry["nfe"] == 4

@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from senseflow.backbones.base import Backbone
+from senseflow.checkpoint import ResumeError
 from senseflow.samplers import NFECounter, euler_flow, prompt_noise, prompt_seed, sample_prompts
 from senseflow.schedules import euler_sigmas
-from senseflow.teacher import CheckpointError, load_teacher, teacher_sources, train_teacher
+from senseflow.teacher import load_teacher, teacher_sources, train_teacher
 
 real_sources = teacher_sources
 
@@ -56,7 +57,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, world_dir, monkeypatch
 def test_checkpoint_of_another_configuration_is_refused(tmp_path, world_dir):
     run = tmp_path / "run"
     train_teacher(run, world_dir=world_dir, steps=2, checkpoint_every=1, **TINY)
-    with pytest.raises(CheckpointError, match=r"steps: 2 -> 3.*delete it"):
+    with pytest.raises(ResumeError, match=r"steps: 2 -> 3.*delete it"):
         train_teacher(run, world_dir=world_dir, steps=3, checkpoint_every=1, **TINY)
     # only bookkeeping knobs changed: resumes (nothing left to do) and re-exports
     train_teacher(run, world_dir=world_dir, steps=2, checkpoint_every=2, **{**TINY, "log_every": 1})
@@ -135,7 +136,7 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path, world_dir):
     out = tmp_path / "run"
     out.mkdir()
     (out / "checkpoint.pt").write_bytes(b"garbage")
-    with pytest.raises(CheckpointError, match="delete it to restart"):
+    with pytest.raises(ResumeError, match="delete it to restart"):
         train_teacher(out, world_dir=world_dir, steps=2, checkpoint_every=1, **TINY)
 
 

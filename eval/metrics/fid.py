@@ -55,7 +55,7 @@ from eval.metrics.frechet import (  # noqa: F401  (FIDInputError, check_features
 from eval.registry import MetricResult
 from eval.streaming import map_batches
 from senseflow.errors import MissingArtefactError, UserError
-from senseflow.io import atomic_write_bytes, atomic_write_text
+from senseflow.io import atomic_write_bytes, atomic_write_text, sha256_file
 from senseflow.samples import read_manifest
 
 log = logging.getLogger(__name__)
@@ -130,12 +130,6 @@ class FeatureExtractor(Protocol):
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Features of a uint8 batch."""
         ...
-
-
-def _file_sha256(path: Path) -> str:
-    from senseflow.io import sha256_file
-
-    return sha256_file(path)
 
 
 def clean_resize(images: torch.Tensor, size: int = INCEPTION_SIZE) -> torch.Tensor:
@@ -225,7 +219,7 @@ class InceptionFeatures:
         self.resize = resize
         self.batch_size = batch_size
         self.weights_path = path
-        self.weights_sha256 = _file_sha256(path)
+        self.weights_sha256 = sha256_file(path)
         self.id = f"inception-v3-tf-2015-12-05:{self.weights_sha256}"
 
     def prepare(self, pixels: np.ndarray) -> np.ndarray:
@@ -503,7 +497,7 @@ def folder_hash(folder: str | Path) -> str:
     folder = Path(folder)
     h = hashlib.sha256()
     for r in read_manifest(folder):
-        h.update(f"{r['file']}:{_file_sha256(folder / r['file'])}\n".encode())
+        h.update(f"{r['file']}:{sha256_file(folder / r['file'])}\n".encode())
     return h.hexdigest()
 
 
@@ -558,7 +552,7 @@ def _load_cache(path: Path, key: dict[str, str]) -> ReferenceStats | None:
     sidecar = path.with_name(path.name + ".sha256")
     if not path.is_file():
         return None
-    sha = _file_sha256(path)
+    sha = sha256_file(path)
     recorded = sidecar.read_text().split()[0] if sidecar.is_file() else ""
     if sha != recorded:
         log.warning("%s: sha256 %s does not match %s; recomputing", path, sha[:12], sidecar)

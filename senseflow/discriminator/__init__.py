@@ -1,4 +1,4 @@
-"""SenseFlow's VFM discriminator: DiffAugment, frozen feature taps, heads (docs/architecture.md)."""
+"""SenseFlow's VFM discriminator: DiffAugment, frozen taps, heads (docs/architecture/distillation.md)."""
 
 from senseflow.discriminator.diffaug import DIFFAUG_POLICIES, diffaugment
 from senseflow.discriminator.head import MAX_LOGIT_SIZE, DiscriminatorHead, downsamplings

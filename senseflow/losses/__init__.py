@@ -1,4 +1,4 @@
-"""SenseFlow's losses as pure functions over tensors (docs/architecture.md, "Losses")."""
+"""SenseFlow's losses as pure functions over tensors (docs/architecture/distillation.md, "Losses")."""
 
 from senseflow.losses.adversarial import (
     GAN_WEIGHT_CURVES,
