@@ -250,8 +250,9 @@ def profile_artefacts(cfg, manifest=None) -> dict[str, list[str]]:
 
     The teacher and discriminator backbone (the manifest's ``profiles`` entry), the weights of
     every recipe in ``pipeline.registry_baselines`` (its base, UNet / transformer and LoRA that
-    name an ``artefact``) and the models of each metric in ``pipeline.metrics`` (the manifest's
-    ``metric_sets``; a metric without an entry loads no pretrained file). This is exactly what
+    name an ``artefact``) and the models of each metric in ``pipeline.metrics`` and of each
+    T2I-CompBench category in ``pipeline.compbench`` (the manifest's ``metric_sets``; a metric
+    without an entry loads no pretrained file). This is exactly what
     ``senseflow weights fetch PROFILE`` downloads and what ``preflight`` checks. Embedded
     profiles build everything themselves and need nothing.
     """
@@ -279,7 +280,10 @@ def profile_artefacts(cfg, manifest=None) -> dict[str, list[str]]:
                         "(repo, files, licence) or remove the key"
                     )
                 out.setdefault(ref.artefact, []).append(cand)
-    for metric in cfg.pipeline.metrics:
+    metrics = list(cfg.pipeline.metrics)
+    if cfg.pipeline.compbench is not None:  # the T2I-CompBench judges of the profile's categories
+        metrics += [f"t2i_compbench_{c}" for c in cfg.pipeline.compbench.categories]
+    for metric in metrics:
         for name in manifest.metric_sets.get(metric, ()):
             out.setdefault(name, []).append(metric)
     return out

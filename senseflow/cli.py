@@ -711,7 +711,7 @@ def pipeline_compbench_generate(
     source: Source, profile: Profile = "embedded", set_: Sets = None, quiet: Quiet = False
 ) -> None:
     """Sample SOURCE's 4-step candidates on T2I-CompBench (10 images per prompt, seeds 42-51)."""
-    from senseflow.compbench_stages import generate
+    from senseflow.compbench_generate import generate
 
     cfg = _stage_cfg(profile, set_)
     if cfg is None:

@@ -326,7 +326,7 @@ def _compbench_stages(cfg: ProfileConfig, source: str, origin: list[str], q: str
     return {
         f"compbench-generate-{source}": _stage(
             f"senseflow pipeline compbench-generate {source} {q}",
-            entries=["senseflow.compbench_stages", "senseflow.generate"], deps=list(origin),
+            entries=["senseflow.compbench_generate", "senseflow.generate"], deps=list(origin),
             params=_params(cfg, keys), outs=[str(pl.compbench_samples_dir(n)) for n in names],
         ),
         f"compbench-evaluate-{source}": _stage(

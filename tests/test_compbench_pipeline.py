@@ -56,7 +56,7 @@ def test_plan_has_compbench_stages_for_every_4_step_model(dataset):
 
 def test_generate_samples_ten_images_per_prompt_at_seeds_42_to_51(dataset, tmp_path, monkeypatch):
     import senseflow.generate
-    from senseflow import compbench_stages
+    from senseflow import compbench_generate
 
     monkeypatch.chdir(tmp_path)
     calls = []
@@ -68,7 +68,7 @@ def test_generate_samples_ten_images_per_prompt_at_seeds_42_to_51(dataset, tmp_p
 
     monkeypatch.setattr(senseflow.generate, "generate", fake_generate)
     cfg = profile(dataset)
-    outs = compbench_stages.generate(cfg, "dmd2_sdxl_4", progress=False)
+    outs = compbench_generate.generate(cfg, "dmd2_sdxl_4", progress=False)
     assert [str(o) for o in outs] == ["build/compbench/samples/dmd2_sdxl_4/color",
                                       "build/compbench/samples/dmd2_sdxl_4/complex"]  # fmt: skip
     model, category, steps, rows, seeds = calls[0]
@@ -86,7 +86,7 @@ def test_generate_samples_ten_images_per_prompt_at_seeds_42_to_51(dataset, tmp_p
     limited = load_profile(
         "tables_sdxl", [f"pipeline.compbench.source={dataset}", "pipeline.compbench.n_prompts=1"]
     )
-    records, _, card = compbench_stages.category_card(limited, "color")
+    records, _, card = compbench_generate.category_card(limited, "color")
     assert len(records) == 10 and card["n_prompts"] == 1
 
 

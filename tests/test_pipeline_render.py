@@ -120,14 +120,14 @@ def test_editing_the_student_loader_marks_exactly_the_generate_stages(plans):
     # senseflow.teacher_candidate, so none of them reaches student.py
     for name, plan in plans.items():
         stages = plan["stages"]
-        generate = {s for s in stages if s.startswith("generate-")}
+        generate = {s for s in stages if s.startswith(("generate-", "compbench-generate-"))}
         marked = {s for s, stage in stages.items() if _covers(_deps(stage), "senseflow/student.py")}
         # (the first stage tracks all code: its stale-plan check renders the plan from the imports)
         assert marked - {"preflight"} == generate, (name, sorted(marked ^ generate))
         rerun = _downstream(stages, generate)
         assert not {s for s in rerun if s.startswith(("distill-", "export-"))}, name
         assert not {"world", "probes", "clip", "teacher", "cache", "curve-reference"} & rerun, name
-        assert {s for s in stages if s.startswith("evaluate-")} <= rerun and "report" in rerun, name
+        assert {s for s in stages if s.startswith(("evaluate-", "compbench-evaluate-"))} <= rerun and "report" in rerun, name
     # the files split from it do reach training: an edit there honestly retrains
     embedded = plans["embedded"]["stages"]
     for f in ("senseflow/export.py", "senseflow/student_sampler.py"):

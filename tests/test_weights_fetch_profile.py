@@ -37,6 +37,13 @@ METRIC_FILES = {
     ("google-bert/bert-base-uncased", "tokenizer_config.json"),
     ("google-bert/bert-base-uncased", "config.json"),
 }
+# T2I-CompBench's judges (BLIP-VQA, CLIP ViT-B/32, OWLv2 snapshots; the spaCy model wheel)
+COMPBENCH_FILES = {
+    ("Salesforce/blip-vqa-capfilt-large", "*"),
+    ("openai/clip-vit-base-patch32", "*"),
+    ("google/owlv2-base-patch16-ensemble", "*"),
+    ("spacy/en_core_web_sm", "en_core_web_sm-any-py3-none-any.whl"),
+}
 
 
 @pytest.fixture
@@ -86,6 +93,8 @@ def _expected_requests(profile: str) -> set[tuple[str, str]]:
     cfg = load_profile(profile)
     want = {(cfg.teacher.pretrained.model_id, "*")} | METRIC_FILES
     want.add((W.load_manifest().artefacts["inception_fid"].url, "*"))
+    if cfg.pipeline.compbench is not None:  # T2I-CompBench's judges (eval/compbench.py names them)
+        want |= COMPBENCH_FILES
     for name in cfg.pipeline.registry_baselines:
         for _, ref in recipe_refs(get_recipe(name)):
             if ref.file:
