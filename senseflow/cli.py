@@ -97,8 +97,11 @@ def config_list() -> None:
 
 # ----------------------------------------------------------------------------- world
 @world_app.command("build")
-def world_build(out: Out, profile: Profile = "embedded", set_: Sets = None) -> None:
-    """Write the tokenizer, the frozen text encoder and the fixed prompt splits (dvc stage `world`)."""
+def world_build(out: Out, profile: Profile = "embedded", set_: Sets = None, quiet: Quiet = False) -> None:
+    """Write the tokenizer, the text encoder and the fixed prompt splits (dvc stage `world`).
+
+    The encoder is pre-trained contrastively first when world.text.pretrain.steps > 0.
+    """
     from senseflow.world.build import build_world
 
     cfg = _embedded(_cfg(profile, set_))
@@ -113,9 +116,12 @@ def world_build(out: Out, profile: Profile = "embedded", set_: Sets = None) -> N
         text_max_length=w.text.max_length,
         text_seed=w.text.seed,
         text_pooling=w.text.pooling,
+        text_pretrain=w.text.pretrain.model_dump() if w.text.pretrain.steps else None,
+        resolution=w.scenes.resolution,
         seed=w.seed,
+        progress=not quiet,
     )
-    typer.echo(f"world written to {out}: prompts {summary}")
+    typer.echo(f"world written to {out}: {summary}")
 
 
 @world_app.command("sample")

@@ -68,8 +68,27 @@ class SceneConfig(Strict):
         return v
 
 
+class TextPretrainConfig(Strict):
+    """Contrastive pre-training of the world's text encoder (``world/text_pretrain.py``).
+
+    ``steps: 0`` keeps the encoder random and frozen (the smoke profile). Real teachers read a
+    pretrained encoder; the embedded teacher learns its scenes several times better from one.
+    """
+
+    steps: Annotated[int, Field(ge=0)] = 0
+    batch_size: PositiveInt = 128
+    lr: Annotated[float, Field(gt=0)] = 2e-3
+    weight_decay: Annotated[float, Field(ge=0)] = 0.1
+    warmup_steps: Annotated[int, Field(ge=0)] = 50
+    vision_width: PositiveInt = 64  # the image tower, discarded after training
+    vision_layers: PositiveInt = 2
+    patch_size: PositiveInt = 4
+    eval_scenes: PositiveInt = 256
+    seed: int = 0
+
+
 class TextEncoderConfig(Strict):
-    """The frozen tiny CLIP text encoder and its word-level tokenizer."""
+    """The tiny CLIP text encoder (frozen downstream) and its word-level tokenizer."""
 
     hidden_size: PositiveInt = 64
     num_layers: PositiveInt = 2
@@ -77,6 +96,18 @@ class TextEncoderConfig(Strict):
     max_length: PositiveInt = 24
     pooling: Literal["eos", "tokens"] = "tokens"  # global conditioning (see world/text.py)
     seed: int = 0
+    pretrain: TextPretrainConfig = TextPretrainConfig()
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TextEncoderConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"num_heads {self.num_heads} must divide hidden_size {self.hidden_size}")
+        if self.pretrain.steps and self.pretrain.vision_width % self.num_heads:
+            raise ValueError(
+                f"pretrain.vision_width {self.pretrain.vision_width} must be a multiple of num_heads "
+                f"{self.num_heads} (the image tower uses the encoder's head count)"
+            )
+        return self
 
 
 class PromptSplitsConfig(Strict):
@@ -95,6 +126,16 @@ class WorldConfig(Strict):
     text: TextEncoderConfig = TextEncoderConfig()
     prompts: PromptSplitsConfig = PromptSplitsConfig()
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _pretrain_patches_tile(self) -> WorldConfig:
+        pre = self.text.pretrain
+        if self.scenes is not None and pre.steps and self.scenes.resolution % pre.patch_size:
+            raise ValueError(
+                f"text.pretrain.patch_size {pre.patch_size} does not divide scenes.resolution "
+                f"{self.scenes.resolution}; use a divisor (e.g. 4)"
+            )
+        return self
 
 
 class ProbeConfig(Strict):

@@ -49,7 +49,7 @@ def train_teacher(
     num_attention_heads: int = 4,  # heads per block
     attention_head_dim: int = 32,  # width per head
     qk_norm: str | None = "rms_norm",  # QK normalisation (SD3.5), stabilises high LR
-    steps: int = 4000,  # optimiser steps
+    steps: int = 2000,  # optimiser steps
     batch_size: int = 64,  # images per step
     lr: float = 1e-3,  # peak AdamW learning rate
     warmup_steps: int = 200,  # linear warm-up, then cosine decay to 0
@@ -63,8 +63,8 @@ def train_teacher(
     logit_std: float = 1.0,  # logit-normal scale
     shift: float = 1.0,  # resolution shift of sigma (1 = none at 16 px)
     seed: int = 0,  # model init, data and noise
-    checkpoint_every: int = 500,  # steps between resumable checkpoints
-    log_every: int = 50,  # steps between dvclive records
+    checkpoint_every: int = 250,  # steps between resumable checkpoints
+    log_every: int = 25,  # steps between dvclive records
     sample_steps: int = 32,  # recipe: Euler steps at "full" quality
     sample_cfg: float = 4.0,  # recipe: CFG scale
     progress: bool = True,  # tqdm progress bar

@@ -52,21 +52,12 @@ def test_the_consistency_loop_defaults_are_the_config_defaults(method, config):
     assert _drift(consistency_distill, kw, skip=("method", "iterations", "guidance_embedding")) == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="drift left for the owner of senseflow/teacher.py (issue 13 in flight): train_teacher "
-    "defaults steps 4000, checkpoint_every 500, log_every 50; TeacherTrainConfig 2000, 250, 25",
-)
 def test_the_teacher_loop_defaults_are_the_config_defaults():
     from senseflow.teacher import train_teacher
 
     assert _drift(train_teacher, TeacherTrainConfig().model_dump()) == {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="drift left for the owner of senseflow/world/: train_probe defaults steps 1500, ProbeConfig 2500",
-)
 def test_the_probe_loop_defaults_are_the_config_defaults():
     from senseflow.world.probes import train_probe
 

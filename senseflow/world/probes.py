@@ -179,7 +179,7 @@ def train_probe(
     *,
     resolution: int,
     digit_counts: dict[int, float],
-    steps: int = 1500,
+    steps: int = 2500,
     batch_size: int = 128,
     lr: float = 2e-3,
     width: int = 32,

@@ -1,0 +1,62 @@
+"""The world's text encoder pre-training (world/text_pretrain.py) and its wiring into the world stage."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from senseflow.config import load_profile
+from senseflow.errors import UserError
+from senseflow.world.build import build_world
+from senseflow.world.text import WorldTextEncoder, build_text_encoder, build_tokenizer
+from senseflow.world.text_pretrain import pretrain_text_encoder
+
+DIGITS = {1: 0.5, 2: 0.5}
+
+
+def _encoder():
+    return build_text_encoder(hidden_size=32, num_layers=1, num_heads=2, max_length=24, seed=0)
+
+
+def test_pretraining_learns_captions_and_leaves_the_encoder_frozen():
+    torch.set_num_threads(1)
+    model, tok = _encoder(), build_tokenizer(24)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    batch = 64
+    report = pretrain_text_encoder(model, tok, resolution=16, digit_counts=DIGITS, steps=40,
+                                   batch_size=batch, vision_width=32, vision_layers=1, eval_scenes=64,
+                                   progress=False)  # fmt: skip
+    # InfoNCE at chance is about ln(batch); the encoder must have learned to tell captions apart
+    assert report["final_loss"] < 0.9 * math.log(batch), report
+    assert report["text_to_image_retrieval"] > report["text_to_image_retrieval_untrained"], report
+    after = model.state_dict()
+    assert all(not torch.equal(before[k], after[k]) for k in before if "position_ids" not in k)
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+
+
+def test_the_world_stage_writes_the_pretrained_encoder_and_its_report(tmp_path):
+    torch.set_num_threads(1)
+    common = dict(digit_counts=DIGITS, prompts_per_split={"train": 4, "val": 2, "test": 2},
+                  text_hidden_size=32, text_num_layers=1, text_num_heads=2, text_max_length=24,
+                  text_seed=0, seed=0,
+                  text_pooling="eos", progress=False)  # fmt: skip
+    pre = {"steps": 5, "batch_size": 16, "vision_width": 32, "vision_layers": 1, "eval_scenes": 16}
+    build_world(tmp_path / "a", text_pretrain=pre, **common)
+    build_world(tmp_path / "b", **common)  # steps 0: the frozen random encoder, as before
+    report = json.loads((tmp_path / "a" / "text_encoder_report.json").read_text())
+    assert report["steps"] == 5 and "train_seconds" not in report  # no wall clock in a dependency
+    assert not (tmp_path / "b" / "text_encoder_report.json").exists()
+    a, b = WorldTextEncoder.load(tmp_path / "a"), WorldTextEncoder.load(tmp_path / "b")
+    assert a.pooling == "eos" and a.pooled_size == 32
+    caps = ["at the top left a red 3 on a black background"]
+    assert not torch.allclose(a.encode(caps).hidden, b.encode(caps).hidden)
+    random = WorldTextEncoder(build_tokenizer(24), _encoder())
+    assert torch.equal(b.encode(caps).hidden, random.encode(caps).hidden)
+
+
+def test_a_pretrain_patch_that_does_not_tile_the_scene_fails_when_the_profile_is_read():
+    with pytest.raises(UserError, match="patch_size 5 does not divide scenes.resolution 16"):
+        load_profile("embedded", ["world.text.pretrain.patch_size=5"])
+    with pytest.raises(UserError, match="vision_width 63 must be a multiple of num_heads 2"):
+        load_profile("embedded", ["world.text.pretrain.vision_width=63"])
