@@ -188,24 +188,27 @@ def count_discriminator_heads(
     text_dim: int,
     text_projection_dim: int,
     grid: int,
+    reference: str = "per_location",
 ) -> NetworkCount:
-    """The VFM discriminator's trainable part: one head per tapped map and the text projection.
+    """The VFM discriminator's trainable part: one head per tapped map.
 
     As in :class:`senseflow.discriminator.VFMDiscriminator`: one :class:`DiscriminatorHead`
     per DINOv2 map (the patch embedding and each of ``blocks``), each over ``channels`` x
-    ``grid`` x ``grid`` features, conditioned on ``[text projection, pooled real
-    features]``. Every DINOv2 map has the same shape, so one head is built (on the meta
-    device) and counted once per map: spectral norm's power iterations make each build slow.
+    ``grid`` x ``grid`` features, with its ``text_dim -> text_projection_dim`` text map and
+    its reference map (``per_location``: a second conv trunk, the released ``refmapper``).
+    Every DINOv2 map has the same shape, so one head is built (on the meta device) and
+    counted once per map: spectral norm's power iterations make each build slow.
     """
     taps = len(dinov2_hidden_state_indices(blocks))
     with torch.device("meta"):
-        head = DiscriminatorHead(channels, text_projection_dim + channels, in_size=grid)
-        text_proj = nn.Linear(text_dim, text_projection_dim)
-    one, proj = count_network("", head, trainable=True), count_network("", text_proj, trainable=True)
-    parameters = taps * one.parameters + proj.parameters
+        head = DiscriminatorHead(
+            channels, text_dim, in_size=grid, cmap_dim=text_projection_dim, reference=reference
+        )
+    one = count_network("", head, trainable=True)
+    parameters = taps * one.parameters
     return NetworkCount(
         role="discriminator heads",
-        model=f"{taps} x DiscriminatorHead + Linear",
+        model=f"{taps} x DiscriminatorHead",
         parameters=parameters,
         trainable=parameters,
         buffers=taps * one.buffers,
@@ -252,6 +255,7 @@ def profile_networks(cfg: ProfileConfig, arch_dir: Path, *, cache_text: bool = F
                 text_dim=int(load_architecture_config(arch_dir / CLIP_L_FOLDER)["hidden_size"]),
                 text_projection_dim=gan.text_projection_dim,
                 grid=_vfm_grid(vfm_config, cfg.teacher.pretrained.resolution)[1],
+                reference=gan.reference_condition,
             )
         )
 

@@ -370,6 +370,9 @@ def distill(
         cond = teacher.text.encode(prompts).to(info.device)
         uncond = uncond_one.index([0] * len(prompts)).to(info.device)
         cfg = _uniform_scales(teacher_cfg, batch, gen).to(info.device)
+        # the VFM discriminator's text condition: CLIP ViT-L/14 features (real teachers) or the
+        # pooled embedding (the embedded world); VFMDiscriminator.text_condition decides
+        d_text = d_module.text_condition(prompts, cond) if (gan and head is None) else None
         # the generator steps at iterations ttur, 2 ttur, ... (1-based, as released): the
         # fake model has trained ttur - 1 times on the generator's samples before the first
         g_step = (it + 1) % ttur == 0
@@ -427,7 +430,7 @@ def distill(
                         )
                     else:
                         losses["gan_g"], fake_images = terms.vfm_generator_gan(
-                            d_module, G, x0_g, cond, images, inputs.t,
+                            d_module, G, x0_g, d_text, images, inputs.t,
                             curve=gan_curve, loss=gan_loss, gen=gen,
                         )  # fmt: skip
                 total = total + gan_weight * losses["gan_g"]
@@ -486,10 +489,10 @@ def distill(
                     with torch.no_grad():
                         fake_images = G.codec.decode(x0_detached)
                 losses["gan_d"] = terms.vfm_discriminator_step(
-                    d_train, fake_images.detach(), images, cond, loss=gan_loss, gen=gen,
+                    d_train, fake_images.detach(), images, d_text, loss=gan_loss, gen=gen,
                     scale=gan_fake_weight,
-                    weight=gan_time_weight(inputs.t, gan_curve, G.shift) if gan_weight_discriminator
-                    else None,
+                    weight=gan_time_weight(inputs.t, gan_curve, G.shift, getattr(G, "alpha_bar", None))
+                    if gan_weight_discriminator else None,
                 )  # fmt: skip
         if opt_d is not None:
             d_norm = _grad_norm(d_params, grad_clip)

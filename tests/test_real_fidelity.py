@@ -162,20 +162,18 @@ def test_discriminator_never_scores_real_and_fake_images_in_one_batch(tmp_path):
 
 
 def test_a_fakes_logit_in_the_discriminator_step_equals_the_generator_steps():
-    from types import SimpleNamespace
-
     from senseflow.distill import vfm_discriminator_step
 
     disc = tiny_discriminator(6, diffaug=()).train()
     g = torch.Generator().manual_seed(0)
     fake = torch.rand(3, 3, RESOLUTION, RESOLUTION, generator=g) * 2 - 1
     real = torch.rand(3, 3, RESOLUTION, RESOLUTION, generator=g) * 2 - 1
-    cond = SimpleNamespace(pooled=torch.randn(3, 6, generator=g))
+    text = torch.randn(3, 6, generator=g)
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     disc.register_forward_hook(lambda m, args, out: seen.append((args[0].detach(), out.detach())))
-    vfm_discriminator_step(disc, fake, real, cond, loss="hinge", gen=torch.Generator().manual_seed(1))
+    vfm_discriminator_step(disc, fake, real, text, loss="hinge", gen=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        in_g_step = disc(fake, cond.pooled, real, None)  # the generator's step scores fakes alone
+        in_g_step = disc(fake, text, real, None)  # the generator's step scores fakes alone
     d_step = [out for x, out in seen[:-1] if torch.equal(x, fake)]
     # equal up to spectral norm's power-iteration update between the calls (mixing: ~0.25 apart)
     assert len(d_step) == 1 and torch.allclose(d_step[0], in_g_step, atol=2e-3)
