@@ -285,6 +285,6 @@ def export_from_run(
 
 
 def _state_network(teacher, state: dict) -> torch.nn.Module:
-    net = teacher.trainable_copy()
-    net.load_state_dict(state)
-    return net.eval().requires_grad_(False)
+    from senseflow.student import student_network  # from the config: the teacher may be sharded
+
+    return student_network(teacher, state).eval().requires_grad_(False)

@@ -105,6 +105,33 @@ def student_scheduler(prediction: str, teacher_scheduler_config: dict | None = N
     return LCMScheduler.from_config(teacher_scheduler_config or {})
 
 
+def student_network(teacher, generator_state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The generator's network (``teacher.trainable_copy()``'s architecture) holding ``generator_state``.
+
+    Built from the teacher network's *config* on the meta device, then given the state's
+    tensors, never by copying the teacher's weights: under FSDP2 the teacher is sharded
+    (:func:`senseflow.distributed.shard_frozen`), so no rank holds it whole, and an export
+    gathers the generator's weights only. Cast to the teacher's dtype (training's float32
+    master weights are saved in the dtype the teacher was loaded in). Buffers the state
+    does not carry (non-persistent ones) come from the teacher's own, which FSDP2 never shards.
+    """
+    template = teacher.network
+    # FSDP2 swaps in a subclass (FSDP<Name>) of the diffusers class: build the plain one
+    cls = next(c for c in type(template).__mro__ if c.__module__.startswith("diffusers"))
+    dtype = next(template.parameters()).dtype
+    with torch.device("meta"):
+        skeleton = cls.from_config(template.config)
+    # the family's own trainable_copy (FLUX drops its guidance embedding), on meta: no memory
+    net = teacher.with_network(skeleton).trainable_copy()
+    net.load_state_dict(generator_state, strict=True, assign=True)
+    buffers = dict(template.named_buffers())
+    for name, buf in list(net.named_buffers()):
+        if buf.is_meta:
+            owner, _, leaf = name.rpartition(".")
+            net.get_submodule(owner).register_buffer(leaf, buffers[name].detach().cpu(), persistent=False)
+    return net.to(dtype)
+
+
 def _network_folder(backbone) -> str:
     return "unet" if backbone.prediction == "epsilon" else "transformer"
 
@@ -136,8 +163,7 @@ def export_student(
     if not embedded and base is None:
         raise ValueError("a real-family student needs `base` (its teacher's pretrained settings)")
     with atomic_folder(folder) as tmp:
-        net = teacher.trainable_copy()
-        net.load_state_dict(generator_state)
+        net = student_network(teacher, generator_state)
         sub = _network_folder(teacher)
         net.save_pretrained(tmp / sub)
         if lora_state is not None:

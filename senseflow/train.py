@@ -53,7 +53,9 @@ from senseflow.distributed import (
     all_true,
     barrier,
     init_distributed,
+    reshard,
     resolve_parallel,
+    shard_frozen,
     unwrap,
     wrap,
 )
@@ -283,8 +285,13 @@ def distill(
             "teacher.pretrained.dtype: bfloat16 (as the released trainers do) or distill.precision: fp32"
         )
     teacher.network.requires_grad_(False).eval()
-    teacher.network.to(info.device)
-    g_net, f_net = trainable_network(teacher).to(info.device), trainable_network(teacher).to(info.device)
+    g_net, f_net = trainable_network(teacher), trainable_network(teacher)
+    if mode != "fsdp":  # FSDP2: wrap() moves the copies to the device shard by shard
+        g_net, f_net = g_net.to(info.device), f_net.to(info.device)
+    # the frozen teacher, once copied: FSDP2-sharded across ranks under fsdp, else moved whole.
+    # Sharded in place, so after the loop its weights are whole on no rank (exports build
+    # the student from its config, senseflow.student.student_network)
+    shard_frozen(teacher.network, mode, info)
     if lora_rank:
         if mode == "fsdp":
             raise UserError("LoRA with FSDP is not supported: use DDP (runtime.parallel: ddp) for LoRA runs")
@@ -450,6 +457,10 @@ def distill(
             opt_g.step()
             if ema is not None:
                 ema.step(g_net.parameters())
+            if mode == "fsdp":
+                # FSDP2 leaves a root's weights gathered after a no-grad forward (the teacher's
+                # and the fake model's DMD calls): shard them again (memory; IDA pairs shards)
+                reshard(teacher.network, f_net, g_net)
             if ida:
                 with timer("ida"):
                     ida_update(f_net, g_net, ida_lam)

@@ -363,7 +363,7 @@ def test_generator_steps_after_the_fake_model_has_trained(tmp_path, monkeypatch)
 def test_the_planner_reads_the_settings_the_loop_uses(name):
     from senseflow.config import load_profile
     from senseflow.distill_run import distill_kwargs
-    from senseflow.planner import architectures_dir, plan_profile
+    from senseflow.planner import architectures_dir, plan_profile, run_settings
 
     cfg = load_profile(name)
     # the real profiles run what the planner plans for: FSDP2 with gradient checkpointing
@@ -376,7 +376,11 @@ def test_the_planner_reads_the_settings_the_loop_uses(name):
         assert report.grad_checkpointing == distill_kwargs(c.distill)["grad_checkpointing"]
         assert report.master_weights  # the loop's float32 master weights
         weights = next(r for r in report.memory if r.item == "weights")
-        assert "frozen" in weights.detail and "(replicated)" in weights.detail  # the loop does not shard them
+        # the loop shards the frozen teacher under FSDP2 (distributed.shard_frozen), not under DDP;
+        # the VFM, text encoders and VAE stay replicated
+        assert run_settings(c)["shard_frozen"] == (loop_mode == "fsdp")
+        teacher_part = "frozen teacher x 2 B " + ("/ 8 GPUs" if loop_mode == "fsdp" else "(replicated)")
+        assert teacher_part in weights.detail and "other frozen" in weights.detail
 
 
 # ----------------------------------------------------------------------------- defect 11 (part)
