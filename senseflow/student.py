@@ -9,6 +9,10 @@
       recipe.json             sampler, anchors, guidance, dtype, resolution, text settings
       config.yaml             the resolved profile the student was trained with
 
+Real families (SDXL: ``unet/`` and an LCM scheduler) instead link the teacher's text
+encoders, tokenizers and VAE and its ``model_index.json``: a complete diffusers pipeline
+(:mod:`senseflow.export_pipeline`).
+
 Anchors are stored as the exact times the generator was trained at. The scheduler carries
 shift 1.0 on purpose: diffusers' ``FlowMatchEulerDiscreteScheduler`` shifts user-passed
 sigmas by its own ``shift``, so a scheduler with the teacher's shift 3.0 fed with the
@@ -152,7 +156,9 @@ def export_student(
     architecture: for FLUX without the guidance embedding). ``recipe`` must name
     ``anchors``, ``sampler`` and ``resolution``. The embedded world's text encoder is saved
     in the folder; real families record ``base`` (the teacher's ``teacher.pretrained``
-    section: model id, revision, dtype, ...) and take text encoders and VAE from it.
+    section: model id, revision, dtype, ...) and take text encoders and VAE from it; their
+    folder is also a complete diffusers pipeline (the base's components linked, the stock
+    call in ``recipe["diffusers_call"]``: :mod:`senseflow.export_pipeline`).
     ``lora_state`` (LoRA runs): also written as ``lora/pytorch_lora_weights.safetensors``
     with diffusers' ``<network folder>.`` key prefix, for ``load_lora_adapter`` on the base.
     """
@@ -176,6 +182,12 @@ def export_student(
             teacher.text.save(tmp)
         teacher_sched = getattr(teacher, "scheduler_config", None)
         student_scheduler(teacher.prediction, teacher_sched).save_pretrained(tmp / "scheduler")
+        stock = {}
+        if not embedded:  # a complete diffusers pipeline folder: the teacher's other parts, linked
+            from senseflow.export_pipeline import complete_pipeline, diffusers_call
+
+            stock = {"diffusers_pipeline": complete_pipeline(tmp, base, sub),
+                     "diffusers_call": diffusers_call(teacher, list(recipe["anchors"]))}  # fmt: skip
         full = {
             "family": recipe.get("family", "embedded"),
             "prediction": teacher.prediction,
@@ -187,6 +199,7 @@ def export_student(
             "shift": teacher.shift,
             **({"text": {"encoder": "world", "max_length": teacher.text.tokenizer.model_max_length,
                          "pooling": teacher.text.pooling}} if embedded else {"base": base}),
+            **stock,
             **recipe,
         }  # fmt: skip
         atomic_write_text(tmp / RECIPE, json.dumps(full, indent=2) + "\n")
