@@ -20,7 +20,8 @@ rates, precision and parallel settings are kept (issue 14): only the sizes shrin
 Prints, per family: ``weights moved: NN%`` (the share of the trainable generator weights the
 run changed, read from its float32 checkpoint against the teacher), whether IDA moved the
 fake score model (share of the elements where the two differ that IDA's update changed),
-seconds per iteration (the first, with its warm-up, included), peak memory (CUDA allocator,
+(under FSDP2 on rank 0's shards), seconds per iteration (the first, with its warm-up,
+included), peak memory (CUDA allocator,
 or the process's peak RSS on CPU), seconds per generated image and whether every loss and
 image was finite. ``--nproc 2`` reruns the families under ``torchrun`` with two processes and
 the profile's FSDP2 (gloo on CPU, NCCL on CUDA). The numbers measure the code path (device
@@ -123,9 +124,10 @@ def run_family(family: str, root: Path, args) -> dict:
     with _measure_ida(ida_moved):
         summary = distill_real(cfg, root / f"run_{family}", progress=False)
     train_s = time.perf_counter() - t0
+    # every rank: reading the DCP checkpoint is a collective once a process group exists
+    moved = generator_moved(cfg, family, root / f"run_{family}")
     if not is_main_process():
         return {}
-    moved = generator_moved(cfg, family, root / f"run_{family}")
     metrics = json.loads((root / f"run_{family}" / "dvclive" / "metrics.json").read_text())["train"]
     losses_finite = all(math.isfinite(float(v)) for v in metrics.values() if isinstance(v, int | float))
 
@@ -181,14 +183,16 @@ class _measure_ida:
 
         self.train, self.real = train, train.ida_update
 
+        def local(t: torch.Tensor) -> torch.Tensor:  # FSDP2: this rank's shard
+            t = t.detach()
+            return t.to_local() if isinstance(t, torch.distributed.tensor.DTensor) else t
+
         def measured(fake, generator, lam):
-            if isinstance(next(fake.parameters()), torch.distributed.tensor.DTensor):
-                return self.real(fake, generator, lam)  # sharded: measured by the 1-process run
-            before = {k: v.detach().clone() for k, v in fake.named_parameters()}
-            differs = {k: v.detach() != before[k] for k, v in generator.named_parameters() if k in before}
+            before = {k: local(v).clone() for k, v in fake.named_parameters()}
+            differs = {k: local(v) != before[k] for k, v in generator.named_parameters() if k in before}
             n = self.real(fake, generator, lam)
             after = dict(fake.named_parameters())
-            changed = sum(int(((after[k].detach() != before[k]) & d).sum()) for k, d in differs.items())
+            changed = sum(int(((local(after[k]) != before[k]) & d).sum()) for k, d in differs.items())
             self.out.append(changed / max(1, sum(int(d.sum()) for d in differs.values())))
             return n
 
@@ -220,7 +224,8 @@ def _torchrun(args) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
            __file__, "--device", args.device, "--iterations", str(args.iterations),
            "--families", args.families,
-           "--precision", args.precision, "--nproc", str(args.nproc), "--launched"]  # fmt: skip
+           # "--processes": torchrun's own parser would take "--nproc" for an ambiguous prefix
+           "--precision", args.precision, "--processes", str(args.nproc), "--launched"]  # fmt: skip
     with tempfile.TemporaryDirectory() as shared:
         sys.exit(subprocess.call(cmd, env={**os.environ, "SENSEFLOW_BENCH_DIR": shared}))
 
@@ -235,7 +240,8 @@ def main() -> None:
     ap.add_argument(
         "--anomaly", action="store_true", help="autograd anomaly detection: name the op of a NaN gradient"
     )
-    ap.add_argument("--nproc", type=int, default=1, help="processes; > 1 runs FSDP2 under torchrun")
+    ap.add_argument("--nproc", "--processes", dest="nproc", type=int, default=1,
+                    help="processes; > 1 runs FSDP2 under torchrun")  # fmt: skip
     ap.add_argument("--launched", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -280,9 +280,18 @@ class GANConfig(Strict):
     backbone: str = "dinov2_vitl14"
     blocks: list[Annotated[int, Field(ge=0)]] = [2, 5, 8, 10, 14, 19, 23]
     text_projection_dim: PositiveInt = 64
-    # w(t) of the anchor (losses/adversarial.py gan_weight); released SD 3.5: mirrored_sigma_sq
+    # the heads' text condition: "clip_l" (released code and paper: the prompt's CLIP ViT-L/14
+    # text features from the teacher's own CLIP-L text_encoder) or "pooled" (the teacher's
+    # pooled prompt embedding, this suite's earlier choice). The embedded world has no CLIP-L:
+    # it always uses its own pooled embedding (discriminator/text.py).
+    text_condition: Literal["clip_l", "pooled"] = "clip_l"
+    # the paired real image's condition: "per_location" (released refmapper: its feature map
+    # mapped location by location) or "pooled" (averaged over space, this suite's earlier choice)
+    reference_condition: Literal["per_location", "pooled"] = "per_location"
+    # w(t) of the anchor (losses/adversarial.py gan_weight); released SD 3.5: mirrored_sigma_sq;
+    # released SDXL: sqrt_alpha_bar (DDPM backbones only)
     weight_curve: Literal[
-        "one_minus_sigma_sq", "mirrored_sigma_sq", "constant", "sigma", "one_minus_sigma"
+        "one_minus_sigma_sq", "mirrored_sigma_sq", "sqrt_alpha_bar", "constant", "sigma", "one_minus_sigma"
     ] = "one_minus_sigma_sq"
     weight_discriminator: bool = True  # D's real and fake terms weighted by w(t) too (released code)
     diffaug: list[Literal["color", "translation", "cutout"]] = ["color", "translation", "cutout"]
@@ -581,6 +590,16 @@ class ProfileConfig(Strict):
                     self.distill.check_isg_segments(shift)
                 except ValueError as exc:
                     raise ValueError(f"distill.isg: {exc}") from None
+        return self
+
+    @model_validator(mode="after")
+    def _gan_curve_fits_family(self) -> ProfileConfig:
+        # sqrt(alpha_bar) exists for DDPM (epsilon) teachers only: SDXL among the families
+        if self.family != "sdxl" and self.distill.gan.weight_curve == "sqrt_alpha_bar":
+            raise ValueError(
+                f"distill.gan.weight_curve sqrt_alpha_bar needs a DDPM teacher (sdxl), not {self.family!r}: "
+                "use one_minus_sigma_sq or mirrored_sigma_sq"
+            )
         return self
 
     def teacher_shift(self) -> float | None:

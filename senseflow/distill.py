@@ -267,7 +267,7 @@ def vfm_generator_gan(
     discriminator: nn.Module,
     generator: Backbone,
     x0_g: torch.Tensor,
-    cond: PromptEmbeds,
+    text: torch.Tensor,
     real_images: torch.Tensor,
     t_anchor: torch.Tensor,
     *,
@@ -278,20 +278,22 @@ def vfm_generator_gan(
     """Generator's adversarial term against the VFM discriminator, ``w(t) * L_adv`` (method.md section 4).
 
     The clean latent is decoded with gradient (the VAE for latent models), scored with the
-    prompt's pooled embedding and the paired real image as conditions, weighted per sample
-    by the GAN curve of the anchor the sample came from. Returns ``(loss, decoded images)``.
+    discriminator's text condition ``text`` (``VFMDiscriminator.text_condition``: CLIP
+    ViT-L/14 features of the prompt) and the paired real image as conditions, weighted per
+    sample by the GAN curve of the anchor the sample came from. Returns ``(loss, decoded images)``.
     """
     images = generator.codec.decode(x0_g)
-    logits = discriminator(images, cond.pooled, real_images, gen)
+    logits = discriminator(images, text, real_images, gen)
     g_loss, _ = gan_losses(loss)
-    return g_loss(logits, gan_weight(t_anchor, curve, generator.shift).to(logits.device)), images
+    w = gan_weight(t_anchor, curve, generator.shift, alpha_bar=getattr(generator, "alpha_bar", None))
+    return g_loss(logits, w.to(logits.device)), images
 
 
 def vfm_discriminator_step(
     discriminator: nn.Module,
     fake_images: torch.Tensor,
     real_images: torch.Tensor,
-    cond: PromptEmbeds,
+    text: torch.Tensor,
     *,
     loss: str,
     gen: torch.Generator,
@@ -306,15 +308,16 @@ def vfm_discriminator_step(
     Real and generated images go through the discriminator in two forward passes, each
     followed by its backward (the released code's order): the heads' BatchNorm sees a
     fake-only batch here just as in the generator's step, so a fake's logit never depends
-    on the real images beside it. Both are conditioned on the paired real image. Returns the
+    on the real images beside it. Both are conditioned on ``text`` (the discriminator's text
+    condition of the prompts) and on the paired real image. Returns the
     loss (detached); the gradients are accumulated in the discriminator's parameters.
     """
     real_part, fake_part = d_loss_parts(loss)
-    real_logits = discriminator(real_images, cond.pooled, real_images, gen)
+    real_logits = discriminator(real_images, text, real_images, gen)
     w = None if weight is None else weight.to(real_logits.device)
     real = real_part(real_logits, w)
     (scale * real).backward()
-    fake = fake_part(discriminator(fake_images.detach(), cond.pooled, real_images, gen), w)
+    fake = fake_part(discriminator(fake_images.detach(), text, real_images, gen), w)
     (scale * fake).backward()
     return (real + fake).detach()
 

@@ -193,6 +193,8 @@ def distill_embedded(
     if d.gan.enabled and d.gan.head == "vfm":
         with torch.random.fork_rng(devices=[]):  # heads' init independent of earlier RNG use
             torch.manual_seed(d.seed)
+            # the embedded world has no CLIP ViT-L/14: the heads read its own text encoder's
+            # pooled embedding whatever gan.text_condition says (discriminator/text.py)
             discriminator = build_discriminator(
                 d.gan, probe, teacher.text.pooled_size, image_size=res, width=DISCRIMINATOR_WIDTH
             )
@@ -284,6 +286,6 @@ def export_from_run(
 
 
 def _state_network(teacher, state: dict) -> torch.nn.Module:
-    net = teacher.trainable_copy()
-    net.load_state_dict(state)
-    return net.eval().requires_grad_(False)
+    from senseflow.export import student_network  # from the config: the teacher may be sharded
+
+    return student_network(teacher, state).eval().requires_grad_(False)

@@ -81,14 +81,59 @@ def wrap(module: nn.Module, parallel: str, info: DistInfo) -> nn.Module:
         ids = [info.device.index] if info.device.type == "cuda" else None
         return nn.parallel.DistributedDataParallel(module, device_ids=ids)
     if parallel == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
-        for name in ("transformer_blocks", "single_transformer_blocks", "down_blocks", "up_blocks"):
-            for block in getattr(module, name, None) or []:
-                fully_shard(block)
-        fully_shard(module)
-        return module
+        return _fully_shard(module)
     raise ValueError(f"unknown parallel mode {parallel!r}")
+
+
+def _fully_shard(module: nn.Module) -> nn.Module:
+    """FSDP2 ``fully_shard`` on every transformer / UNet block, then on the root, in place.
+
+    Each block's parameters are moved to this rank's device as they are sharded, so a module
+    built on the CPU never exists whole on the accelerator.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    for name in SHARDED_BLOCKS:
+        for block in getattr(module, name, None) or []:
+            fully_shard(block)
+    fully_shard(module)
+    return module
+
+
+SHARDED_BLOCKS = ("transformer_blocks", "single_transformer_blocks", "down_blocks", "up_blocks")
+
+
+def shard_frozen(module: nn.Module, parallel: str, info: DistInfo) -> nn.Module:
+    """Place a frozen network (the teacher) for the loop: FSDP2-sharded under ``fsdp``, else moved whole.
+
+    Under ``fsdp`` each rank keeps 1/N of the weights; a forward all-gathers one block at a
+    time and frees it after (``reshard_after_forward``), so the teacher costs one block of
+    full weights per rank instead of all of them (SD 3.5 Large: 16 GiB of bf16 weights
+    become 2 GiB on 8 GPUs). It has no optimiser and no gradients, so nothing is
+    reduce-scattered; every rank must call it the same number of times (the loop does).
+    The module is sharded in place: its weights are no longer whole on any rank, so code
+    after the loop must not read them (exports build the student from the config:
+    :func:`senseflow.export.student_network`).
+    """
+    if parallel == "fsdp":
+        return _fully_shard(module.requires_grad_(False))
+    return module.to(info.device)
+
+
+def reshard(*modules: nn.Module) -> None:
+    """Put every FSDP2-sharded part of ``modules`` back in its sharded state (no-op for plain modules).
+
+    FSDP2 does not reshard a root module after its forward (it expects the backward next),
+    so after a no-grad forward (the fake model's DMD call) the root's weights stay gathered
+    as plain tensors until the next backward. Code that pairs parameters shard by shard
+    (IDA) reshards first.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in modules:
+        for sub in module.modules():
+            if isinstance(sub, FSDPModule):
+                sub.reshard()
 
 
 def unwrap(module: nn.Module) -> nn.Module:

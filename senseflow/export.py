@@ -9,6 +9,10 @@
       recipe.json             sampler, anchors, guidance, dtype, resolution, text settings
       config.yaml             the resolved profile the student was trained with
 
+Real families (SDXL: ``unet/`` and an LCM scheduler) instead link the teacher's text
+encoders, tokenizers and VAE and its ``model_index.json``: a complete diffusers pipeline
+(:mod:`senseflow.export_pipeline`).
+
 Anchors are stored as the exact times the generator was trained at. The scheduler carries
 shift 1.0 on purpose: diffusers' ``FlowMatchEulerDiscreteScheduler`` shifts user-passed
 sigmas by its own ``shift``, so a scheduler with the teacher's shift 3.0 fed with the
@@ -66,6 +70,33 @@ def student_scheduler(prediction: str, teacher_scheduler_config: dict | None = N
     return LCMScheduler.from_config(teacher_scheduler_config or {})
 
 
+def student_network(teacher, generator_state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """The generator's network (``teacher.trainable_copy()``'s architecture) holding ``generator_state``.
+
+    Built from the teacher network's *config* on the meta device, then given the state's
+    tensors, never by copying the teacher's weights: under FSDP2 the teacher is sharded
+    (:func:`senseflow.distributed.shard_frozen`), so no rank holds it whole, and an export
+    gathers the generator's weights only. Cast to the teacher's dtype (training's float32
+    master weights are saved in the dtype the teacher was loaded in). Buffers the state
+    does not carry (non-persistent ones) come from the teacher's own, which FSDP2 never shards.
+    """
+    template = teacher.network
+    # FSDP2 swaps in a subclass (FSDP<Name>) of the diffusers class: build the plain one
+    cls = next(c for c in type(template).__mro__ if c.__module__.startswith("diffusers"))
+    dtype = next(template.parameters()).dtype
+    with torch.device("meta"):
+        skeleton = cls.from_config(template.config)
+    # the family's own trainable_copy (FLUX drops its guidance embedding), on meta: no memory
+    net = teacher.with_network(skeleton).trainable_copy()
+    net.load_state_dict(generator_state, strict=True, assign=True)
+    buffers = dict(template.named_buffers())
+    for name, buf in list(net.named_buffers()):
+        if buf.is_meta:
+            owner, _, leaf = name.rpartition(".")
+            net.get_submodule(owner).register_buffer(leaf, buffers[name].detach().cpu(), persistent=False)
+    return net.to(dtype)
+
+
 def _network_folder(backbone) -> str:
     return "unet" if backbone.prediction == "epsilon" else "transformer"
 
@@ -86,7 +117,9 @@ def export_student(
     architecture: for FLUX without the guidance embedding). ``recipe`` must name
     ``anchors``, ``sampler`` and ``resolution``. The embedded world's text encoder is saved
     in the folder; real families record ``base`` (the teacher's ``teacher.pretrained``
-    section: model id, revision, dtype, ...) and take text encoders and VAE from it.
+    section: model id, revision, dtype, ...) and take text encoders and VAE from it; their
+    folder is also a complete diffusers pipeline (the base's components linked, the stock
+    call in ``recipe["diffusers_call"]``: :mod:`senseflow.export_pipeline`).
     ``lora_state`` (LoRA runs): also written as ``lora/pytorch_lora_weights.safetensors``
     with diffusers' ``<network folder>.`` key prefix, for ``load_lora_adapter`` on the base.
     """
@@ -97,8 +130,7 @@ def export_student(
     if not embedded and base is None:
         raise ValueError("a real-family student needs `base` (its teacher's pretrained settings)")
     with atomic_folder(folder) as tmp:
-        net = teacher.trainable_copy()
-        net.load_state_dict(generator_state)
+        net = student_network(teacher, generator_state)
         sub = _network_folder(teacher)
         net.save_pretrained(tmp / sub)
         if lora_state is not None:
@@ -111,6 +143,12 @@ def export_student(
             teacher.text.save(tmp)
         teacher_sched = getattr(teacher, "scheduler_config", None)
         student_scheduler(teacher.prediction, teacher_sched).save_pretrained(tmp / "scheduler")
+        stock = {}
+        if not embedded:  # a complete diffusers pipeline folder: the teacher's other parts, linked
+            from senseflow.export_pipeline import complete_pipeline, diffusers_call
+
+            stock = {"diffusers_pipeline": complete_pipeline(tmp, base, sub),
+                     "diffusers_call": diffusers_call(teacher, list(recipe["anchors"]))}  # fmt: skip
         full = {
             "family": recipe.get("family", "embedded"),
             "prediction": teacher.prediction,
@@ -122,6 +160,7 @@ def export_student(
             "shift": teacher.shift,
             **({"text": {"encoder": "world", "max_length": teacher.text.tokenizer.model_max_length,
                          "pooling": teacher.text.pooling}} if embedded else {"base": base}),
+            **stock,
             **recipe,
         }  # fmt: skip
         atomic_write_text(tmp / RECIPE, json.dumps(full, indent=2) + "\n")

@@ -14,9 +14,10 @@ estimate. Folder layout, as in the models' Hugging Face repositories::
 Memory model (per GPU, bytes):
 
 - weights: every network at the run's precision. ``fsdp`` (FSDP2 ``fully_shard``) divides
-  the trainable networks' parameters by the number of GPUs, the frozen networks' only with
-  ``shard_frozen`` (the loop replicates them: off by default); buffers (SD3's stored
-  positional table) are not sharded. ``ddp`` replicates everything.
+  the trainable networks' parameters by the number of GPUs, and the frozen teacher's with
+  ``shard_frozen`` (what the loop does: :func:`senseflow.distributed.shard_frozen`); the
+  other frozen networks (VFM, text encoders, VAE) and buffers (SD3's stored positional
+  table) are replicated. ``ddp`` replicates everything.
 - master weights: 4 bytes per trainable parameter, and the gradients are then fp32 too. On
   by default: the loop trains float32 weights under bf16 autocast (a conservative model: it
   also counts a 16-bit copy of the trainable weights).
@@ -188,24 +189,27 @@ def count_discriminator_heads(
     text_dim: int,
     text_projection_dim: int,
     grid: int,
+    reference: str = "per_location",
 ) -> NetworkCount:
-    """The VFM discriminator's trainable part: one head per tapped map and the text projection.
+    """The VFM discriminator's trainable part: one head per tapped map.
 
     As in :class:`senseflow.discriminator.VFMDiscriminator`: one :class:`DiscriminatorHead`
     per DINOv2 map (the patch embedding and each of ``blocks``), each over ``channels`` x
-    ``grid`` x ``grid`` features, conditioned on ``[text projection, pooled real
-    features]``. Every DINOv2 map has the same shape, so one head is built (on the meta
-    device) and counted once per map: spectral norm's power iterations make each build slow.
+    ``grid`` x ``grid`` features, with its ``text_dim -> text_projection_dim`` text map and
+    its reference map (``per_location``: a second conv trunk, the released ``refmapper``).
+    Every DINOv2 map has the same shape, so one head is built (on the meta device) and
+    counted once per map: spectral norm's power iterations make each build slow.
     """
     taps = len(dinov2_hidden_state_indices(blocks))
     with torch.device("meta"):
-        head = DiscriminatorHead(channels, text_projection_dim + channels, in_size=grid)
-        text_proj = nn.Linear(text_dim, text_projection_dim)
-    one, proj = count_network("", head, trainable=True), count_network("", text_proj, trainable=True)
-    parameters = taps * one.parameters + proj.parameters
+        head = DiscriminatorHead(
+            channels, text_dim, in_size=grid, cmap_dim=text_projection_dim, reference=reference
+        )
+    one = count_network("", head, trainable=True)
+    parameters = taps * one.parameters
     return NetworkCount(
         role="discriminator heads",
-        model=f"{taps} x DiscriminatorHead + Linear",
+        model=f"{taps} x DiscriminatorHead",
         parameters=parameters,
         trainable=parameters,
         buffers=taps * one.buffers,
@@ -252,6 +256,7 @@ def profile_networks(cfg: ProfileConfig, arch_dir: Path, *, cache_text: bool = F
                 text_dim=int(load_architecture_config(arch_dir / CLIP_L_FOLDER)["hidden_size"]),
                 text_projection_dim=gan.text_projection_dim,
                 grid=_vfm_grid(vfm_config, cfg.teacher.pretrained.resolution)[1],
+                reference=gan.reference_condition,
             )
         )
 
@@ -405,8 +410,9 @@ def memory_rows(
     """The per-GPU memory bill of ``networks`` (model in the module docstring).
 
     ``activations`` are ``(name, bytes, detail)`` rows already estimated per GPU.
-    ``shard_frozen``: under FSDP the frozen networks are sharded too; False replicates them
-    (what :func:`senseflow.train.distill` does: it shards only the generator and fake model).
+    ``shard_frozen``: under FSDP the frozen teacher is sharded too (what
+    :func:`senseflow.train.distill` does); False replicates it. The other frozen networks
+    (VFM, text encoders, VAE) are always replicated: the loop does not shard them.
     """
     if gpus < 1:
         raise UserError(f"--gpus must be at least 1, got {gpus}")
@@ -417,15 +423,20 @@ def memory_rows(
     trainable = sum(n.trainable for n in networks)
     parameters = sum(n.parameters for n in networks)
     buffers = sum(n.buffers for n in networks)
-    frozen_shards = shards if shard_frozen else 1
-    frozen = parameters - trainable
+    teacher_shards = shards if shard_frozen else 1
+    teacher = sum(n.parameters - n.trainable for n in networks if n.role == "teacher")
+    frozen = parameters - trainable - teacher  # VFM, text encoders, VAE: replicated by the loop
+    teacher_where = f" / {teacher_shards} GPUs" if teacher_shards > 1 else " (replicated)"
 
     rows = [
         MemoryRow(
             "weights",
-            trainable * width // shards + frozen * width // frozen_shards + buffers * width,
-            f"{_human(trainable)} trainable params x {width} B{where}, {_human(frozen)} frozen x {width} B"
-            + (where if frozen_shards > 1 else " (replicated)")
+            trainable * width // shards
+            + teacher * width // teacher_shards
+            + frozen * width
+            + buffers * width,
+            f"{_human(trainable)} trainable params x {width} B{where}, {_human(teacher)} frozen teacher "
+            f"x {width} B{teacher_where}, {_human(frozen)} other frozen x {width} B (replicated)"
             + (f" + {_human(buffers)} buffers x {width} B" if buffers else ""),
         )
     ]
@@ -483,6 +494,7 @@ class PlanReport:
     resolution: int
     networks: tuple[NetworkCount, ...]
     memory: tuple[MemoryRow, ...]
+    shard_frozen: bool = False  # the frozen teacher sharded under FSDP (the loop's shard_frozen)
 
     @property
     def total_bytes(self) -> int:
@@ -546,14 +558,15 @@ def run_settings(cfg: ProfileConfig) -> dict:
     ``runtime.parallel`` (fsdp: FSDP2 on the generator and fake model; anything else
     replicates), ``distill.grad_checkpointing``, the teacher's load dtype (frozen networks),
     float32 master weights of every trainable network (always, :func:`senseflow.train.trainable_network`),
-    and frozen networks replicated (the loop does not shard them).
+    and the frozen teacher sharded with them under FSDP (:func:`senseflow.distributed.shard_frozen`;
+    the VFM, text encoders and VAE stay replicated).
     """
     return {
         "sharding": "fsdp" if cfg.runtime.parallel == "fsdp" else "ddp",
         "grad_checkpointing": cfg.distill.grad_checkpointing,
         "precision": DTYPE_PRECISION[cfg.teacher.pretrained.dtype],
         "master_weights": True,
-        "shard_frozen": False,
+        "shard_frozen": cfg.runtime.parallel == "fsdp",
     }
 
 
@@ -621,6 +634,7 @@ def plan_profile(
         resolution=cfg.teacher.pretrained.resolution,
         networks=tuple(networks),
         memory=tuple(memory),
+        shard_frozen=shard_frozen,
     )
 
 
@@ -645,7 +659,9 @@ def render_plan(report: PlanReport) -> str:
     width = PRECISION_BYTES[r.precision]
     item_width = max(len(m.item) for m in r.memory)
     for n in r.networks:
-        per_gpu = n.parameters * width // shards + n.buffers * width
+        # FSDP shards the trainable networks and (shard_frozen) the teacher; the rest is replicated
+        sharded = n.trainable > 0 or (n.role == "teacher" and r.shard_frozen)
+        per_gpu = n.parameters * width // (shards if sharded else 1) + n.buffers * width
         buffers = f" (+{_human(n.buffers)} buffers)" if n.buffers else ""
         lines.append(
             f"{n.role:22s} {n.model:30s} {_human(n.parameters):>12s} {_human(n.trainable):>12s} "

@@ -68,8 +68,26 @@ def use_cached_text(cfg: ProfileConfig, teacher, captions: list[str], cache_dir:
     return "cached"
 
 
-def place_frozen_parts(teacher, device: str) -> None:
-    """Move the VAE and live text encoders where the loop runs (it moves only the denoiser)."""
+def discriminator_text_features(cfg: ProfileConfig, d, teacher):
+    """The CLIP ViT-L/14 text tower of the VFM discriminator's condition, or None.
+
+    ``gan.text_condition: clip_l`` (released): the teacher's own CLIP-L ``text_encoder``
+    (SDXL, SD 3.5 and FLUX all ship it) with its tokenizer; ``pooled`` or no VFM
+    discriminator: None (the teacher's pooled embedding conditions the heads).
+    """
+    from senseflow.discriminator.text import ClipTextFeatures
+
+    if not (d.gan.enabled and d.gan.head == "vfm" and d.gan.text_condition == "clip_l"):
+        return None
+    pipe = getattr(teacher.text, "pipeline", None)
+    return ClipTextFeatures.from_pipeline(pipe, where=f"profile {cfg.name!r}'s teacher")
+
+
+def place_frozen_parts(teacher, device: str, clip_text=None) -> None:
+    """Move the VAE, live text encoders and the discriminator's CLIP-L tower where the loop runs.
+
+    The loop moves only the denoiser.
+    """
     from senseflow.distributed import init_distributed
 
     target = init_distributed(device).device  # the device train.distill picks for this rank
@@ -79,6 +97,8 @@ def place_frozen_parts(teacher, device: str) -> None:
     pipe = getattr(teacher.text, "pipeline", None)  # live encoders; a cache has none
     if pipe is not None:
         pipe.to(target)
+    if clip_text is not None:
+        clip_text.to(target)
 
 
 def student_sampler(family: str) -> str:
@@ -126,16 +146,20 @@ def distill_real(
     data = data_from_profile(cfg, seed=d.seed)
     data.check(max(1, d.global_batch // int(os.environ.get("WORLD_SIZE", "1"))))  # before any model loads
     teacher = load_backbone(cfg.family, cfg.teacher.pretrained)
+    # taken before the prompt cache may replace the live encoders: the discriminator keeps the
+    # (small, ~0.25 GB) CLIP-L text tower even when T5 and CLIP-G are dropped
+    clip_text = discriminator_text_features(cfg, d, teacher)
     text = use_cached_text(cfg, teacher, data.captions(), cache_dir)
-    place_frozen_parts(teacher, cfg.runtime.device)
+    place_frozen_parts(teacher, cfg.runtime.device, clip_text)
     discriminator = None
     if d.gan.enabled and d.gan.head == "vfm":
-        pooled = teacher.text.encode([""]).pooled.shape[1]
+        pooled = teacher.text.encode([""]).pooled.shape[1] if clip_text is None else None
         with torch.random.fork_rng(devices=[]):  # heads' init independent of earlier RNG use
             torch.manual_seed(d.seed)
             discriminator = build_discriminator(
-                d.gan, load_vfm(cfg, weights_dir), pooled, image_size=cfg.teacher.pretrained.resolution
-            )
+                d.gan, load_vfm(cfg, weights_dir), pooled, image_size=cfg.teacher.pretrained.resolution,
+                text_features=clip_text,
+            )  # fmt: skip
     kwargs = distill_kwargs(d)
     if kwargs["init_from"]:
         kwargs["init_from"] = Path(kwargs["init_from"])
@@ -143,7 +167,9 @@ def distill_real(
         out_dir, teacher=teacher, data=data, discriminator=discriminator, evaluator=evaluator,
         progress=progress, parallel=cfg.runtime.parallel, device=cfg.runtime.device,
         run_config={"variant": variant, "teacher": cfg.teacher.pretrained.model_dump(mode="json"),
-                    "data": cfg.data.model_dump(mode="json"), "text": text},
+                    "data": cfg.data.model_dump(mode="json"), "text": text,
+                    # the heads' shape and inputs: a checkpoint of other heads must not resume
+                    "gan_conditioning": [d.gan.text_condition, d.gan.reference_condition]},
         **kwargs,
     )  # fmt: skip
     summary = {"variant": variant, "iterations": result.iterations, "seconds": round(result.seconds, 1),

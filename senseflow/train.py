@@ -56,7 +56,9 @@ from senseflow.distributed import (
     all_true,
     barrier,
     init_distributed,
+    reshard,
     resolve_parallel,
+    shard_frozen,
     unwrap,
     wrap,
 )
@@ -209,8 +211,13 @@ def distill(
             "teacher.pretrained.dtype: bfloat16 (as the released trainers do) or distill.precision: fp32"
         )
     teacher.network.requires_grad_(False).eval()
-    teacher.network.to(info.device)
-    g_net, f_net = trainable_network(teacher).to(info.device), trainable_network(teacher).to(info.device)
+    g_net, f_net = trainable_network(teacher), trainable_network(teacher)
+    if mode != "fsdp":  # FSDP2: wrap() moves the copies to the device shard by shard
+        g_net, f_net = g_net.to(info.device), f_net.to(info.device)
+    # the frozen teacher, once copied: FSDP2-sharded across ranks under fsdp, else moved whole.
+    # Sharded in place, so after the loop its weights are whole on no rank (exports build
+    # the student from its config, senseflow.export.student_network)
+    shard_frozen(teacher.network, mode, info)
     if lora_rank:
         if mode == "fsdp":
             raise UserError("LoRA with FSDP is not supported: use DDP (runtime.parallel: ddp) for LoRA runs")
@@ -294,6 +301,9 @@ def distill(
         cond = teacher.text.encode(prompts).to(info.device)
         uncond = uncond_one.index([0] * len(prompts)).to(info.device)
         cfg = _uniform_scales(teacher_cfg, batch, gen).to(info.device)
+        # the VFM discriminator's text condition: CLIP ViT-L/14 features (real teachers) or the
+        # pooled embedding (the embedded world); VFMDiscriminator.text_condition decides
+        d_text = d_module.text_condition(prompts, cond) if (gan and head is None) else None
         # the generator steps at iterations ttur, 2 ttur, ... (1-based, as released): the
         # fake model has trained ttur - 1 times on the generator's samples before the first
         g_step = (it + 1) % ttur == 0
@@ -351,7 +361,7 @@ def distill(
                         )
                     else:
                         losses["gan_g"], fake_images = terms.vfm_generator_gan(
-                            d_module, G, x0_g, cond, images, inputs.t,
+                            d_module, G, x0_g, d_text, images, inputs.t,
                             curve=gan_curve, loss=gan_loss, gen=gen,
                         )  # fmt: skip
                 total = total + gan_weight * losses["gan_g"]
@@ -371,6 +381,10 @@ def distill(
             opt_g.step()
             if ema is not None:
                 ema.step(g_net.parameters())
+            if mode == "fsdp":
+                # FSDP2 leaves a root's weights gathered after a no-grad forward (the teacher's
+                # and the fake model's DMD calls): shard them again (memory; IDA pairs shards)
+                reshard(teacher.network, f_net, g_net)
             if ida:
                 with timer("ida"):
                     ida_update(f_net, g_net, ida_lam)
@@ -410,10 +424,10 @@ def distill(
                     with torch.no_grad():
                         fake_images = G.codec.decode(x0_detached)
                 losses["gan_d"] = terms.vfm_discriminator_step(
-                    d_train, fake_images.detach(), images, cond, loss=gan_loss, gen=gen,
+                    d_train, fake_images.detach(), images, d_text, loss=gan_loss, gen=gen,
                     scale=gan_fake_weight,
-                    weight=gan_time_weight(inputs.t, gan_curve, G.shift) if gan_weight_discriminator
-                    else None,
+                    weight=gan_time_weight(inputs.t, gan_curve, G.shift, getattr(G, "alpha_bar", None))
+                    if gan_weight_discriminator else None,
                 )  # fmt: skip
         if opt_d is not None:
             d_norm = grad_norm(d_params, grad_clip)

@@ -110,10 +110,13 @@ def test_head_logit_map_sizes_and_spectral_norm():
         head = DiscriminatorHead(6, 5, width=8, in_size=size)
         out = head(torch.randn(2, 6, size, size), torch.randn(2, 5))
         assert out.shape[:2] == (2, 1) and 1 <= out.shape[-1] <= 10 and out.shape[-2] == out.shape[-1]
-    layers = [m for m in head.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    assert len(layers) == 6  # stem, 2 downsamplings, 3x3 block, logit conv, projection
-    assert all(parametrize.is_parametrized(m, "weight") for m in layers)
-    assert all(type(m.parametrizations.weight[0]).__name__ == "_SpectralNorm" for m in layers)
+    convs = [m for m in head.modules() if isinstance(m, nn.Conv2d)]
+    # stem, 2 downsamplings, 3x3 block, logit conv; the same trunk + 1x1 conv for the reference
+    assert len(convs) == 10
+    assert all(parametrize.is_parametrized(m, "weight") for m in convs)
+    assert all(type(m.parametrizations.weight[0]).__name__ == "_SpectralNorm" for m in convs)
+    # the text map is the released cmapper: a plain linear layer
+    assert isinstance(head.text_map, nn.Linear) and not parametrize.is_parametrized(head.text_map)
 
 
 # ----------------------------------------------------------------------------- discriminator
@@ -139,10 +142,10 @@ def test_gradient_reaches_image_not_backbone(probe):
     assert all(p.grad is None for p in probe.parameters())
 
 
-def test_trainable_parameters_are_heads_and_text_projection(probe):
+def test_trainable_parameters_are_the_heads(probe):
     d = _disc(probe)
     ids = {id(p) for p in d.trainable_parameters()}
-    expected = {id(p) for p in (*d.heads.parameters(), *d.text_proj.parameters())}
+    expected = {id(p) for p in d.heads.parameters()}
     assert ids == expected
     assert ids == {id(p) for p in d.parameters() if p.requires_grad}
     d.train()
@@ -175,11 +178,11 @@ def test_projection_conditioning_changes_logits(probe):
     torch.testing.assert_close(base, d(x, _text(seed=1), ref))  # eval is deterministic
 
 
-def test_reference_features_carry_no_gradient(probe):
+def test_reference_maps_keep_space_and_carry_no_gradient(probe):
     d = _disc(probe)
     ref = _images().requires_grad_(True)
-    feats = d.reference_features(ref)
-    assert [tuple(f.shape) for f in feats] == [(2, 4), (2, 4), (2, 8)]
+    feats = d.reference_maps(ref)
+    assert [tuple(f.shape) for f in feats] == [(2, 4, 16, 16), (2, 4, 16, 16), (2, 8, 8, 8)]
     assert not any(f.requires_grad for f in feats)
 
 
@@ -244,8 +247,12 @@ def test_diffaug_names_match_config():
 def test_build_discriminator_reads_gan_config(probe):
     cfg = GANConfig(backbone="embedded_probe", blocks=[1, 5], text_projection_dim=6, diffaug=["cutout"])
     d = build_discriminator(cfg, probe, TEXT_DIM, image_size=16, width=8)
-    assert d.taps.blocks == [1, 5] and d.diffaug == ["cutout"] and d.text_proj.out_features == 6
-    assert [h.cond_dim for h in d.heads] == [6 + 4, 6 + 8]
+    assert d.taps.blocks == [1, 5] and d.diffaug == ["cutout"]
+    heads = [(h.text_map.in_features, h.cmap_dim, h.reference) for h in d.heads]
+    assert heads == [(TEXT_DIM, 6, "per_location")] * 2
+    pooled = build_discriminator(cfg.model_copy(update={"reference_condition": "pooled"}), probe, TEXT_DIM,
+                                 image_size=16, width=8)  # fmt: skip
+    assert [h.ref_map.in_features for h in pooled.heads] == [4, 8]
 
 
 def test_build_taps_dinov2_and_mismatches(probe, dinov2):

@@ -91,7 +91,9 @@ def test_exported_real_family_student_generates_at_its_anchors(family, tmp_path)
     assert images.shape == (2, 3, RESOLUTION, RESOLUTION) and torch.isfinite(images).all()
     assert student.last_times == anchors
     recipe = json.loads((out / "recipe.json").read_text())
-    assert recipe["base"]["model_id"] == str(folder) and not (out / "text_encoder").exists()
+    # a complete diffusers pipeline: the teacher's text encoders and VAE linked in (test_real_diffusers)
+    assert recipe["base"]["model_id"] == str(folder) and (out / "text_encoder").is_dir()
+    assert recipe["diffusers_pipeline"] and (out / "model_index.json").is_file()
     if family == "flux":
         assert not student.backbone.network.config.guidance_embeds
     if family == "sdxl":  # the paper's SDXL sampler: LCM at explicit timesteps, unchanged

@@ -367,7 +367,8 @@ def test_gan_weight_curves():
     torch.testing.assert_close(gan_weight(s, "sigma"), s)
     torch.testing.assert_close(gan_weight(s, "constant"), torch.ones(3))
     with pytest.raises(
-        ValueError, match="one_minus_sigma_sq, mirrored_sigma_sq, one_minus_sigma, sigma, constant"
+        ValueError,
+        match="one_minus_sigma_sq, mirrored_sigma_sq, sqrt_alpha_bar, one_minus_sigma, sigma, constant",
     ):
         gan_weight(s, "cosine")
 

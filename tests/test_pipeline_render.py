@@ -127,7 +127,8 @@ def test_editing_the_student_loader_marks_exactly_the_generate_stages(plans):
         rerun = _downstream(stages, generate)
         assert not {s for s in rerun if s.startswith(("distill-", "export-"))}, name
         assert not {"world", "probes", "clip", "teacher", "cache", "curve-reference"} & rerun, name
-        assert {s for s in stages if s.startswith(("evaluate-", "compbench-evaluate-"))} <= rerun and "report" in rerun, name
+        evaluate = {s for s in stages if s.startswith(("evaluate-", "compbench-evaluate-"))}
+        assert evaluate <= rerun and "report" in rerun, name
     # the files split from it do reach training: an edit there honestly retrains
     embedded = plans["embedded"]["stages"]
     for f in ("senseflow/export.py", "senseflow/student_sampler.py"):

@@ -109,8 +109,9 @@ def test_flux_networks_roles_and_discriminator_heads(flux_networks):
     frozen = ["teacher", "VFM dinov2_vitl14", "text_encoder", "text_encoder_2", "vae"]
     assert all(nets[r].trainable == 0 for r in frozen)
     # patch embedding + 7 tapped blocks, DINOv2-L width 1024 on a 73x73 grid (1024 px), CLIP-L 768 -> 64
-    head = DiscriminatorHead(1024, 64 + 1024, in_size=73)
-    expected = 8 * sum(p.numel() for p in head.parameters()) + 768 * 64 + 64
+    # in each head, and each head's per-location reference map (released refmapper)
+    head = DiscriminatorHead(1024, 768, in_size=73, cmap_dim=64, reference="per_location")
+    expected = 8 * sum(p.numel() for p in head.parameters())
     assert nets["discriminator heads"].parameters == nets["discriminator heads"].trainable == expected
 
 

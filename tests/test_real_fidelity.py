@@ -162,20 +162,18 @@ def test_discriminator_never_scores_real_and_fake_images_in_one_batch(tmp_path):
 
 
 def test_a_fakes_logit_in_the_discriminator_step_equals_the_generator_steps():
-    from types import SimpleNamespace
-
     from senseflow.distill import vfm_discriminator_step
 
     disc = tiny_discriminator(6, diffaug=()).train()
     g = torch.Generator().manual_seed(0)
     fake = torch.rand(3, 3, RESOLUTION, RESOLUTION, generator=g) * 2 - 1
     real = torch.rand(3, 3, RESOLUTION, RESOLUTION, generator=g) * 2 - 1
-    cond = SimpleNamespace(pooled=torch.randn(3, 6, generator=g))
+    text = torch.randn(3, 6, generator=g)
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
     disc.register_forward_hook(lambda m, args, out: seen.append((args[0].detach(), out.detach())))
-    vfm_discriminator_step(disc, fake, real, cond, loss="hinge", gen=torch.Generator().manual_seed(1))
+    vfm_discriminator_step(disc, fake, real, text, loss="hinge", gen=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        in_g_step = disc(fake, cond.pooled, real, None)  # the generator's step scores fakes alone
+        in_g_step = disc(fake, text, real, None)  # the generator's step scores fakes alone
     d_step = [out for x, out in seen[:-1] if torch.equal(x, fake)]
     # equal up to spectral norm's power-iteration update between the calls (mixing: ~0.25 apart)
     assert len(d_step) == 1 and torch.allclose(d_step[0], in_g_step, atol=2e-3)
@@ -365,7 +363,7 @@ def test_generator_steps_after_the_fake_model_has_trained(tmp_path, monkeypatch)
 def test_the_planner_reads_the_settings_the_loop_uses(name):
     from senseflow.config import load_profile
     from senseflow.distill_run import distill_kwargs
-    from senseflow.planner import architectures_dir, plan_profile
+    from senseflow.planner import architectures_dir, plan_profile, run_settings
 
     cfg = load_profile(name)
     # the real profiles run what the planner plans for: FSDP2 with gradient checkpointing
@@ -378,7 +376,11 @@ def test_the_planner_reads_the_settings_the_loop_uses(name):
         assert report.grad_checkpointing == distill_kwargs(c.distill)["grad_checkpointing"]
         assert report.master_weights  # the loop's float32 master weights
         weights = next(r for r in report.memory if r.item == "weights")
-        assert "frozen" in weights.detail and "(replicated)" in weights.detail  # the loop does not shard them
+        # the loop shards the frozen teacher under FSDP2 (distributed.shard_frozen), not under DDP;
+        # the VFM, text encoders and VAE stay replicated
+        assert run_settings(c)["shard_frozen"] == (loop_mode == "fsdp")
+        teacher_part = "frozen teacher x 2 B " + ("/ 8 GPUs" if loop_mode == "fsdp" else "(replicated)")
+        assert teacher_part in weights.detail and "other frozen" in weights.detail
 
 
 # ----------------------------------------------------------------------------- defect 11 (part)

@@ -16,7 +16,7 @@ from senseflow.backbones.conversions import _bcast, _up
 from senseflow.schedules import shift_sigma, unshift_sigma
 
 GAN_WEIGHT_CURVES: tuple[str, ...] = (
-    "one_minus_sigma_sq", "mirrored_sigma_sq", "one_minus_sigma", "sigma", "constant",
+    "one_minus_sigma_sq", "mirrored_sigma_sq", "sqrt_alpha_bar", "one_minus_sigma", "sigma", "constant",
 )  # fmt: skip
 
 
@@ -45,7 +45,10 @@ def g_hinge_loss(fake_logits: torch.Tensor, weight: torch.Tensor | float | None 
 
 
 def gan_weight(
-    sigma: torch.Tensor | float, curve: str = "one_minus_sigma_sq", shift: float = 1.0
+    sigma: torch.Tensor | float,
+    curve: str = "one_minus_sigma_sq",
+    shift: float = 1.0,
+    alpha_bar: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Timestep-aware GAN weight ``w(sigma)`` (SenseFlow, method.md section 4), float32 or better.
 
@@ -54,11 +57,21 @@ def gan_weight(
     sigma = 1). ``mirrored_sigma_sq``: the released SD 3.5 code's ``sigma_desc[idx]^2``, the
     shifted sigma of the anchor's index read from the *descending* table, i.e.
     ``shift(1 - unshift(sigma))^2``: 0 / 0.25 / 0.56 / 0.81 at SD 3.5's anchors (shift 3;
-    equal to ``one_minus_sigma_sq`` at shift 1). ``one_minus_sigma``: ``1 - sigma``;
-    ``sigma``: ``sigma``; ``constant``: 1.
+    equal to ``one_minus_sigma_sq`` at shift 1). ``sqrt_alpha_bar``: the released SDXL
+    code's ``sqrt(alpha_bar[t])`` of the anchor's DDPM index (the clean signal's share of
+    the noisy input: 0.068 / 0.238 / 0.527 / 0.822 at SDXL's anchors 999 / 749 / 499 / 249);
+    ``alpha_bar`` maps the anchor time to it (SDXL backbones' ``alpha_bar``).
+    ``one_minus_sigma``: ``1 - sigma``; ``sigma``: ``sigma``; ``constant``: 1.
     """
     s = torch.as_tensor(sigma)
     s = s.to(torch.promote_types(s.dtype, torch.float32))
+    if curve == "sqrt_alpha_bar":
+        if alpha_bar is None:
+            raise ValueError(
+                "GAN weight curve sqrt_alpha_bar needs a DDPM (epsilon) backbone's alpha_bar (SDXL); "
+                "flow backbones use one_minus_sigma_sq or mirrored_sigma_sq"
+            )
+        return alpha_bar(s).to(s.device, s.dtype).sqrt()
     if curve == "one_minus_sigma_sq":
         return (1 - s).square()
     if curve == "mirrored_sigma_sq":
