@@ -50,6 +50,10 @@ class MetricRule(BaseModel):
     max: float | None = None
     regression_abs: NonNegative = 0.0
     regression_rel: NonNegative = 0.0
+    # another candidate of the same aggregated summary this one must beat on this metric (strictly
+    # better point value in ``direction``): a bound that moves with the run, e.g. every 4-step
+    # student against the 4-step teacher it replaces, whatever the teacher's absolute quality
+    beats: str | None = None
 
 
 class Thresholds(BaseModel):
@@ -157,9 +161,17 @@ def interval_regression(entry: dict, base: dict, direction: str) -> tuple[float,
 
 
 def check_metric(
-    name: str, rule: MetricRule, entry: dict | None, base: dict | None, thresholds: Thresholds
+    name: str,
+    rule: MetricRule,
+    entry: dict | None,
+    base: dict | None,
+    thresholds: Thresholds,
+    rival: dict | None = None,
 ) -> tuple[float | None, list[str]]:
-    """Problems of one metric of one candidate (empty list: it passes)."""
+    """Problems of one metric of one candidate (empty list: it passes).
+
+    ``rival`` is the same metric's entry of the candidate named by ``rule.beats``.
+    """
     if not entry or entry.get("status") != "ok":
         why = entry.get("reason", entry.get("status")) if entry else "not in the summary"
         return None, [f"missing ({why})"]
@@ -175,6 +187,12 @@ def check_metric(
         problems.append(f"{value:.4g} < min {rule.min:g}")
     if rule.max is not None and value > rule.max:
         problems.append(f"{value:.4g} > max {rule.max:g}")
+    if rule.beats is not None:
+        r = (rival or {}).get("value")
+        if not (rival or {}).get("status") == "ok" or not isinstance(r, (int, float)):
+            problems.append(f"cannot compare: {rule.beats}'s {name} is not in the summary")
+        elif (value <= r) if rule.direction == "higher" else (value >= r):
+            problems.append(f"{value:.4g} does not beat {rule.beats} ({r:.4g})")
     if base is not None:
         if base.get("status") != "ok" or not isinstance(base.get("value"), (int, float)):
             return value, [*problems, "missing in the baseline"]
@@ -253,7 +271,8 @@ def run_gate(
                 )
             for name, rule in rules.rules_for(candidate, aggregated).items():
                 base = None if base_metrics is None else base_metrics.get(name, {"status": "missing"})
-                value, problems = check_metric(name, rule, metrics.get(name), base, rules)
+                rival = per_candidate.get(rule.beats, {}).get(name) if rule.beats else None
+                value, problems = check_metric(name, rule, metrics.get(name), base, rules, rival)
                 b = base.get("value") if base else None
                 rows.append(GateRow(candidate, name, value, b, tuple(problems)))
     if not rows:

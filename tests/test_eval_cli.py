@@ -323,6 +323,32 @@ def test_gate_bounds_and_direction(tmp_path):
     assert ok.exit_code == 0 and "gate: PASSED" in ok.output
 
 
+def test_gate_beats_compares_with_another_candidate_of_the_same_run(tmp_path):
+    rules = tmp_path / "t.yaml"
+    rules.write_text(yaml.safe_dump({"candidates": {"student": {
+        "adherence": {"direction": "higher", "beats": "teacher_4"},
+        "fid_t_probe": {"direction": "lower", "beats": "teacher_4"}}}}))  # fmt: skip
+
+    def summary(name, student, teacher):
+        def metrics(adh, fid):
+            return {"adherence": {"status": "ok", "value": adh, "higher_is_better": True},
+                    "fid_t_probe": {"status": "ok", "value": fid, "higher_is_better": False}}  # fmt: skip
+
+        path = tmp_path / name
+        cands = {"student": {"metrics": metrics(*student)}}
+        if teacher is not None:
+            cands["teacher_4"] = {"metrics": metrics(*teacher)}
+        path.write_text(json.dumps({"candidates": cands}))
+        return path
+
+    assert all(r.passed for r in run_gate([summary("a.json", (0.3, 90.0), (0.2, 100.0))], rules))
+    rows = {r.metric: r for r in run_gate([summary("b.json", (0.2, 110.0), (0.2, 100.0))], rules)}
+    assert "does not beat teacher_4 (0.2)" in rows["adherence"].problems[0]  # a tie is no win
+    assert "does not beat teacher_4 (100)" in rows["fid_t_probe"].problems[0]
+    rows = run_gate([summary("c.json", (0.3, 90.0), None)], rules)
+    assert all("cannot compare: teacher_4" in r.problems[0] for r in rows)
+
+
 def test_gate_regression_tolerances(tmp_path):
     base = _summary(tmp_path / "base.json", {"adherence": (0.10, True), "fid_t_probe": (200.0, False)})
     # allowed: adherence 0.02 + 0.1 * 0.10 = 0.03; FID 10 + 0.1 * 200 = 30
