@@ -149,8 +149,11 @@ def test_compbench_metric_set_fetches_exactly_the_judges():
         "blip_vqa_capfilt_large", "clip_vitb32", "owlv2_base", "spacy_en_core_web_sm"
     }  # fmt: skip
     assert {a.name for a in m.for_metrics("t2i_compbench_non_spatial")} == {"clip_vitb32"}
-    # an evaluation-only profile fetches them with its teacher; the COCO set does not
-    assert "owlv2_base" in {a.name for a in m.for_profile("tables_sdxl")}
+    # an evaluation-only profile fetches them (its pipeline.compbench categories); the COCO set does not
+    from senseflow.baselines import profile_artefacts
+    from senseflow.config import load_profile
+
+    assert "owlv2_base" in profile_artefacts(load_profile("tables_sdxl"))
     assert "owlv2_base" not in {a.name for a in m.for_metrics("coco")}
 
 
