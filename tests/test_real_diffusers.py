@@ -26,7 +26,7 @@ SEEDS = [3, 11]
 def export_tiny_student(family: str, tmp_path):
     """(teacher folder, student folder) of a tiny ``family`` whose student differs from the teacher."""
     from senseflow.real_run import student_sampler
-    from senseflow.student import export_student
+    from senseflow.export import export_student
 
     folder = save_tiny_pipeline(family, tmp_path / "teacher")
     base = dict(model_id=str(folder), licence="test", dtype="float32", resolution=RESOLUTION,
@@ -107,7 +107,8 @@ def test_stock_diffusers_pipeline_samples_what_load_student_samples(family, tmp_
 
 def load_student_teacher_images(family: str, tmp_path) -> torch.Tensor:
     """The same sampling with the teacher's weights exported as a student (a sanity contrast)."""
-    from senseflow.student import export_student, load_student
+    from senseflow.export import export_student
+    from senseflow.student import load_student
 
     folder = tmp_path / "teacher"
     base = dict(model_id=str(folder), licence="test", dtype="float32", resolution=RESOLUTION,
