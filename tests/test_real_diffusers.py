@@ -25,8 +25,8 @@ SEEDS = [3, 11]
 
 def export_tiny_student(family: str, tmp_path):
     """(teacher folder, student folder) of a tiny ``family`` whose student differs from the teacher."""
-    from senseflow.real_run import student_sampler
     from senseflow.export import export_student
+    from senseflow.real_run import student_sampler
 
     folder = save_tiny_pipeline(family, tmp_path / "teacher")
     base = dict(model_id=str(folder), licence="test", dtype="float32", resolution=RESOLUTION,
