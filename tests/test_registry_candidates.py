@@ -223,6 +223,8 @@ def test_evaluation_only_profile_runs_through_dvc_on_tiny_weights(tmp_path, fami
     p["pipeline"].update(prompts={"set": str(tmp_path / "prompts.txt")}, metrics=["fid_t"], n_boot=20,
                          n_boot_set=5, teacher_steps=[], noise_floor=False,
                          registry_baselines=["tiny_public_4"])  # fmt: skip
+    # T2I-CompBench has its own stage tests (tests/test_compbench_pipeline.py): no judges built here
+    p["pipeline"]["compbench"] = None
     p["runtime"] = {"nproc_per_node": 1, "device": "cpu", "threads": 1}
     run = repro_report(repo, path, p, weights)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-3000:]
