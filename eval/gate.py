@@ -189,7 +189,7 @@ def check_metric(
         problems.append(f"{value:.4g} > max {rule.max:g}")
     if rule.beats is not None:
         r = (rival or {}).get("value")
-        if not (rival or {}).get("status") == "ok" or not isinstance(r, (int, float)):
+        if (rival or {}).get("status") != "ok" or not isinstance(r, (int, float)):
             problems.append(f"cannot compare: {rule.beats}'s {name} is not in the summary")
         elif (value <= r) if rule.direction == "higher" else (value >= r):
             problems.append(f"{value:.4g} does not beat {rule.beats} ({r:.4g})")

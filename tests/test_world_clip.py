@@ -59,9 +59,9 @@ def test_training_lifts_heldout_retrieval_far_above_chance(trained):
     assert {p.name for p in out.iterdir()} == {CLIP_FILE, CONFIG_FILE, REPORT_FILE, "tokenizer"}
     assert json.loads((out / REPORT_FILE).read_text()) == report
     # reloaded from disk it retrieves exactly as reported
-    from senseflow.world.clip import _scenes, retrieval_accuracy
+    from senseflow.world.clip import retrieval_accuracy, scene_batch
 
-    images, captions = _scenes([0, 10**6], 64, resolution=16, digit_counts={1: 0.5, 2: 0.5},
+    images, captions = scene_batch([0, 10**6], 64, resolution=16, digit_counts={1: 0.5, 2: 0.5},
                                instances="heldout", split="test")  # fmt: skip
     assert retrieval_accuracy(load_clip(out / CLIP_FILE), images, captions) == r
 

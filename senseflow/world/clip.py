@@ -188,7 +188,15 @@ def retrieval_accuracy(clip: WorldClip, images: np.ndarray, captions: list[str])
     return {"image_to_text": i2t, "text_to_image": t2i, "chance": chance, "n": len(caps)}
 
 
-def _scenes(seed, n: int, *, resolution: int, digit_counts: dict, instances: str, split: str):
+def warmup_cosine(steps: int, warmup_steps: int):
+    """LR factor of step ``s``: linear warm-up times cosine decay to 0 over ``steps`` (CLIP's schedule)."""
+    return lambda s: (
+        min(1.0, (s + 1) / max(1, warmup_steps)) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / max(1, steps))))
+    )
+
+
+def scene_batch(seed, n: int, *, resolution: int, digit_counts: dict, instances: str, split: str):
+    """``n`` rendered scenes (uint8 NHWC) of ``split`` and their captions, a pure function of ``seed``."""
     images, scenes = sample_batch(
         np.random.default_rng(seed), n, resolution=resolution, digit_counts=digit_counts,
         instances=instances, split=split,
@@ -231,7 +239,7 @@ def train_clip(
         text_width=text_width, text_layers=text_layers, heads=heads,
     )  # fmt: skip
     clip = WorldClip(build_clip(config, seed), tokenizer, config)
-    held_images, held_captions = _scenes(
+    held_images, held_captions = scene_batch(
         [seed, 10**6], eval_scenes, resolution=resolution, digit_counts=digit_counts,
         instances="heldout", split="test",
     )  # fmt: skip
@@ -239,16 +247,12 @@ def train_clip(
     model = clip.model.train()
     opt = adamw(model.parameters(), lr=lr, weight_decay=weight_decay)
     # linear warm-up then cosine decay: the usual CLIP schedule
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: min(1.0, (s + 1) / max(1, warmup_steps))
-        * 0.5 * (1 + np.cos(np.pi * min(1.0, s / max(1, steps)))),
-    )  # fmt: skip
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, warmup_steps))
     losses = []
     t0 = time.perf_counter()
     bar = tqdm(range(steps), desc="clip", disable=not progress, mininterval=2.0)
     for step in bar:
-        images, captions = _scenes(
+        images, captions = scene_batch(
             [seed, step], batch_size, resolution=resolution, digit_counts=digit_counts,
             instances="train", split="train",
         )  # fmt: skip

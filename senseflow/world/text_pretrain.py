@@ -24,16 +24,13 @@ from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPModel, CLIPTextModel, CLIPVisionConfig, PreTrainedTokenizerFast
 
 from senseflow.optim import adamw
-from senseflow.world.clip import contrastive_loss
-from senseflow.world.scenes import caption, sample_batch, to_tensor_range
+from senseflow.world.clip import contrastive_loss, scene_batch, warmup_cosine
+from senseflow.world.scenes import to_tensor_range
 
 
-def _batch(seed, n: int, *, resolution: int, digit_counts: dict, instances: str, split: str):
-    images, scenes = sample_batch(
-        np.random.default_rng(seed), n, resolution=resolution, digit_counts=digit_counts,
-        instances=instances, split=split,
-    )  # fmt: skip
-    return to_tensor_range(images), [caption(s) for s in scenes]
+def _batch(seed, n: int, **kw) -> tuple[torch.Tensor, list[str]]:
+    images, captions = scene_batch(seed, n, **kw)
+    return to_tensor_range(images), captions
 
 
 def _tokens(tokenizer: PreTrainedTokenizerFast, captions: list[str]) -> torch.Tensor:
@@ -95,10 +92,7 @@ def pretrain_text_encoder(
                   instances="heldout", split="test")  # fmt: skip
     before = _retrieval(clip, tokenizer, *held)
     opt = adamw(clip.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: min(1.0, (s + 1) / max(1, warmup_steps)) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / steps))),
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, warmup_steps))
     losses, t0 = [], time.perf_counter()
     clip.train()
     for step in tqdm(range(steps), desc="text encoder", disable=not progress, mininterval=2.0):
