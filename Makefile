@@ -1,5 +1,6 @@
-# The README's two commands: `make run` (the main job: dvc repro of the default profile)
-# and `make test` (the whole test suite). Both create .venv and install on first use.
+# The README's commands: `make run` (the main job: dvc repro of the default profile), `make test`
+# (the suite less its slow tests) and `make test-slow` (DVC runs, multi-process and browser tests;
+# CI runs both). All create .venv and install on first use.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +12,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # dvc stages call the `senseflow` console scripts: put the venv first on PATH
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup render run run-ablations run-study smoke test test-fast lint format clean dashboard
+.PHONY: setup render run run-ablations run-study smoke test test-slow test-all lint format clean dashboard
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,11 +53,14 @@ run-study: setup  ## every method x 3 seeds after `make run`: mean, 95% interval
 smoke: setup  ## the smoke profile end to end in a temporary copy, then the gate (what CI runs)
 	.ci/smoke
 
-test: setup  ## the whole test suite (the smoke pipeline itself runs in `make smoke`, once per CI)
-	$(PY) -m pytest
-
-test-fast: setup  ## the suite without the slow tests (DVC runs and repositories, the browser)
+test: setup  ## the suite without the slow tests: under 10 minutes on 2 cores
 	$(PY) -m pytest -m "not slow"
+
+test-slow: setup  ## the slow tests: the smoke pipeline once (gate, broken DMD sign), dvc status, DDP/FSDP, browser
+	$(PY) -m pytest -m slow
+
+test-all: setup  ## both of the above in one pytest run (what `.ci/run` runs)
+	$(PY) -m pytest
 
 lint: setup  ## ruff, and dvc.yaml is the rendered plan
 	$(VENV)/bin/senseflow pipeline render --check

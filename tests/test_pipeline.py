@@ -2,7 +2,7 @@
 
 The module's fixture runs the smoke pipeline from nothing; the tests after it read its results,
 ask `dvc status` what an edit would rerun, and finally (last, as it changes code) break the DMD
-sign and check that the gate fails. CI runs this file once (`make test`); `.ci/smoke` is the
+sign and check that the gate fails. CI runs this file once (`make test-all`, or `make test-slow` alone); `.ci/smoke` is the
 same pipeline for a person to watch.
 """
 
