@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from eval.metrics import FID, ProbeFeatures
+from eval.metrics import ProbeFeatures, fid_from_features, image_features
 from senseflow.config import load_profile
 from senseflow.samplers import prompt_seed, sample_prompts
 from senseflow.samples import load_folder_images, scenes_of
@@ -38,10 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def fid(features, a: torch.Tensor, b: torch.Tensor) -> float:
     """FID between two image batches ([-1, 1] or uint8) with the given extractor."""
-    metric = FID(features)
-    metric.update(a)
-    metric.update(b, real=True)
-    return float(metric.compute())
+    return fid_from_features(image_features(a, features), image_features(b, features))
 
 
 def real_vs_real(features, digit_counts, resolution, ns, repeats) -> None:

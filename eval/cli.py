@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from eval.stats import N_BOOT, N_BOOT_SET
+
 app = typer.Typer(
     help="SenseFlow evaluation: score sample folders under a recorded protocol.",
     no_args_is_help=True,
@@ -48,8 +50,10 @@ def evaluate_cmd(
         bool, typer.Option(help="Leave out bad images (recorded in summary.json) instead of failing.")
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap intervals.")] = 0,
-    n_boot: Annotated[int, typer.Option(min=10, help="Bootstrap replicates of per-image metrics.")] = 1000,
-    n_boot_set: Annotated[int, typer.Option(min=10, help="Bootstrap replicates of set metrics (FID).")] = 200,
+    n_boot: Annotated[int, typer.Option(min=10, help="Bootstrap replicates of per-image metrics.")] = N_BOOT,
+    n_boot_set: Annotated[
+        int, typer.Option(min=10, help="Bootstrap replicates of set metrics (FID).")
+    ] = N_BOOT_SET,
     protocol: Annotated[
         str,
         typer.Option(help="Image protocol of FID / CLIP score: dmd2 (the paper's), clean or torchmetrics."),
@@ -110,7 +114,7 @@ def compare_cmd(
         str | None, typer.Option(help="Comma-separated per-image metrics (default: all shared).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the bootstrap.")] = 0,
-    n_boot: Annotated[int, typer.Option(min=10, help="Bootstrap replicates.")] = 1000,
+    n_boot: Annotated[int, typer.Option(min=10, help="Bootstrap replicates.")] = N_BOOT,
 ) -> None:
     """Paired bootstrap of B - A over shared prompt ids and seeds: difference, 95% interval, significance."""
     from eval.evaluate import compare, render_compare

@@ -27,7 +27,7 @@ from eval.image_protocols import check_protocol
 from eval.prompts import prompt_set_hash
 from eval.sample_folder import SampleFolderError, load_sample_folder
 from eval.sharding import Shard, current_shard
-from eval.stats import bootstrap_mean_ci, paired_difference
+from eval.stats import N_BOOT, N_BOOT_SET, bootstrap_mean_ci, paired_difference
 from eval.summaries import SUMMARY, read_summary  # noqa: F401  (re-exported: eval.evaluate.read_summary)
 from senseflow.errors import MissingArtefactError, UserError
 from senseflow.io import atomic_write, atomic_write_text, ensure_writable_dir
@@ -98,8 +98,8 @@ def evaluate(
     clip: str | Path | None = None,
     skip_bad: bool = False,
     seed: int = 0,
-    n_boot: int = 1000,
-    n_boot_set: int = 200,
+    n_boot: int = N_BOOT,
+    n_boot_set: int = N_BOOT_SET,
     shard: Shard | None = None,
     not_applicable: dict[str, str] | None = None,
     protocol: str = "dmd2",
@@ -182,7 +182,7 @@ def evaluate(
 
 
 def compare(
-    a: str | Path, b: str | Path, *, metrics: list[str] | None = None, seed: int = 0, n_boot: int = 1000
+    a: str | Path, b: str | Path, *, metrics: list[str] | None = None, seed: int = 0, n_boot: int = N_BOOT
 ):
     """Paired bootstrap of ``B - A`` per per-image metric, over prompt ids and seeds both share."""
     ta, tb = read_scores(a), read_scores(b)

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from eval.sharding import Shard, map_rows
+from eval.stats import N_BOOT, N_BOOT_SET
 from senseflow.errors import UserError
 
 if TYPE_CHECKING:
@@ -90,8 +91,8 @@ class EvalContext:
     probe_path: Path | None = None
     clip_path: Path | None = None
     seed: int = 0
-    n_boot: int = 1000
-    n_boot_set: int = 200
+    n_boot: int = N_BOOT
+    n_boot_set: int = N_BOOT_SET
     prompt_set_sha256: str = ""
     # image protocol of FID and CLIP score (eval.image_protocols): dmd2 is the paper's
     protocol: str = "dmd2"

@@ -14,6 +14,11 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 LEVEL = 0.95
+# default replicate counts of every caller (senseflow-eval, evaluate(), the dashboard, the study);
+# the profile's values are senseflow/config.py's PipelineConfig.n_boot / n_boot_set, equal to
+# these (tests/test_defaults.py)
+N_BOOT = 1000  # bootstrap resamples of per-image means and paired differences
+N_BOOT_SET = 200  # half-sampled subsets of set statistics (FID, FID-T)
 
 
 def bootstrap_indices(n: int, n_boot: int, seed: int) -> np.ndarray:
@@ -31,7 +36,7 @@ def percentile_interval(stats: np.ndarray, level: float = LEVEL) -> tuple[float,
 
 
 def bootstrap_mean_ci(
-    values, *, n_boot: int = 1000, seed: int = 0, level: float = LEVEL
+    values, *, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL
 ) -> tuple[float, tuple[float, float]]:
     """Mean of per-image ``values`` and its bootstrap interval (images resampled)."""
     v = np.asarray(values, dtype=np.float64)
@@ -54,7 +59,7 @@ def subsample_set_ci(
     statistic: Callable[..., float],
     estimate: float,
     *,
-    n_sub: int = 200,
+    n_sub: int = N_BOOT_SET,
     seed: int = 0,
     level: float = LEVEL,
 ) -> tuple[float, float]:
@@ -94,7 +99,7 @@ def subsample_set_ci(
 
 
 def paired_difference(
-    a, b, *, n_boot: int = 1000, seed: int = 0, level: float = LEVEL
+    a, b, *, n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL
 ) -> dict[str, float | bool | int]:
     """Mean of ``b - a`` over pairs, its bootstrap interval (pairs resampled) and significance.
 

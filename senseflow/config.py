@@ -541,6 +541,7 @@ class PipelineConfig(Strict):
     prompts: PromptSourceConfig | None = None  # real profiles; embedded: the world's test prompts
     # real profiles: T2I-CompBench's own sample folders and metrics (embedded: compbench_* of the probe)
     compbench: CompBenchConfig | None = None
+    # code defaults: eval.stats.N_BOOT / N_BOOT_SET, equal to these (tests/test_defaults.py)
     n_boot: PositiveInt = 1000  # bootstrap resamples of the per-image metrics
     n_boot_set: PositiveInt = 200  # subsamples of the set metrics (FID-T)
     eval_seed: int = 0

@@ -85,7 +85,7 @@ def paired_t(a: list[float], b: list[float], level: float = 0.95) -> dict:
 
 def study_table(cells: dict[str, dict[int, dict]], reference_method: str = "senseflow") -> dict:
     """Aggregate ``cells[method][seed] = {metric: value, "adherence_images": [...]}`` into the table."""
-    from eval.stats import paired_difference
+    from eval.stats import N_BOOT, paired_difference
 
     rows = {}
     for method, by_seed in cells.items():
@@ -110,7 +110,7 @@ def study_table(cells: dict[str, dict[int, dict]], reference_method: str = "sens
         b = np.concatenate([by_seed[s]["adherence_images"] for s in seeds]) if seeds else np.array([])
         if len(a) >= 2 and len(a) == len(b):
             # paired_difference reports B - A: SenseFlow is B, so the sign matches the seed test's
-            tests[method]["adherence_images"] = paired_difference(b, a, n_boot=1000, seed=0)
+            tests[method]["adherence_images"] = paired_difference(b, a, n_boot=N_BOOT, seed=0)
     return {"reference_method": reference_method, "rows": rows, "tests": tests}
 
 

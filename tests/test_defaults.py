@@ -62,3 +62,27 @@ def test_the_probe_loop_defaults_are_the_config_defaults():
     from senseflow.world.probes import train_probe
 
     assert _drift(train_probe, ProbeConfig().model_dump()) == {}
+
+
+def test_the_bootstrap_counts_of_every_caller_are_the_pipeline_config_defaults():
+    # the profile's replicate counts (PipelineConfig) are what a hand-run `senseflow-eval`, the
+    # dashboard's comparison and the study use when nobody passes one
+    from dashboard.pages.experiments import paired_comparison
+    from eval import stats
+    from eval.cli import compare_cmd, evaluate_cmd
+    from eval.evaluate import compare, evaluate
+    from eval.registry import EvalContext
+    from senseflow.config import PipelineConfig
+
+    fields = PipelineConfig.model_fields
+    assert (fields["n_boot"].default, fields["n_boot_set"].default) == (stats.N_BOOT, stats.N_BOOT_SET)
+    want = {"n_boot": stats.N_BOOT, "n_boot_set": stats.N_BOOT_SET, "n_sub": stats.N_BOOT_SET}
+    fns = [stats.bootstrap_mean_ci, stats.paired_difference, stats.subsample_set_ci, evaluate, compare,
+           evaluate_cmd, compare_cmd, paired_comparison, EvalContext]  # fmt: skip
+    seen = set()
+    for fn in fns:
+        for key, param in inspect.signature(fn).parameters.items():
+            if key in want:
+                seen.add(key)
+                assert param.default == want[key], f"{fn.__qualname__}({key}={param.default})"
+    assert seen == set(want)

@@ -1,6 +1,5 @@
-"""FID metric: independent scipy reference, self-distance, two-rank reduction, cache, variants, bad input."""
+"""FID: independent scipy reference, self-distance, reference cache, variants, bad input."""
 
-import json
 from pathlib import Path
 from unittest import mock
 
@@ -8,20 +7,23 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from eval.metrics import (
-    FID,
     FIDInputError,
     InceptionFeatures,
     PatchCrops,
     ProbeFeatures,
+    check_images,
     check_pairing,
+    feature_statistics,
     fid_from_features,
+    fid_protocol,
     fid_t,
+    frechet_distance,
+    image_features,
     reference_statistics,
 )
+from eval.metrics.frechet import check_features
 from senseflow.errors import MissingArtefactError, UserError
 from senseflow.samples import png_bytes, write_manifest
 from senseflow.world.probes import AttributeProbe
@@ -64,54 +66,30 @@ def small_probe() -> AttributeProbe:
 # ----------------------------------------------------------------------------- maths
 
 
-def test_matches_independent_scipy_fid_batched_and_one_shot():
+def test_matches_independent_scipy_fid_both_routes():
     rng = np.random.default_rng(0)
     a = rng.normal(size=(300, 16))
     b = rng.normal(size=(260, 16)) @ rng.normal(size=(16, 16)) * 0.3 + 0.5
     ref = scipy_fid(a, b)
-    metric = FID(PoolFeatures(), dim=16)
-    for chunk in np.array_split(a, 7):
-        metric.update_features(chunk)
-    for chunk in np.array_split(b, 3):
-        metric.update_features(torch.from_numpy(chunk).float().double(), real=True)
-    assert float(metric.compute()) == pytest.approx(ref, rel=1e-6)
-    assert fid_from_features(a, b) == pytest.approx(ref, rel=1e-6)
+    assert fid_from_features(a, b) == pytest.approx(ref, rel=1e-6)  # covariance route
+    assert fid_from_features(torch.from_numpy(a), b.astype(np.float32)) == pytest.approx(ref, rel=1e-6)
+    # fewer samples than dimensions: the SVD route, against the covariance formula
+    c, d = rng.normal(size=(20, 64)), rng.normal(size=(24, 64)) + 0.3
+    assert fid_from_features(c, d) == pytest.approx(
+        frechet_distance(*feature_statistics(c), *feature_statistics(d))
+    )
 
 
 def test_fid_of_a_set_against_itself_is_zero_with_probe_features():
     images = scenes(64, 1)
-    metric = FID(ProbeFeatures(small_probe()))
-    metric.update(images)
-    metric.update_reference(to_tensor_range(images.permute(0, 2, 3, 1).numpy()))  # float [-1, 1] form
-    assert float(metric.compute()) == pytest.approx(0.0, abs=1e-6)
-    assert metric.higher_is_better is False
-    metric.reset()
-    assert float(metric.fake_n) == 0 and float(metric.real_sum.abs().sum()) == 0
-
-
-def _rank_worker(rank: int, store_path: str, out_path: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{store_path}", rank=rank, world_size=2)
-    fake, real = scenes(48, 2), scenes(40, 3)
-    metric = FID(ProbeFeatures(small_probe()))
-    metric.update(fake[rank::2])  # each rank sees half of each set
-    metric.update(real[rank::2], real=True)
-    value, record = float(metric.compute()), metric.describe()  # both collectives: every rank calls them
-    if rank == 0:
-        with open(out_path, "w") as f:
-            json.dump({"fid": value, "n": record["n_generated"]}, f)
-    dist.destroy_process_group()
-
-
-def test_states_reduce_across_two_gloo_processes(tmp_path):
-    out = tmp_path / "fid.json"
-    # spawn, not fork: a forked child of a process that already ran torch ops can hang in gloo
-    mp.spawn(_rank_worker, args=(str(tmp_path / "store"), str(out)), nprocs=2, join=True)
-    metric = FID(ProbeFeatures(small_probe()))
-    metric.update(scenes(48, 2))
-    metric.update(scenes(40, 3), real=True)
-    got = json.loads(out.read_text())
-    assert got["n"] == 48  # describe() reports counts summed over ranks
-    assert got["fid"] == pytest.approx(float(metric.compute()), rel=1e-9)
+    ext = ProbeFeatures(small_probe())
+    fake = image_features(images, ext)
+    real = image_features(to_tensor_range(images.permute(0, 2, 3, 1).numpy()), ext)  # float [-1, 1] form
+    torch.testing.assert_close(fake, real)  # float images are quantised as a PNG would be
+    assert fake.dtype == torch.float64 and fake.shape == (64, ext.dim)
+    # an untrained probe's features are small (another draw is ~2e-7 away): compare relatively
+    other = fid_from_features(fake, image_features(scenes(64, 2), ext))
+    assert abs(fid_from_features(fake, real)) < 1e-6 * other
 
 
 # ----------------------------------------------------------------------------- reference cache
@@ -122,33 +100,31 @@ def test_reference_cache_hit_miss_and_corruption(tmp_path, caplog):
     ext = PoolFeatures()
     first = reference_statistics(images, ext, cache, batch_size=8)
     assert not first.from_cache and ext.calls == 4 and first.n == 32
+    assert (first.extractor_id, first.protocol) == ("pool", "resize=none")
     assert (tmp_path / "ref.npz.sha256").read_text().split()[0] == first.sha256
+    # batched running sums equal the one-shot statistics, and the set is at distance 0 from itself
+    mu, sigma = feature_statistics(PoolFeatures()(images))
+    np.testing.assert_allclose(first.mu, mu, rtol=1e-12)
+    np.testing.assert_allclose(first.sigma, sigma, rtol=1e-9, atol=1e-15)
+    assert frechet_distance(first.mu, first.sigma, mu, sigma) == pytest.approx(0.0, abs=1e-6)
     again = reference_statistics(images, ext, cache)
     assert again.from_cache and ext.calls == 4 and again.sha256 == first.sha256
     np.testing.assert_array_equal(again.sigma, first.sigma)
     # each part of the key invalidates: another image set, another extractor, another crop protocol
     assert not reference_statistics(scenes(32, 5), ext, cache).from_cache
     assert not reference_statistics(scenes(32, 5), PoolFeatures("other"), cache).from_cache
+    big = torch.randint(
+        0, 256, (2, 3, 300, 300), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
+    whole = reference_statistics(big, ext, tmp_path / "big.npz")
+    patch = reference_statistics(big, ext, tmp_path / "big.npz", patches=PatchCrops("grid"))
+    assert not patch.from_cache and patch.protocol == "resize=none;patch=grid299" and patch.n == 8
+    assert not np.allclose(patch.mu, whole.mu)
     cache.write_bytes(cache.read_bytes()[:-1] + b"x")  # bytes no longer match the recorded sha256
     assert not reference_statistics(scenes(32, 5), PoolFeatures("other"), cache).from_cache
     assert "recomputing" in caplog.text
-    # the cached reference plugs into the metric, which refuses a mismatched one
-    stats = reference_statistics(images, ext, cache)
-    metric = FID(ext, reference=stats)
-    metric.update(images)
-    assert float(metric.compute()) == pytest.approx(0.0, abs=1e-6)
-    record = metric.describe()
-    assert record["extractor"] == "pool" and record["protocol"] == "resize=none"
-    assert (record["n_generated"], record["n_reference"]) == (32, 32)
-    assert (
-        record["reference_stats_sha256"]
-        == stats.sha256
-        == (tmp_path / "ref.npz.sha256").read_text().split()[0]
-    )
-    with pytest.raises(UserError, match="this FID already has reference statistics"):
-        metric.update(images, real=True)
-    with pytest.raises(UserError, match="recompute them"):
-        FID(PoolFeatures("other"), reference=stats)
+    with pytest.raises(FIDInputError, match="at least 2 images per set, got 1"):
+        reference_statistics(scenes(1, 0), ext, tmp_path / "one.npz")
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -162,25 +138,29 @@ def test_reference_cache_hit_miss_and_corruption(tmp_path, caplog):
         (torch.zeros(8, 8, 3, dtype=torch.uint8), r"got shape \(8, 8, 3\)"),
         (torch.full((2, 3, 8, 8), 255.0), r"range is \[255, 255\], expected \[-1, 1\]"),
         (torch.full((2, 3, 8, 8), float("nan")), "non-finite pixels"),
+        (np.zeros((2, 3, 8, 8), dtype=np.uint8), "must be a torch.Tensor, got ndarray"),
     ],
 )
 def test_bad_images_are_named(images, match):
     with pytest.raises(FIDInputError, match=match):
-        FID(PoolFeatures()).update(images)
+        check_images(images)
+    with pytest.raises(FIDInputError, match=match):
+        image_features(images, PoolFeatures())
 
 
 def test_bad_features_are_named():
     feats = np.ones((4, 12))
     feats[2, 5] = np.nan
     with pytest.raises(FIDInputError, match=r"non-finite features .* 1 of 4 rows \(first row 2\)"):
-        FID(PoolFeatures()).update_features(feats)
-    with pytest.raises(FIDInputError, match="dimension 5, the metric expects 12"):
-        FID(PoolFeatures()).update_features(np.ones((4, 5)))
-    with pytest.raises(FIDInputError, match="at least 2 images"):
-        metric = FID(PoolFeatures())
-        metric.update_features(np.ones((1, 12)))
-        metric.update_features(np.ones((3, 12)), real=True)
-        metric.compute()
+        check_features(feats)
+    with pytest.raises(FIDInputError, match=r"b has non-finite features .* 1 of 4 rows"):
+        fid_from_features(np.ones((4, 12)), feats)
+    with pytest.raises(FIDInputError, match=r"must be \(N, D\) features, got shape \(12,\)"):
+        fid_from_features(np.ones(12), np.ones((4, 12)))
+    with pytest.raises(ValueError, match="shapes do not match"):
+        fid_from_features(np.random.default_rng(0).normal(size=(4, 12)), np.ones((4, 5)))
+    with pytest.raises(ValueError, match=r"features must be \(N >= 2, D\)"):
+        fid_from_features(np.ones((1, 12)), np.ones((3, 12)))
 
 
 # ----------------------------------------------------------------------------- patch FID
@@ -199,7 +179,9 @@ def test_patch_crops_grid_random_and_small_images():
     assert not torch.equal(rand(images), PatchCrops("random", per_image=3, seed=2)(images))
     assert PatchCrops("center")(images).shape == (2, 3, 299, 299)
     with pytest.raises(FIDInputError, match="at least 299x299, got 16x16"):
-        FID(PoolFeatures(), patches=PatchCrops("grid")).update(scenes(2, 0))
+        PatchCrops("grid")(scenes(2, 0))
+    with pytest.raises(FIDInputError, match="at least 299x299, got 16x16"):
+        image_features(scenes(2, 0), PoolFeatures(), patches=PatchCrops("center"))
     with pytest.raises(UserError, match="unknown patch mode 'tiles'"):
         PatchCrops("tiles")
 
@@ -283,7 +265,8 @@ def test_inception_reads_the_local_file_and_resize_protocols_differ(inception_we
     torch.testing.assert_close(clean(image), a, rtol=0, atol=0)
     torch.testing.assert_close(bilinear(image), b, rtol=0, atol=0)
     assert not torch.allclose(a, b, rtol=1e-3, atol=0)  # random weights: tiny features, so relative
-    assert FID(clean).protocol == "resize=clean" and FID(bilinear).protocol == "resize=torchmetrics"
+    assert fid_protocol(clean) == "resize=clean" and fid_protocol(bilinear) == "resize=torchmetrics"
+    assert fid_protocol(clean, PatchCrops("center")) == "resize=clean;patch=center299"
     dmd2 = InceptionFeatures(inception_weights)  # the paper's protocol is the default
     assert dmd2.resize == "dmd2" and not torch.allclose(dmd2(image), a, rtol=1e-3, atol=0)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from dashboard.data import SCORE_KEYS, file_stamp
+from eval.stats import N_BOOT, paired_difference
 
 
 def default_paired(scores: dict[str, pd.DataFrame]) -> tuple[int, int]:
@@ -182,15 +183,13 @@ def _diff(frame: pd.DataFrame, a: str, b: str, prefix: str, keep_equal: bool = F
 
 
 def paired_comparison(
-    scores_a: pd.DataFrame, scores_b: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0
+    scores_a: pd.DataFrame, scores_b: pd.DataFrame, *, n_boot: int = N_BOOT, seed: int = 0
 ) -> pd.DataFrame:
     """Paired bootstrap of ``B - A`` per shared per-image metric, pairing images by prompt id and seed.
 
     Same statistic as ``senseflow-eval compare`` (:func:`eval.stats.paired_difference`);
     an empty frame when the two tables share fewer than two images.
     """
-    from eval.stats import paired_difference
-
     cols = ["metric", "mean_a", "mean_b", "difference", "ci_low", "ci_high", "n", "significant"]
     if scores_a.empty or scores_b.empty or "id" not in scores_a or "id" not in scores_b:
         return pd.DataFrame(columns=cols)

@@ -1,9 +1,9 @@
-"""FID as a torchmetrics metric with pluggable features, plus FID-T, patch FID and cached references.
+"""FID feature extractors, FID-T, patch FID and cached reference statistics (functions, no state).
 
 FID (Heusel et al. 2017) is the Fréchet distance between Gaussians fitted to features of two
-image sets (:mod:`eval.metrics.frechet`). The metric keeps running sums (sum of features, sum
-of outer products, count) in float64, so that the states reduce across ranks by a plain sum
-and batched accumulation equals one-shot computation.
+image sets: features come from :func:`image_features` (or, sharded and streamed from sample
+folders, :func:`inception_features`), the distance from
+:func:`eval.metrics.frechet.fid_from_features`.
 
 Feature extractors:
 
@@ -27,7 +27,7 @@ import hashlib
 import io
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -35,7 +35,6 @@ from typing import Protocol
 import numpy as np
 import torch
 from PIL import Image
-from torchmetrics import Metric
 
 from eval.image_protocols import (
     FID_PROTOCOLS,
@@ -75,7 +74,7 @@ def best_device() -> torch.device:
 def statistics_from_sums(total: torch.Tensor, outer: torch.Tensor, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Mean and unbiased covariance from running sums: ``mu = S / n``, ``C = (O - n mu mu^T) / (n - 1)``."""
     if n < 2:
-        raise FIDInputError(f"FID needs at least 2 images per set, got {n}: update with more images")
+        raise FIDInputError(f"FID needs at least 2 images per set, got {n}: pass more images")
     s, o = total.detach().cpu().double().numpy(), outer.detach().cpu().double().numpy()
     mu = s / n
     sigma = (o - n * np.outer(mu, mu)) / (n - 1)
@@ -331,7 +330,7 @@ class PatchCrops:
         return torch.stack(crops)
 
 
-# ----------------------------------------------------------------------------- the metric
+# ----------------------------------------------------------------------------- features and protocol
 
 
 @dataclass
@@ -348,132 +347,32 @@ class ReferenceStats:
     from_cache: bool = False
 
 
-class FID(Metric):
-    """Fréchet distance between generated and reference images in a pluggable feature space.
+def extractor_id(extractor) -> str:
+    """The extractor's id (its weights), or its type name for a plain callable."""
+    return getattr(extractor, "id", type(extractor).__name__)
 
-    ``update(images)`` adds generated images, ``update(images, real=True)`` (or
-    ``update_reference``) reference images; ``reference=`` supplies precomputed
-    :class:`ReferenceStats` instead. Images: (B, 3, H, W) uint8 or float in [-1, 1].
-    ``patches`` turns it into patch FID. States are float64 running sums reduced by sum
-    across ranks.
+
+def fid_protocol(extractor, patches: PatchCrops | None = None) -> str:
+    """Resize and crop protocol, e.g. ``resize=clean`` or ``resize=clean;patch=grid299``.
+
+    Part of the reference-statistics key: the same images under another protocol give another FID.
     """
+    resize = f"resize={getattr(extractor, 'resize', 'none')}"
+    return resize + (f";{patches.id}" if patches else "")
 
-    higher_is_better = False
-    is_differentiable = False
-    full_state_update = False
 
-    def __init__(
-        self,
-        extractor: Callable[[torch.Tensor], torch.Tensor],
-        *,
-        dim: int | None = None,
-        patches: PatchCrops | None = None,
-        reference: ReferenceStats | None = None,
-        **kwargs,
-    ):
-        super().__init__(**kwargs)
-        self.extractor = extractor
-        self.patches = patches
-        d = dim if dim is not None else getattr(extractor, "dim", None)
-        if d is None:
-            raise UserError("FID needs the feature dimension: pass dim= or an extractor with a .dim")
-        self.dim = int(d)
-        if reference is not None and (reference.extractor_id, reference.protocol) != (
-            self.extractor_id,
-            self.protocol,
-        ):
-            raise UserError(
-                f"reference statistics were computed with {reference.extractor_id} ({reference.protocol}), "
-                f"this metric uses {self.extractor_id} ({self.protocol}): recompute them"
-            )
-        self.reference = reference
-        for side in ("fake", "real"):
-            self.add_state(f"{side}_sum", torch.zeros(self.dim, dtype=torch.float64), dist_reduce_fx="sum")
-            self.add_state(
-                f"{side}_outer", torch.zeros(self.dim, self.dim, dtype=torch.float64), dist_reduce_fx="sum"
-            )
-            self.add_state(f"{side}_n", torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+def image_features(images: torch.Tensor, extractor, patches: PatchCrops | None = None) -> torch.Tensor:
+    """Validated float64 (N, dim) features of an image batch (crops first for patch FID).
 
-    @property
-    def extractor_id(self) -> str:
-        """The extractor's id (its weights), or its type name for a plain callable."""
-        return getattr(self.extractor, "id", type(self.extractor).__name__)
-
-    @property
-    def protocol(self) -> str:
-        """Resize and crop protocol, e.g. ``resize=clean`` or ``resize=clean;patch=grid299``."""
-        resize = f"resize={getattr(self.extractor, 'resize', 'none')}"
-        return resize + (f";{self.patches.id}" if self.patches else "")
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """Validated features of an image batch (crops first for patch FID)."""
-        x = check_images(images)
-        if self.patches is not None:
-            x = self.patches(x)
-            # crops are already the network's size: no protocol resize (DMD2's patch FID)
-            if hasattr(self.extractor, "forward_prepared"):
-                return check_features(self.extractor.forward_prepared(x.float()), "extracted features")
-        return check_features(self.extractor(x), "extracted features")
-
-    def update(self, images: torch.Tensor | None = None, real: bool = False, *, features=None) -> None:
-        """Add a batch of generated images (reference images with ``real=True``) or their ``features``."""
-        if (images is None) == (features is None):
-            raise UserError("FID.update takes images or features=, exactly one of them")
-        if real and self.reference is not None:
-            raise UserError("this FID already has reference statistics: do not add reference images too")
-        f = self.features(images) if features is None else check_features(features)
-        if f.shape[1] != self.dim:
-            raise FIDInputError(f"features have dimension {f.shape[1]}, the metric expects {self.dim}")
-        f = f.to(self.fake_sum.device)
-        side = "real" if real else "fake"
-        setattr(self, f"{side}_sum", getattr(self, f"{side}_sum") + f.sum(0))
-        setattr(self, f"{side}_outer", getattr(self, f"{side}_outer") + f.T @ f)
-        setattr(self, f"{side}_n", getattr(self, f"{side}_n") + len(f))
-
-    def update_reference(self, images: torch.Tensor) -> None:
-        """Add a batch of reference images."""
-        self.update(images, real=True)
-
-    def update_features(self, features, real: bool = False) -> None:
-        """Add precomputed (N, dim) features (through :meth:`update`, so compute() is not stale)."""
-        self.update(features=features, real=real)
-
-    def statistics(self, real: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(mu, sigma) of one side from the (synchronised) running sums."""
-        if real and self.reference is not None:
-            return self.reference.mu, self.reference.sigma
-        side = "real" if real else "fake"
-        n = int(round(float(getattr(self, f"{side}_n"))))
-        return statistics_from_sums(getattr(self, f"{side}_sum"), getattr(self, f"{side}_outer"), n)
-
-    def describe(self) -> dict:
-        """The protocol to store next to a FID value: extractor, resize / crops, counts, reference, versions.
-
-        Counts are summed over ranks, like the value itself: under torch.distributed this is a
-        collective, to be called on every rank (as ``compute()`` is).
-        """
-        import torchmetrics
-
-        with self.sync_context():
-            n_gen, n_ref = int(round(float(self.fake_n))), int(round(float(self.real_n)))
-        ref = self.reference
-        return {
-            "metric": "fid",
-            "extractor": self.extractor_id,
-            "protocol": self.protocol,
-            "n_generated": n_gen,
-            "n_reference": ref.n if ref else n_ref,
-            "reference_images_sha256": ref.images_hash if ref else None,
-            "reference_stats_sha256": ref.sha256 if ref else None,
-            "torchmetrics": torchmetrics.__version__,
-            "torch": torch.__version__,
-        }
-
-    def compute(self) -> torch.Tensor:
-        """FID between everything added so far, as a float64 scalar tensor."""
-        return torch.tensor(
-            frechet_distance(*self.statistics(False), *self.statistics(True)), dtype=torch.float64
-        )
+    Images: (B, 3, H, W) uint8 or float in [-1, 1] (:func:`check_images`).
+    """
+    x = check_images(images)
+    if patches is not None:
+        x = patches(x)
+        # crops are already the network's size: no protocol resize (DMD2's patch FID)
+        if hasattr(extractor, "forward_prepared"):
+            return check_features(extractor.forward_prepared(x.float()), "extracted features")
+    return check_features(extractor(x), "extracted features")
 
 
 # ----------------------------------------------------------------------------- folders, FID-T, cache
@@ -532,12 +431,11 @@ def check_pairing(generated: str | Path, teacher: str | Path) -> int:
 def fid_t(generated: str | Path, teacher: str | Path, extractor, *, batch_size: int = 256) -> float:
     """FID-T (SenseFlow): FID of a sample folder against teacher samples of the same prompts and seeds."""
     check_pairing(generated, teacher)
-    metric = FID(extractor)
-    for batch in iter_folder_images(generated, batch_size):
-        metric.update(batch)
-    for batch in iter_folder_images(teacher, batch_size):
-        metric.update(batch, real=True)
-    return float(metric.compute())
+    gen, ref = (
+        torch.cat([image_features(b, extractor) for b in iter_folder_images(folder, batch_size)])
+        for folder in (generated, teacher)
+    )
+    return fid_from_features(gen, ref)
 
 
 def _npz_bytes(stats: ReferenceStats) -> bytes:
@@ -594,18 +492,24 @@ def reference_statistics(
     recomputed and overwritten, never reused.
     """
     cache = Path(cache)
-    metric = FID(extractor, patches=patches)
     is_folder = isinstance(images, (str, Path))
     want_hash = folder_hash(images) if is_folder else images_hash(images)
-    key = {"extractor_id": metric.extractor_id, "protocol": metric.protocol, "images_hash": want_hash}
+    key = {
+        "extractor_id": extractor_id(extractor),
+        "protocol": fid_protocol(extractor, patches),
+        "images_hash": want_hash,
+    }
     hit = _load_cache(cache, key)
     if hit is not None:
         return hit
+    # running float64 sums, not all features: a 10k-image reference set stays one batch in memory
+    total, outer, n = 0.0, 0.0, 0
     batches = iter_folder_images(images, batch_size) if is_folder else images.split(batch_size)
     for batch in batches:
-        metric.update(batch, real=True)
-    mu, sigma = metric.statistics(real=True)
-    stats = ReferenceStats(mu, sigma, int(metric.real_n), **key)
+        f = image_features(batch, extractor, patches)
+        total, outer, n = total + f.sum(0), outer + f.T @ f, n + len(f)
+    mu, sigma = statistics_from_sums(total, outer, n)
+    stats = ReferenceStats(mu, sigma, n, **key)
     data = _npz_bytes(stats)
     stats.sha256 = hashlib.sha256(data).hexdigest()
     atomic_write_bytes(cache, data)
