@@ -16,7 +16,8 @@ downloaded here; a missing file fails with the command that provides it.
 - ``t2i_compbench``: T2I-CompBench's validation prompts, ``{category}_val.txt`` of a local
   checkout's ``examples/dataset/`` (300 per category), ids ``<category>-000``; every file's
   sha256 is kept in :attr:`PromptSet.files` (colour_val.txt changed on 2025-09-03: the hash
-  says which version a number used).
+  says which version a number used). :func:`check_t2i_compbench` (the ``preflight`` stage) checks
+  the files against the published counts and hashes (:data:`COMPBENCH_SHA256`).
 """
 
 from __future__ import annotations

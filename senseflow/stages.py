@@ -41,7 +41,9 @@ def preflight(cfg: ProfileConfig, weights_dir: str | Path | None = None) -> dict
     """First stage: the profile is valid and every artefact it needs is present, or stop here.
 
     Real profiles check the weights manifest (``senseflow weights check``) so a machine without
-    the weights stops before any stage writes anything, with the command that fetches them.
+    the weights stops before any stage writes anything, with the command that fetches them;
+    T2I-CompBench's prompt files (``pipeline.compbench``) are read and checked here too
+    (:func:`missing_compbench`).
     """
     from senseflow.dvc_plan import stale_plan
 
