@@ -16,7 +16,8 @@ downloaded here; a missing file fails with the command that provides it.
 - ``t2i_compbench``: T2I-CompBench's validation prompts, ``{category}_val.txt`` of a local
   checkout's ``examples/dataset/`` (300 per category), ids ``<category>-000``; every file's
   sha256 is kept in :attr:`PromptSet.files` (colour_val.txt changed on 2025-09-03: the hash
-  says which version a number used).
+  says which version a number used). :func:`check_t2i_compbench` (the ``preflight`` stage) checks
+  the files against the published counts and hashes (:data:`COMPBENCH_SHA256`).
 """
 
 from __future__ import annotations
@@ -50,6 +51,25 @@ FETCH = {
 COMPBENCH_CATEGORIES = ("color", "shape", "texture", "spatial", "non_spatial", "complex")
 # the complex category's sub-lists that decide the 3-in-1 mix (eval.compbench.three_in_one)
 COMPBENCH_COMPLEX_FILES = {"spatial": "complex_val_spatial.txt", "action": "complex_val_action.txt"}
+COMPBENCH_VAL_PROMPTS = 300  # prompts of every {category}_val.txt (Readme.md; design t2i-compbench.md §2)
+# sha256 of each published file (Karine-Huang/T2I-CompBench, CRLF as in the repository) -> its version.
+# colour_val.txt has two: 3310c2f (2025-09-03) replaced 5 of its 300 lines; the others never changed
+# in content since 7710d05 (non_spatial_val.txt was action_val.txt before 41388b8, same bytes).
+COMPBENCH_SHA256 = {
+    "color_val.txt": {
+        "1634259756dbc77d13093d907d414480080ec9790a8c97ad09efaea7b2534f2d": "3310c2f (2025-09-03)",
+        "1e37a12c1861bf6b11623eaffb0bf6d6eeea9702caf45b95d040f1721bba7f4f": "7710d05 (before 2025-09-03)",
+    },
+    "shape_val.txt": {"37e1a276906c7ea9516cbd7ac8501be896006c0c17ca7344f260562834455bae": "7710d05"},
+    "texture_val.txt": {"fbb5363515b4a28009e360afaaaf389d2dd2289e50dbb0c6ef4ea0c7fe4f3d4f": "7710d05"},
+    "spatial_val.txt": {"8707a1d7e42ce3002d95363cf55f74bd043c843ae27108f5125aaaa7840ca988": "7710d05"},
+    "non_spatial_val.txt": {"04c56cc9ac441dc9ea6c5157652058bd1635b5308526dd31bb29a1caab9a758d": "41388b8"},
+    "complex_val.txt": {"1b808018b8d9916db3d47d5aa2ef18377a3549a56901a474156f799824cdf3b4": "7710d05"},
+    "complex_val_spatial.txt": {
+        "6c7ac0ab75c7c9080cfc7b421fb059b9b0febb98471707aeedf58771088abc02": "7710d05"
+    },
+    "complex_val_action.txt": {"d49ee4c7f99e3f3379fb8704a54ff5288b83bb412971edf616a4721c2473308e": "7710d05"},
+}
 
 
 def compbench_prompt_key(prompt: str) -> str:
@@ -302,6 +322,58 @@ def t2i_compbench_complex_kinds(folder: str | Path) -> tuple[dict[str, str], tup
         kinds.update({compbench_prompt_key(p): kind for p in prompts})
         files.append((name, digest))
     return kinds, tuple(files)
+
+
+def check_t2i_compbench(
+    folder: str | Path, categories=COMPBENCH_CATEGORIES, n_prompts: int | None = None
+) -> list[str]:
+    """One line per problem of the benchmark's prompt files in ``folder``; empty when all are usable.
+
+    Reads each category through :func:`t2i_compbench_prompts` (and the complex sub-lists through
+    :func:`t2i_compbench_complex_kinds`), the readers the generate stage uses, so that the first
+    stage finds what that stage would fail on hours later: a missing or unreadable file, a count
+    other than :data:`COMPBENCH_VAL_PROMPTS` (fewer than ``n_prompts`` when the profile keeps only
+    the first N), a sha256 that is none of the published versions (:data:`COMPBENCH_SHA256`).
+    Each line names the file, its category, the problem and the fix.
+    """
+    folder = Path(folder)
+    problems = []
+
+    def pinned(cat: str, name: str, digest: str) -> None:
+        known = COMPBENCH_SHA256.get(name, {})
+        if known and digest not in known:
+            problems.append(
+                f"category {cat}: {folder / name}: sha256 {digest} is none of the benchmark's published "
+                f"versions ({', '.join(f'{h[:12]}… = {v}' for h, v in known.items())}); use the published "
+                f"file unchanged: {FETCH['t2i_compbench']}. A copy with other line endings hashes "
+                "differently; for a newer published version add its hash to eval.prompts.COMPBENCH_SHA256"
+            )
+
+    for cat in categories:
+        name = f"{cat}_val.txt"
+        try:
+            ps = t2i_compbench_prompts(folder, [cat])
+        except (MissingArtefactError, PromptSetError) as exc:
+            problems.append(f"category {cat}: {exc}")  # the reader's message names the file
+            continue
+        n, want = len(ps.records), n_prompts or COMPBENCH_VAL_PROMPTS
+        if n < want or (n_prompts is None and n != want):
+            need = f"at least {want} (pipeline.compbench.n_prompts)" if n_prompts else f"{want}"
+            problems.append(
+                f"category {cat}: {folder / name}: {n} non-empty lines, the benchmark's validation file has "
+                f"{need}; put the benchmark's own file there: {FETCH['t2i_compbench']}"
+            )
+        else:  # a wrong count is already a file other than the published one: one line per file
+            pinned(cat, *ps.files[0])
+        if cat == "complex":
+            try:
+                _, files = t2i_compbench_complex_kinds(folder)
+            except (MissingArtefactError, PromptSetError) as exc:
+                problems.append(f"category complex (3-in-1 sub-lists): {exc}")
+                continue
+            for sub, digest in files:
+                pinned(cat, sub, digest)
+    return problems
 
 
 def load_prompt_set(name: str, source: str | Path) -> PromptSet:

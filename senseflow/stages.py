@@ -41,7 +41,9 @@ def preflight(cfg: ProfileConfig, weights_dir: str | Path | None = None) -> dict
     """First stage: the profile is valid and every artefact it needs is present, or stop here.
 
     Real profiles check the weights manifest (``senseflow weights check``) so a machine without
-    the weights stops before any stage writes anything, with the command that fetches them.
+    the weights stops before any stage writes anything, with the command that fetches them;
+    T2I-CompBench's prompt files (``pipeline.compbench``) are read and checked here too
+    (:func:`missing_compbench`).
     """
     from senseflow.dvc_plan import stale_plan
 
@@ -53,7 +55,7 @@ def preflight(cfg: ProfileConfig, weights_dir: str | Path | None = None) -> dict
     if cfg.family != "embedded":
         from eval.weights import weights_dir as resolve
 
-        missing = missing_weights(cfg, weights_dir) + missing_inputs(cfg)
+        missing = missing_weights(cfg, weights_dir) + missing_inputs(cfg) + missing_compbench(cfg)
         missing += missing_registry_weights(cfg, weights_dir, skip_manifest=True)
         if missing:
             from senseflow.errors import MissingArtefactError
@@ -146,6 +148,26 @@ def missing_inputs(cfg: ProfileConfig) -> list[str]:
             key = "pipeline.prompts.set" if is_file else "pipeline.prompts.source"
             out.append(f"{key} {where}: not found (the {p.set} prompts are read from there)")
     return out
+
+
+def missing_compbench(cfg: ProfileConfig) -> list[str]:
+    """What T2I-CompBench's prompt files (``pipeline.compbench``) lack: one line per file and problem.
+
+    The files are read and checked here (existence, count, published sha256:
+    :func:`eval.prompts.check_t2i_compbench`) rather than when ``compbench-generate`` first
+    reads them, after hours of other stages.
+    """
+    cb = cfg.pipeline.compbench
+    if cb is None:
+        return []
+    from eval.prompts import check_t2i_compbench
+
+    folder = Path(cb.source).expanduser()
+    where = (
+        f" [read from pipeline.compbench.source = {cb.source}: clone the benchmark and point that key at its "
+        "examples/dataset folder]"
+    )
+    return [line + where for line in check_t2i_compbench(folder, cb.categories, cb.n_prompts)]
 
 
 def torchrun_command(cfg: ProfileConfig, argv: list[str]) -> list[str] | None:

@@ -109,3 +109,86 @@ def test_report_puts_measured_compbench_beside_the_paper_rows(dataset, tmp_path)
     df = compbench_table(summary)
     assert list(df.source) == ["measured", "paper"] and df.iloc[0]["color"] == "0.61 [0.58, 0.64]"
     assert "OWLv2 instead of UniDet" in compbench_note(cfg)
+
+
+@pytest.fixture
+def full_dataset(tmp_path, monkeypatch):
+    """300 prompts per category (the benchmark's count), pinned as if they were the published files."""
+    from eval import prompts
+
+    folder = tmp_path / "full" / "examples" / "dataset"
+    folder.mkdir(parents=True)
+    files = {f"{c}_val.txt": [f"a {c} thing number {i}" for i in range(300)] for c in ("color", "complex")}
+    files |= {"complex_val_spatial.txt": files["complex_val.txt"][:58],
+              "complex_val_action.txt": files["complex_val.txt"][58:270]}  # fmt: skip
+    pins = {}
+    for name, lines in files.items():
+        data = ("\r\n".join(lines) + "\r\n").encode()
+        (folder / name).write_bytes(data)
+        pins[name] = {hashlib.sha256(data).hexdigest(): "test"}
+    monkeypatch.setattr(prompts, "COMPBENCH_SHA256", pins)
+    return folder
+
+
+def test_preflight_checks_the_compbench_prompt_files(full_dataset, tmp_path, monkeypatch):
+    from eval import prompts
+    from senseflow import dvc_plan, stages
+    from senseflow.errors import MissingArtefactError
+
+    plain = tmp_path / "prompts.txt"
+    plain.write_text("a red cat\n")
+    base = [f"pipeline.compbench.source={full_dataset}", f"pipeline.prompts={{set: {plain}}}"]
+    cfg = load_profile("tables_sdxl", [*base, "pipeline.compbench.categories=[color,complex]"])
+    monkeypatch.setattr(dvc_plan, "stale_plan", lambda cfg: None)  # dvc.yaml is rendered for embedded
+    # the weights have their own preflight tests (tests/test_weights_fetch_profile.py)
+    monkeypatch.setattr(stages, "missing_weights", lambda cfg, weights_dir=None: [])
+    monkeypatch.setattr(stages, "missing_registry_weights", lambda cfg, weights_dir=None, **kw: [])
+    monkeypatch.chdir(tmp_path)
+    assert stages.missing_compbench(cfg) == []
+    assert stages.preflight(cfg)["profile"] == "tables_sdxl"  # good files pass
+
+    color = full_dataset / "color_val.txt"
+    good = color.read_bytes()
+    color.unlink()
+    with pytest.raises(MissingArtefactError) as exc:
+        stages.preflight(cfg)
+    (line,) = [x.strip() for x in str(exc.value).splitlines() if x.startswith("  ")]
+    assert line.startswith(f"category color: t2i_compbench file {color} is missing")
+    assert "git clone https://github.com/Karine-Huang/T2I-CompBench" in line
+    assert f"pipeline.compbench.source = {full_dataset}" in line
+
+    color.write_bytes(good.replace(b"a color thing number 7\r\n", b""))  # one line short
+    (line,) = stages.missing_compbench(cfg)
+    assert f"category color: {color}: 299 non-empty lines" in line and "has 300" in line
+
+    color.write_bytes(good.replace(b"number 7", b"number \xff7"))  # a line that is not UTF-8
+    (line,) = stages.missing_compbench(cfg)
+    assert line.startswith(f"category color: {color}: not UTF-8")
+
+    color.write_bytes(good.replace(b"number 7", b"number seven"))  # 300 lines, another file
+    (line,) = stages.missing_compbench(cfg)
+    assert f"category color: {color}: sha256 " in line and "none of the benchmark's published" in line
+    assert "COMPBENCH_SHA256" in line
+
+    color.write_bytes(good)
+    (full_dataset / "complex_val_action.txt").unlink()  # the 3-in-1 sub-list the generate stage reads
+    (line,) = stages.missing_compbench(cfg)
+    assert line.startswith("category complex (3-in-1 sub-lists)")
+    assert "complex_val_action.txt is missing" in line
+
+    # a profile that keeps the first N prompts needs at least N; the published pins still apply
+    monkeypatch.setattr(prompts, "COMPBENCH_SHA256", {})
+    color.write_bytes(b"a red car\na blue bowl\n")
+    few = [*base, "pipeline.compbench.categories=[color]", "pipeline.compbench.n_prompts"]
+    assert stages.missing_compbench(load_profile("tables_sdxl", [*few[:-1], f"{few[-1]}=2"])) == []
+    (line,) = stages.missing_compbench(load_profile("tables_sdxl", [*few[:-1], f"{few[-1]}=3"]))
+    assert "2 non-empty lines" in line and "at least 3 (pipeline.compbench.n_prompts)" in line
+
+
+def test_the_published_files_are_pinned_for_every_category():
+    from eval.prompts import COMPBENCH_CATEGORIES, COMPBENCH_COMPLEX_FILES, COMPBENCH_SHA256
+
+    names = {f"{c}_val.txt" for c in COMPBENCH_CATEGORIES} | set(COMPBENCH_COMPLEX_FILES.values())
+    assert set(COMPBENCH_SHA256) == names
+    assert len(COMPBENCH_SHA256["color_val.txt"]) == 2  # before and after the 2025-09-03 edit
+    assert all(len(h) == 64 for pins in COMPBENCH_SHA256.values() for h in pins)

@@ -145,6 +145,8 @@ def _preflight(profile: str, root: Path, tmp_path: Path, monkeypatch):
     prompts.write_text("a red cat\n")
     cfg = load_profile(profile, [f"pipeline.prompts={{set: {prompts}}}"])
     monkeypatch.setattr(dvc_plan, "stale_plan", lambda cfg: None)  # dvc.yaml is rendered for embedded
+    # the T2I-CompBench prompt files have their own preflight test (tests/test_compbench_pipeline.py)
+    monkeypatch.setattr(stages, "missing_compbench", lambda cfg: [])
     monkeypatch.chdir(tmp_path)
     return stages.preflight(cfg, root)
 

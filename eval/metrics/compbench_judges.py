@@ -114,41 +114,35 @@ def _to_frame(boxes: torch.Tensor, height: int, width: int) -> list[tuple[float,
     return [tuple(r) for r in xyxy.tolist()]
 
 
-@functools.lru_cache(maxsize=2)
-def _load_clip(folder: str, device: str):
-    from transformers import CLIPModel, CLIPProcessor
+@functools.lru_cache(maxsize=4)
+def _load_pretrained(model_cls: str, processor_cls: str, folder: str, device: str):
+    """A local folder's transformers ``model_cls`` (eval mode, on ``device``) and ``processor_cls``."""
+    import transformers
 
-    model = CLIPModel.from_pretrained(folder, local_files_only=True)
-    return model.to(device).eval(), CLIPProcessor.from_pretrained(folder, local_files_only=True)
+    model = getattr(transformers, model_cls).from_pretrained(folder, local_files_only=True)
+    processor = getattr(transformers, processor_cls).from_pretrained(folder, local_files_only=True)
+    return model.to(device).eval(), processor
 
 
-@functools.lru_cache(maxsize=2)
-def _load_owl(folder: str, device: str):
-    from transformers import Owlv2ForObjectDetection, Owlv2Processor
-
-    model = Owlv2ForObjectDetection.from_pretrained(folder, local_files_only=True)
-    return model.to(device).eval(), Owlv2Processor.from_pretrained(folder, local_files_only=True)
+def _load_judge(judge_cls, classes: tuple[str, str], artefact: str, folder, device, **kw):
+    """``judge_cls`` over the model and processor of a LOCAL snapshot (default: manifest ``artefact``)."""
+    folder = require_path(folder, artefact)
+    weights = pref.require_any(folder, _WEIGHTS, artefact)
+    device = torch.device(device) if device is not None else pref.default_device()
+    judge = judge_cls(*_load_pretrained(*classes, str(folder), str(device)), device=device, **kw)
+    judge.weights_file = weights
+    return judge
 
 
 def load_clip_b32(folder: str | os.PathLike | None = None, *, batch_size: int = 32, device=None,
                   precision: str = "fp16") -> ClipB32Scorer:  # fmt: skip
     """CLIP ViT-B/32 from a LOCAL snapshot (default: manifest artefact ``clip_vitb32``)."""
-    folder = require_path(folder, CLIP_ARTEFACT)
-    weights = pref.require_any(folder, _WEIGHTS, CLIP_ARTEFACT)
-    device = torch.device(device) if device is not None else pref.default_device()
-    scorer = ClipB32Scorer(*_load_clip(str(folder), str(device)), batch_size=batch_size, device=device,
-                           precision=precision)  # fmt: skip
-    scorer.weights_file = weights
-    return scorer
+    return _load_judge(ClipB32Scorer, ("CLIPModel", "CLIPProcessor"), CLIP_ARTEFACT, folder, device,
+                       batch_size=batch_size, precision=precision)  # fmt: skip
 
 
 def load_detector(folder: str | os.PathLike | None = None, *, batch_size: int = 8, device=None,
                   precision: str = "fp32") -> OwlDetector:  # fmt: skip
     """OWLv2 from a LOCAL snapshot (default: manifest artefact ``owlv2_base``)."""
-    folder = require_path(folder, DETECTOR_ARTEFACT)
-    weights = pref.require_any(folder, _WEIGHTS, DETECTOR_ARTEFACT)
-    device = torch.device(device) if device is not None else pref.default_device()
-    det = OwlDetector(*_load_owl(str(folder), str(device)), batch_size=batch_size, device=device,
-                      precision=precision)  # fmt: skip
-    det.weights_file = weights
-    return det
+    return _load_judge(OwlDetector, ("Owlv2ForObjectDetection", "Owlv2Processor"), DETECTOR_ARTEFACT, folder,
+                       device, batch_size=batch_size, precision=precision)  # fmt: skip
