@@ -20,6 +20,7 @@ text pre-training; docs/embedded-lab.md has the table).
 import argparse
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -36,9 +37,16 @@ from senseflow.conditioning import PromptEmbeds
 from senseflow.optim import adamw
 from senseflow.schedules import sample_train_sigmas
 from senseflow.world.adherence import adherence_curve
-from senseflow.world.probes import load_probe
+from senseflow.world.probes import EMPTY, load_probe
 from senseflow.world.prompts import load_prompt_file
-from senseflow.world.scenes import caption, sample_batch, to_tensor_range
+from senseflow.world.scenes import (
+    BACKGROUND_NAMES,
+    COLOUR_NAMES,
+    POSITIONS,
+    caption,
+    sample_batch,
+    to_tensor_range,
+)
 from senseflow.world.text import WorldTextEncoder
 
 
@@ -74,6 +82,35 @@ class ClipText:
         )
 
 
+class OracleText:
+    """The scene itself as conditioning, no language: one token per grid cell (one-hot digit or
+    empty, one-hot colour, one-hot cell) plus a background token; pooled = all of them flattened.
+
+    A diagnostic upper bound on the text path: with it, what the teacher still gets wrong is the
+    image model's (capacity, samples, sampler), not the encoder's.
+    """
+
+    hidden_size = 64
+    pooled_size = 4 * 21 + 3
+
+    _phrase = re.compile(r"at the (top left|top right|bottom left|bottom right) a (\w+) (\d)")
+
+    def encode(self, captions):
+        hidden = torch.zeros(len(captions), 5, self.hidden_size)
+        for i, text in enumerate(captions):
+            if not text:
+                continue  # the unconditional branch: all zeros
+            cells = {p: (c, int(d)) for p, c, d in self._phrase.findall(text)}
+            for k, pos in enumerate(POSITIONS):
+                colour, digit = cells.get(pos, (None, EMPTY))
+                hidden[i, k, digit] = 1.0
+                hidden[i, k, 11 + (COLOUR_NAMES.index(colour) if colour else 5)] = 1.0
+                hidden[i, k, 17 + k] = 1.0
+            hidden[i, 4, BACKGROUND_NAMES.index(text.rsplit(" on a ", 1)[1].split()[0])] = 1.0
+        pooled = torch.cat([hidden[:, :4, :21].flatten(1), hidden[:, 4, :3]], 1)
+        return PromptEmbeds(hidden, pooled)
+
+
 class UNetFlow(SD3FlowBackbone):
     def predict(self, x_t, sigma, cond):
         sigma = per_sample(sigma, x_t)
@@ -106,7 +143,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--name", required=True)
     ap.add_argument("--backbone", default="sd3", choices=["sd3", "unet"])
-    ap.add_argument("--text", default="world", choices=["world", "clip"])
+    ap.add_argument("--text", default="world", choices=["world", "clip", "oracle"])
     ap.add_argument("--steps", type=int, default=1400)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -128,6 +165,8 @@ def main():
     counts = {int(k): v for k, v in json.loads(a.counts).items()}
     if a.text == "world":
         text = WorldTextEncoder.load("build/world")
+    elif a.text == "oracle":
+        text = OracleText()
     else:
         from senseflow.world.clip import load_clip
 

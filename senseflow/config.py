@@ -69,13 +69,18 @@ class SceneConfig(Strict):
 
 
 class TextPretrainConfig(Strict):
-    """Contrastive pre-training of the world's text encoder (``world/text_pretrain.py``).
+    """Pre-training of the world's text encoder (``world/text_pretrain.py``).
+
+    ``objective``: ``contrastive`` (a CLIP text tower against a small ViT; the ``vision_*`` and
+    ``patch_size`` keys) or ``parse`` (heads on the EOS state predict the caption's scene
+    attributes, as a language-pretrained encoder reads a caption).
 
     ``steps: 0`` keeps the encoder random and frozen (the smoke profile). Real teachers read a
     pretrained encoder; the embedded teacher learns its scenes several times better from one.
     """
 
     steps: Annotated[int, Field(ge=0)] = 0
+    objective: Literal["contrastive", "parse"] = "contrastive"
     batch_size: PositiveInt = 128
     lr: Annotated[float, Field(gt=0)] = 2e-3
     weight_decay: Annotated[float, Field(ge=0)] = 0.1
