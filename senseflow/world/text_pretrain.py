@@ -111,6 +111,35 @@ class CaptionParser(torch.nn.Module):
         )
 
 
+def _optimise(
+    params,
+    step_loss,
+    *,
+    steps: int,
+    lr: float,
+    weight_decay: float,
+    warmup_steps: int,
+    desc: str,
+    progress: bool,
+    after_step=None,
+) -> tuple[float, float]:
+    """AdamW with warm-up then cosine decay on ``step_loss(step)``; (mean loss of the last tenth, seconds)."""
+    params = list(params)
+    opt = adamw(params, lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, warmup_steps))
+    losses, t0 = [], time.perf_counter()
+    for step in tqdm(range(steps), desc=desc, disable=not progress, mininterval=2.0):
+        loss = step_loss(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if after_step is not None:
+            after_step()
+        losses.append(loss.item())
+    return float(np.mean(losses[-max(1, steps // 10) :])), time.perf_counter() - t0
+
+
 def _scenes(seed, n: int, digit_counts: dict, split: str) -> tuple[list, list[str]]:
     rng = np.random.default_rng(seed)
     scenes = [sample_scene(rng, digit_counts=digit_counts, split=split) for _ in range(n)]
@@ -163,22 +192,17 @@ def pretrain_parse(
         torch.manual_seed(seed)
         parser = CaptionParser(text_model.config.hidden_size)
     held = _scenes([seed, 10**6], eval_scenes, digit_counts, "test")
-    params = [*text_model.parameters(), *parser.parameters()]
-    text_model.requires_grad_(True)
-    opt = adamw(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, warmup_steps))
-    losses, t0 = [], time.perf_counter()
-    text_model.train()
-    for step in tqdm(range(steps), desc="text encoder (parse)", disable=not progress, mininterval=2.0):
-        loss, _ = _parse_loss_and_hits(
-            text_model, parser, tokenizer, *_scenes([seed, step], batch_size, digit_counts, "train")
-        )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-    seconds = time.perf_counter() - t0
+    text_model.requires_grad_(True).train()
+
+    def step_loss(step: int) -> torch.Tensor:
+        scenes, captions = _scenes([seed, step], batch_size, digit_counts, "train")
+        return _parse_loss_and_hits(text_model, parser, tokenizer, scenes, captions)[0]
+
+    final_loss, seconds = _optimise(
+        [*text_model.parameters(), *parser.parameters()], step_loss, steps=steps, lr=lr,
+        weight_decay=weight_decay, warmup_steps=warmup_steps, desc="text encoder (parse)",
+        progress=progress,
+    )  # fmt: skip
     text_model.eval()
     with torch.no_grad():
         _, hits = _parse_loss_and_hits(text_model, parser, tokenizer, *held)
@@ -186,7 +210,7 @@ def pretrain_parse(
     return {
         "objective": "parse",
         "steps": steps,
-        "final_loss": float(np.mean(losses[-max(1, steps // 10) :])),
+        "final_loss": final_loss,
         "parse_accuracy": float(hits.float().mean()),
         "eval_scenes": eval_scenes,
         "train_seconds": round(seconds, 1),
@@ -233,32 +257,31 @@ def pretrain_contrastive(
     held = _batch([seed, 10**6], eval_scenes, resolution=resolution, digit_counts=digit_counts,
                   instances="heldout", split="test")  # fmt: skip
     before = _retrieval(clip, tokenizer, *held)
-    opt = adamw(clip.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, warmup_steps))
-    losses, t0 = [], time.perf_counter()
     clip.train()
-    for step in tqdm(range(steps), desc="text encoder", disable=not progress, mininterval=2.0):
+
+    def step_loss(step: int) -> torch.Tensor:
         images, captions = _batch([seed, step], batch_size, resolution=resolution, digit_counts=digit_counts,
                                   instances="train", split="train")  # fmt: skip
         img = clip.get_image_features(pixel_values=images).pooler_output
         txt = clip.get_text_features(input_ids=_tokens(tokenizer, captions)).pooler_output
         img, txt = img / img.norm(dim=-1, keepdim=True), txt / txt.norm(dim=-1, keepdim=True)
-        loss = contrastive_loss(img, txt, clip.logit_scale.exp(), captions)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():  # CLIP clamps the learned temperature at 100
-            clip.logit_scale.clamp_(0, np.log(100))
-        losses.append(loss.item())
-    seconds = time.perf_counter() - t0
+        return contrastive_loss(img, txt, clip.logit_scale.exp(), captions)
+
+    @torch.no_grad()
+    def clamp_temperature() -> None:  # CLIP clamps the learned temperature at 100
+        clip.logit_scale.clamp_(0, np.log(100))
+
+    final_loss, seconds = _optimise(
+        clip.parameters(), step_loss, steps=steps, lr=lr, weight_decay=weight_decay,
+        warmup_steps=warmup_steps, desc="text encoder", progress=progress, after_step=clamp_temperature,
+    )  # fmt: skip
     after = _retrieval(clip, tokenizer, *held)
     text_model.load_state_dict(clip.text_model.state_dict())
     text_model.eval().requires_grad_(False)
     return {
         "objective": "contrastive",
         "steps": steps,
-        "final_loss": float(np.mean(losses[-max(1, steps // 10) :])),
+        "final_loss": final_loss,
         "text_to_image_retrieval": after,
         "text_to_image_retrieval_untrained": before,
         "eval_scenes": eval_scenes,
