@@ -2,8 +2,8 @@
 
 The module's fixture runs the smoke pipeline from nothing; the tests after it read its results,
 ask `dvc status` what an edit would rerun, and finally (last, as it changes code) break the DMD
-sign and check that the gate fails. CI runs this file once (`make test-all`, or `make test-slow` alone); `.ci/smoke` is the
-same pipeline for a person to watch.
+sign and check that the gate fails. CI runs this file once (`make test-all`; `make test-slow`
+alone runs it too); `.ci/smoke` is the same pipeline for a person to watch.
 """
 
 import json
