@@ -195,6 +195,51 @@ def warmup_cosine(steps: int, warmup_steps: int):
     )
 
 
+def optimise(
+    params,
+    step_loss,
+    *,
+    steps: int,
+    lr: float,
+    weight_decay: float,
+    warmup_steps: int,
+    desc: str,
+    progress: bool,
+    after_step=None,
+) -> tuple[float, float]:
+    """AdamW under :func:`warmup_cosine` on ``step_loss(step)``, ``after_step()`` after each update.
+
+    The loop of the world's small pre-trainings (this module's CLIP, the text encoder's objectives).
+    Returns (mean loss of the last tenth of the steps, seconds).
+    """
+    opt = adamw(list(params), lr=lr, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, warmup_steps))
+    losses, t0 = [], time.perf_counter()
+    bar = tqdm(range(steps), desc=desc, disable=not progress, mininterval=2.0)
+    for step in bar:
+        loss = step_loss(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if after_step is not None:
+            after_step()
+        losses.append(loss.item())
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    return float(np.mean(losses[-max(1, steps // 10) :])), time.perf_counter() - t0
+
+
+def temperature_clamp(logit_scale: torch.nn.Parameter):
+    """An ``after_step`` for :func:`optimise`: CLIP clamps its learned temperature at 100."""
+
+    @torch.no_grad()
+    def clamp() -> None:
+        logit_scale.clamp_(0, np.log(100))
+
+    return clamp
+
+
 def scene_batch(seed, n: int, *, resolution: int, digit_counts: dict, instances: str, split: str):
     """``n`` rendered scenes (uint8 NHWC) of ``split`` and their captions, a pure function of ``seed``."""
     images, scenes = sample_batch(
@@ -245,33 +290,24 @@ def train_clip(
     )  # fmt: skip
     before = retrieval_accuracy(clip, held_images, held_captions)
     model = clip.model.train()
-    opt = adamw(model.parameters(), lr=lr, weight_decay=weight_decay)
-    # linear warm-up then cosine decay: the usual CLIP schedule
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, warmup_steps))
-    losses = []
-    t0 = time.perf_counter()
-    bar = tqdm(range(steps), desc="clip", disable=not progress, mininterval=2.0)
-    for step in bar:
+
+    def step_loss(step: int) -> torch.Tensor:
         images, captions = scene_batch(
             [seed, step], batch_size, resolution=resolution, digit_counts=digit_counts,
             instances="train", split="train",
         )  # fmt: skip
         img, txt, logit_scale = model(to_tensor_range(images), clip.tokenize(captions))
-        loss = contrastive_loss(img, txt, logit_scale, captions)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        with torch.no_grad():  # CLIP clamps the learned temperature at 100
-            model.logit_scale.clamp_(0, np.log(100))
-        losses.append(loss.item())
-        if step % 50 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    train_seconds = time.perf_counter() - t0
+        return contrastive_loss(img, txt, logit_scale, captions)
+
+    # linear warm-up then cosine decay: the usual CLIP schedule
+    final_loss, train_seconds = optimise(
+        model.parameters(), step_loss, steps=steps, lr=lr, weight_decay=weight_decay,
+        warmup_steps=warmup_steps, desc="clip", progress=progress,
+        after_step=temperature_clamp(model.logit_scale),
+    )  # fmt: skip
     after = retrieval_accuracy(clip, held_images, held_captions)
-    tail = losses[-max(1, steps // 10) :]
     report = {
-        "final_loss": float(np.mean(tail)),
+        "final_loss": final_loss,
         "retrieval": after,
         "retrieval_untrained": before,
         "steps": steps,

@@ -29,15 +29,12 @@ CLIP ViT-g/14 (the CLIP score) are.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPModel, CLIPTextModel, CLIPVisionConfig, PreTrainedTokenizerFast
 
-from senseflow.optim import adamw
-from senseflow.world.clip import contrastive_loss, scene_batch, warmup_cosine
+from senseflow.world.clip import contrastive_loss, optimise, scene_batch, temperature_clamp
+from senseflow.world.probes import ProbeOutput, judge, probe_loss, scene_labels
 from senseflow.world.scenes import (
     BACKGROUND_NAMES,
     COLOUR_NAMES,
@@ -48,6 +45,7 @@ from senseflow.world.scenes import (
 )
 
 OBJECTIVES = ("contrastive", "parse")
+IMAGE_TOWER_KEYS = ("resolution", "vision_width", "vision_layers", "patch_size")
 
 
 def _batch(seed, n: int, **kw) -> tuple[torch.Tensor, list[str]]:
@@ -87,12 +85,18 @@ def pretrain_text_encoder(
     if objective not in OBJECTIVES:
         raise ValueError(f"world.text.pretrain.objective must be one of {OBJECTIVES}, got {objective!r}")
     if objective == "parse":
+        # the image tower's keys belong to the contrastive objective (one config section for both)
+        kwargs = {k: v for k, v in kwargs.items() if k not in IMAGE_TOWER_KEYS}
         return pretrain_parse(text_model, tokenizer, **kwargs)
     return pretrain_contrastive(text_model, tokenizer, **kwargs)
 
 
 class CaptionParser(torch.nn.Module):
-    """Linear heads on the encoder's EOS state: per cell digit (10 = empty) and colour; background."""
+    """Linear heads on the encoder's EOS state, laid out as the probe's heads.
+
+    Per cell digit (10 = empty) and colour, and the background; so the probe's loss and judge
+    apply to a caption unchanged.
+    """
 
     def __init__(self, width: int):
         super().__init__()
@@ -101,43 +105,15 @@ class CaptionParser(torch.nn.Module):
         self.colour = torch.nn.Linear(width, cells * len(COLOUR_NAMES))
         self.background = torch.nn.Linear(width, len(BACKGROUND_NAMES))
 
-    def forward(self, pooled: torch.Tensor):
-        """Logits (digit (B, cells, 11), colour (B, cells, colours), background (B, backgrounds))."""
+    def forward(self, pooled: torch.Tensor) -> ProbeOutput:
+        """The heads' logits as a :class:`~senseflow.world.probes.ProbeOutput` (features: the EOS state)."""
         b, cells = pooled.shape[0], len(POSITIONS)
-        return (
-            self.digit(pooled).view(b, cells, 11),
-            self.colour(pooled).view(b, cells, len(COLOUR_NAMES)),
-            self.background(pooled),
+        return ProbeOutput(
+            features=pooled,
+            background=self.background(pooled),
+            digit=self.digit(pooled).view(b, cells, 11),
+            colour=self.colour(pooled).view(b, cells, len(COLOUR_NAMES)),
         )
-
-
-def _optimise(
-    params,
-    step_loss,
-    *,
-    steps: int,
-    lr: float,
-    weight_decay: float,
-    warmup_steps: int,
-    desc: str,
-    progress: bool,
-    after_step=None,
-) -> tuple[float, float]:
-    """AdamW with warm-up then cosine decay on ``step_loss(step)``; (mean loss of the last tenth, seconds)."""
-    params = list(params)
-    opt = adamw(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, warmup_steps))
-    losses, t0 = [], time.perf_counter()
-    for step in tqdm(range(steps), desc=desc, disable=not progress, mininterval=2.0):
-        loss = step_loss(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if after_step is not None:
-            after_step()
-        losses.append(loss.item())
-    return float(np.mean(losses[-max(1, steps // 10) :])), time.perf_counter() - t0
 
 
 def _scenes(seed, n: int, digit_counts: dict, split: str) -> tuple[list, list[str]]:
@@ -146,26 +122,8 @@ def _scenes(seed, n: int, digit_counts: dict, split: str) -> tuple[list, list[st
     return scenes, [caption(s) for s in scenes]
 
 
-def _parse_loss_and_hits(text_model, parser, tokenizer, scenes, captions):
-    from senseflow.world.probes import IGNORE, scene_labels  # the probe's label layout: one definition
-
-    labels = scene_labels(scenes)
-    pooled = text_model(input_ids=_tokens(tokenizer, captions)).pooler_output
-    digit, colour, background = parser(pooled)
-    loss = (
-        torch.nn.functional.cross_entropy(digit.flatten(0, 1), labels["digit"].flatten())
-        + torch.nn.functional.cross_entropy(
-            colour.flatten(0, 1), labels["colour"].flatten(), ignore_index=IGNORE
-        )
-        + torch.nn.functional.cross_entropy(background, labels["background"])
-    )
-    colour_ok = (colour.argmax(-1) == labels["colour"]) | (labels["colour"] == IGNORE)
-    hits = (
-        (digit.argmax(-1) == labels["digit"]).all(1)
-        & colour_ok.all(1)
-        & (background.argmax(-1) == labels["background"])
-    )
-    return loss, hits
+def _parse(text_model, parser, tokenizer, captions) -> ProbeOutput:
+    return parser(text_model(input_ids=_tokens(tokenizer, captions)).pooler_output)
 
 
 def pretrain_parse(
@@ -181,7 +139,6 @@ def pretrain_parse(
     eval_scenes: int = 256,
     seed: int = 0,
     progress: bool = True,
-    **_image_tower,  # resolution, vision_width, ...: the contrastive objective's, unused here
 ) -> dict:
     """Train ``text_model`` to read captions: heads on its EOS state predict the scene's attributes.
 
@@ -196,22 +153,22 @@ def pretrain_parse(
 
     def step_loss(step: int) -> torch.Tensor:
         scenes, captions = _scenes([seed, step], batch_size, digit_counts, "train")
-        return _parse_loss_and_hits(text_model, parser, tokenizer, scenes, captions)[0]
+        return probe_loss(_parse(text_model, parser, tokenizer, captions), scene_labels(scenes))
 
-    final_loss, seconds = _optimise(
+    final_loss, seconds = optimise(
         [*text_model.parameters(), *parser.parameters()], step_loss, steps=steps, lr=lr,
         weight_decay=weight_decay, warmup_steps=warmup_steps, desc="text encoder (parse)",
         progress=progress,
     )  # fmt: skip
     text_model.eval()
     with torch.no_grad():
-        _, hits = _parse_loss_and_hits(text_model, parser, tokenizer, *held)
+        hits = judge(_parse(text_model, parser, tokenizer, held[1]), held[0])["all"]
     text_model.requires_grad_(False)
     return {
         "objective": "parse",
         "steps": steps,
         "final_loss": final_loss,
-        "parse_accuracy": float(hits.float().mean()),
+        "parse_accuracy": float(hits.mean()),
         "eval_scenes": eval_scenes,
         "train_seconds": round(seconds, 1),
     }
@@ -267,13 +224,10 @@ def pretrain_contrastive(
         img, txt = img / img.norm(dim=-1, keepdim=True), txt / txt.norm(dim=-1, keepdim=True)
         return contrastive_loss(img, txt, clip.logit_scale.exp(), captions)
 
-    @torch.no_grad()
-    def clamp_temperature() -> None:  # CLIP clamps the learned temperature at 100
-        clip.logit_scale.clamp_(0, np.log(100))
-
-    final_loss, seconds = _optimise(
+    final_loss, seconds = optimise(
         clip.parameters(), step_loss, steps=steps, lr=lr, weight_decay=weight_decay,
-        warmup_steps=warmup_steps, desc="text encoder", progress=progress, after_step=clamp_temperature,
+        warmup_steps=warmup_steps, desc="text encoder", progress=progress,
+        after_step=temperature_clamp(clip.logit_scale),
     )  # fmt: skip
     after = _retrieval(clip, tokenizer, *held)
     text_model.load_state_dict(clip.text_model.state_dict())
