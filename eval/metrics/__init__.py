@@ -10,7 +10,7 @@ import importlib
 
 # public name -> submodule that defines it
 _WHERE = {
-    "CLIPScore": "clip_score",
+    "CLIPScore": "torchmetrics_api",
     "OpenClipScorer": "clip_score",
     "clip_scores": "clip_score",
     "load_clip_scorer": "clip_score",
@@ -28,14 +28,14 @@ _WHERE = {
     "reference_statistics": "fid",
     "feature_statistics": "frechet",
     "frechet_distance": "frechet",
-    "HPSv2Score": "hpsv2",
+    "HPSv2Score": "torchmetrics_api",
     "hpsv2_scores": "hpsv2",
     "load_hpsv2_scorer": "hpsv2",
-    "ImageReward": "imagereward",
+    "ImageReward": "torchmetrics_api",
     "ImageRewardScorer": "imagereward",
     "imagereward_scores": "imagereward",
     "load_imagereward_scorer": "imagereward",
-    "PickScore": "pickscore",
+    "PickScore": "torchmetrics_api",
     "PickScoreScorer": "pickscore",
     "load_pickscore_scorer": "pickscore",
     "pickscores": "pickscore",

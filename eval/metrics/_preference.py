@@ -3,8 +3,8 @@
 Every learned metric has the same shape: a *scorer* (the model loaded once, plus its
 preprocessing) that maps a batch of images and their prompts to one score per image, a
 cached loader so that the functional ``score(images, prompts)`` never reloads weights, and a
-``torchmetrics.Metric`` that keeps the per-image scores (gathered across ranks by
-concatenation) and reports their mean.
+``torchmetrics.Metric`` (:mod:`eval.metrics.torchmetrics_api`) that keeps the per-image scores
+(gathered across ranks by concatenation) and reports their mean.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
 from eval.streaming import map_batches
 from eval.weights import require_path
@@ -141,37 +139,6 @@ class BatchedScorer:
             self.score_batch(pil[sl], prompts[sl]).float().cpu() for sl in batched(len(pil), self.batch_size)
         ]
         return torch.cat(out) if out else torch.zeros(0)
-
-
-class PreferenceMetric(Metric):
-    """A torchmetrics metric over a scorer ``(images, prompts) -> (B,) scores``; compute is the mean.
-
-    Give ``scorer=`` or the keyword arguments of the subclass's ``loader``; ``metric_kwargs``
-    go to ``torchmetrics.Metric``. Per-image scores stay available in ``self.scores`` (after
-    ``compute``, gathered across ranks) so that reports can show spreads and per-prompt values.
-    """
-
-    higher_is_better = True
-    is_differentiable = False
-    full_state_update = False
-    loader = None
-
-    def __init__(self, scorer=None, metric_kwargs: dict | None = None, **loader_kwargs):
-        super().__init__(**(metric_kwargs or {}))
-        self.scorer = scorer if scorer is not None else type(self).loader(**loader_kwargs)
-        self.add_state("scores", default=[], dist_reduce_fx="cat")
-
-    def update(self, images, prompts) -> None:
-        """Score a batch and keep its per-image scores."""
-        self.scores.append(self.scorer(images, prompts).float().to(self.device))
-
-    def compute(self) -> torch.Tensor:
-        """Mean score over every image seen (on every rank)."""
-        return dim_zero_cat(self.scores).mean()
-
-    def protocol(self) -> dict:
-        """The scorer's protocol (model, weights, preprocessing) to store beside the number."""
-        return self.scorer.protocol()
 
 
 def batched(n: int, batch_size: int):

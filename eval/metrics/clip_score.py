@@ -27,7 +27,6 @@ import torch
 from eval.image_protocols import DMD2_CLIP_PREFIX, DMD2_CLIP_RES, clip_pre_resize
 from eval.metrics._preference import (
     BatchedScorer,
-    PreferenceMetric,
     autocast,
     check_precision,
     default_device,
@@ -201,16 +200,6 @@ def clip_scores(images, prompts, **kwargs) -> torch.Tensor:
 
 # the functional core under the common name, e.g. ``eval.metrics.hpsv2.score``
 score = clip_scores
-
-
-class CLIPScore(PreferenceMetric):
-    """CLIP score as a torchmetrics metric: ``update(images, prompts)``, ``compute()`` -> mean.
-
-    Pass ``scorer=`` (e.g. an :class:`OpenClipScorer` around any open_clip model) or the
-    keyword arguments of :func:`load_clip_scorer`.
-    """
-
-    loader = staticmethod(load_clip_scorer)
 
 
 # `senseflow-eval evaluate --metrics clip_score`

@@ -25,7 +25,6 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from eval.metrics._preference import (
-    PreferenceMetric,
     default_device,
     register_scorer_metric,
 )
@@ -123,12 +122,6 @@ def hpsv2_scores(images, prompts, version: str = "v2.1", **kwargs) -> torch.Tens
 
 # the functional core under the common name, e.g. ``eval.metrics.hpsv2.score``
 score = hpsv2_scores
-
-
-class HPSv2Score(PreferenceMetric):
-    """HPSv2 as a torchmetrics metric; keyword arguments go to :func:`load_hpsv2_scorer`."""
-
-    loader = staticmethod(load_hpsv2_scorer)
 
 
 # `senseflow-eval evaluate --metrics hpsv2`

@@ -31,7 +31,6 @@ from torchvision import transforms as T
 
 from eval.metrics._preference import (
     BatchedScorer,
-    PreferenceMetric,
     autocast,
     check_precision,
     default_device,
@@ -419,12 +418,6 @@ def imagereward_scores(images, prompts, **kwargs) -> torch.Tensor:
 
 # the functional core under the common name, e.g. ``eval.metrics.hpsv2.score``
 score = imagereward_scores
-
-
-class ImageReward(PreferenceMetric):
-    """ImageReward as a torchmetrics metric; keyword arguments go to :func:`load_imagereward_scorer`."""
-
-    loader = staticmethod(load_imagereward_scorer)
 
 
 # `senseflow-eval evaluate --metrics imagereward`

@@ -125,11 +125,5 @@ def pickscores(images, prompts, **kwargs) -> torch.Tensor:
 score = pickscores
 
 
-class PickScore(pref.PreferenceMetric):
-    """PickScore as a torchmetrics metric; keyword arguments go to :func:`load_pickscore_scorer`."""
-
-    loader = staticmethod(load_pickscore_scorer)
-
-
 # `senseflow-eval evaluate --metrics pickscore`
 pref.register_scorer_metric("pickscore", load_pickscore_scorer, "pickscore-v1/1")
