@@ -34,7 +34,7 @@ from senseflow.errors import MissingArtefactError, UserError
 from senseflow.io import atomic_folder
 from senseflow.optim import adamw
 from senseflow.world.scenes import caption, sample_batch, to_tensor_range
-from senseflow.world.text import EOS, PAD, WorldTextEncoder, vocabulary
+from senseflow.world.vocab import EOS, PAD, load_tokenizer, vocabulary
 
 CLIP_FILE = "clip.safetensors"
 CONFIG_FILE = "clip_config.json"
@@ -277,7 +277,7 @@ def train_clip(
     on ``eval_scenes`` held-out scenes (test captions, held-out handwriting) before and after
     training, chance, ``train_seconds``.
     """
-    tokenizer = WorldTextEncoder.load(world_dir).tokenizer
+    tokenizer = load_tokenizer(world_dir)
     config = clip_config(
         resolution=resolution, context_length=tokenizer.model_max_length, embed_dim=embed_dim,
         vision_width=vision_width, vision_layers=vision_layers, patch_size=patch_size,

@@ -16,50 +16,22 @@ import json
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer
-from tokenizers.models import WordLevel
-from tokenizers.pre_tokenizers import WhitespaceSplit
-from tokenizers.processors import TemplateProcessing
 from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 
 from senseflow.conditioning import PromptEmbeds  # noqa: F401  (moved there; re-exported)
-from senseflow.errors import MissingArtefactError, UserError
+from senseflow.errors import UserError
 from senseflow.io import atomic_write_text
-from senseflow.world.scenes import BACKGROUND_NAMES, COLOUR_NAMES, DIGIT_NAMES, POSITIONS
-
-BOS, EOS, PAD, UNK = "<|startoftext|>", "<|endoftext|>", "<|pad|>", "<|unk|>"
-GRAMMAR_WORDS = ("a", "at", "the", "and", "on", "background")
-
-
-def vocabulary() -> list[str]:
-    """Every token the tokenizer knows (ids are list positions), specials last as in CLIP.
-
-    EOS must hold the highest id: ``CLIPTextModel`` pools the hidden state at
-    ``input_ids.argmax()`` when its ``eos_token_id`` is 2 (the legacy OpenAI vocabulary
-    convention). With EOS anywhere else the "pooled" embedding silently becomes the state
-    of whichever word has the largest id, which drops everything said after it.
-    """
-    words = set(GRAMMAR_WORDS) | set(DIGIT_NAMES) | set(COLOUR_NAMES) | set(BACKGROUND_NAMES)
-    words |= {w for p in POSITIONS for w in p.split()}
-    return [*sorted(words), UNK, PAD, BOS, EOS]
-
-
-def build_tokenizer(max_length: int) -> PreTrainedTokenizerFast:
-    """Word-level tokenizer over the caption grammar, CLIP-style ``BOS ... EOS`` framing."""
-    vocab = {tok: i for i, tok in enumerate(vocabulary())}
-    core = Tokenizer(WordLevel(vocab=vocab, unk_token=UNK))
-    core.pre_tokenizer = WhitespaceSplit()
-    core.post_processor = TemplateProcessing(
-        single=f"{BOS} $A {EOS}", special_tokens=[(BOS, vocab[BOS]), (EOS, vocab[EOS])]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=core,
-        bos_token=BOS,
-        eos_token=EOS,
-        pad_token=PAD,
-        unk_token=UNK,
-        model_max_length=max_length,
-    )
+from senseflow.world.vocab import (  # noqa: F401  (BOS, UNK, build_tokenizer: re-exported)
+    BOS,
+    EOS,
+    PAD,
+    TOKENIZER_DIR,
+    UNK,
+    build_tokenizer,
+    load_tokenizer,
+    vocabulary,
+    world_part,
+)
 
 
 def build_text_encoder(
@@ -125,14 +97,8 @@ class WorldTextEncoder:
     def load(cls, folder: str | Path) -> WorldTextEncoder:
         """Load what :meth:`save` wrote (``tokenizer/`` and ``text_encoder/``)."""
         folder = Path(folder)
-        for sub in ("tokenizer", "text_encoder"):
-            if not (folder / sub).is_dir():
-                raise MissingArtefactError(
-                    f"{folder / sub} is missing: build the world first with "
-                    "`senseflow world build --out <dir>` (dvc stage `world`)"
-                )
-        tok = PreTrainedTokenizerFast.from_pretrained(folder / "tokenizer")
-        model = CLIPTextModel.from_pretrained(folder / "text_encoder")
+        tok = load_tokenizer(folder)
+        model = CLIPTextModel.from_pretrained(world_part(folder, "text_encoder"))
         pooling_file = folder / POOLING_FILE
         pooling = json.loads(pooling_file.read_text())["pooling"] if pooling_file.is_file() else "eos"
         return cls(tok, model, pooling)
@@ -140,7 +106,7 @@ class WorldTextEncoder:
     def save(self, folder: str | Path) -> None:
         """Write ``tokenizer/`` and ``text_encoder/`` (safetensors) under ``folder``."""
         folder = Path(folder)
-        self.tokenizer.save_pretrained(folder / "tokenizer")
+        self.tokenizer.save_pretrained(folder / TOKENIZER_DIR)
         self.model.save_pretrained(folder / "text_encoder")
         atomic_write_text(folder / POOLING_FILE, json.dumps({"pooling": self.pooling}) + "\n")
 
