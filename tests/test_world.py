@@ -47,6 +47,25 @@ def test_sampling_is_deterministic_and_valid():
         assert all(instance_split(o.instance) == "train" for o in s.objects)
 
 
+def test_digits_read_without_sklearn_equal_load_digits(monkeypatch):
+    """The CSV read that spares every stage the sklearn import gives load_digits' arrays; without
+    the file, load_digits itself runs."""
+    from sklearn.datasets import load_digits
+
+    from senseflow.world import scenes
+
+    assert scenes._digits_file() is not None  # the fast path is the one taken here
+    data = load_digits()
+    for path in (scenes._digits_file(), None):
+        monkeypatch.setattr(scenes, "_digits_file", lambda p=path: p)
+        scenes._digits.cache_clear()
+        images, labels = scenes._digits()
+        assert images.dtype == np.float32 and labels.dtype == np.int64
+        np.testing.assert_array_equal(images, (data.images / 16.0).astype(np.float32))
+        np.testing.assert_array_equal(labels, data.target)
+    scenes._digits.cache_clear()
+
+
 def test_heldout_instances_and_digit_labels():
     from sklearn.datasets import load_digits
 
