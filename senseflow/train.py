@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -102,8 +103,13 @@ class _Schedules:
 
     def step(self) -> None:
         """Advance every scheduler by one iteration."""
-        for s in self.schedulers:
-            s.step()
+        with warnings.catch_warnings():
+            # The schedules count loop iterations (released), but the generator steps only every
+            # `ttur` iterations, so its scheduler rightly advances before its optimiser's first
+            # step; torch's "lr_scheduler.step() before optimizer.step()" warning does not apply.
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            for s in self.schedulers:
+                s.step()
 
     @property
     def last_epoch(self) -> int:
