@@ -120,7 +120,10 @@ class _Schedules:
     def last_epoch(self, value: int) -> None:
         for s in self.schedulers:  # resume: the LRs of iteration `value`
             s.last_epoch = value
-            for group, lr in zip(s.optimizer.param_groups, s.get_lr(), strict=True):
+            # LambdaLR's rule (base LR x its lambda) from its public attributes: `get_lr()` outside
+            # `step()` warns that it is not the last computed LR
+            lrs = [base * fn(value) for base, fn in zip(s.base_lrs, s.lr_lambdas, strict=True)]
+            for group, lr in zip(s.optimizer.param_groups, lrs, strict=True):
                 group["lr"] = lr
 
 

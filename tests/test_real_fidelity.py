@@ -263,6 +263,29 @@ def test_warm_up_ramps_all_three_learning_rates_per_iteration(tmp_path):
         assert [float(r.split("\t")[-1]) for r in rows] == pytest.approx(expected), name
 
 
+def test_resumed_schedules_set_the_learning_rates_of_their_iteration_without_warnings():
+    """A resume sets each optimiser's LR to its schedule at that iteration, as stepping there would."""
+    import warnings
+
+    from senseflow.train import _Schedules
+
+    def schedules():
+        opts = [torch.optim.AdamW(torch.nn.Linear(2, 2).parameters(), lr) for lr in (1e-3, 5e-6)]
+        ramp = lambda i: min(1.0, (i + 1) / 4)  # noqa: E731
+        return _Schedules([torch.optim.lr_scheduler.LambdaLR(o, ramp) for o in opts])
+
+    stepped, resumed = schedules(), schedules()
+    for _ in range(2):
+        stepped.step()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        resumed.last_epoch = 2
+    assert not caught
+    for a, b in zip(stepped.schedulers, resumed.schedulers, strict=True):
+        assert b.optimizer.param_groups[0]["lr"] == pytest.approx(a.optimizer.param_groups[0]["lr"])
+        assert b.last_epoch == a.last_epoch == 2
+
+
 # ----------------------------------------------------------------------------- defect 7
 def test_isg_has_its_own_guidance_and_the_released_distance(tmp_path, monkeypatch):
     from senseflow import distill as terms
