@@ -118,13 +118,11 @@ class _Schedules:
 
     @last_epoch.setter
     def last_epoch(self, value: int) -> None:
-        for s in self.schedulers:  # resume: the LRs of iteration `value`
-            s.last_epoch = value
-            # LambdaLR's rule (base LR x its lambda) from its public attributes: `get_lr()` outside
-            # `step()` warns that it is not the last computed LR
-            lrs = [base * fn(value) for base, fn in zip(s.base_lrs, s.lr_lambdas, strict=True)]
-            for group, lr in zip(s.optimizer.param_groups, lrs, strict=True):
-                group["lr"] = lr
+        # resume: stand each scheduler one iteration short of `value` and step it there, so the
+        # LRs of iteration `value` (and get_last_lr) come from the scheduler itself
+        for s in self.schedulers:
+            s.last_epoch = value - 1
+        self.step()
 
 
 def distill(

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from senseflow.errors import UserError
-from senseflow.world.text import WorldTextEncoder, build_text_encoder, build_tokenizer, vocabulary
+from senseflow.world.text import WorldTextEncoder, build_text_encoder
+from senseflow.world.vocab import build_tokenizer, vocabulary
 
 KW = dict(hidden_size=32, num_layers=1, num_heads=2, max_length=24)
 

@@ -9,8 +9,9 @@ import torch
 from senseflow.config import load_profile
 from senseflow.errors import UserError
 from senseflow.world.build import build_world
-from senseflow.world.text import WorldTextEncoder, build_text_encoder, build_tokenizer
+from senseflow.world.text import WorldTextEncoder, build_text_encoder
 from senseflow.world.text_pretrain import pretrain_text_encoder
+from senseflow.world.vocab import build_tokenizer
 
 DIGITS = {1: 0.5, 2: 0.5}
 

@@ -10,7 +10,8 @@ import numpy as np
 
 from senseflow.io import atomic_write_text, ensure_writable_dir
 from senseflow.world.scenes import caption, sample_scene
-from senseflow.world.text import WorldTextEncoder, build_text_encoder, build_tokenizer
+from senseflow.world.text import WorldTextEncoder, build_text_encoder
+from senseflow.world.vocab import build_tokenizer
 
 log = logging.getLogger(__name__)
 

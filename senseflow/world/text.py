@@ -21,17 +21,7 @@ from transformers import CLIPTextConfig, CLIPTextModel, PreTrainedTokenizerFast
 from senseflow.conditioning import PromptEmbeds  # noqa: F401  (moved there; re-exported)
 from senseflow.errors import UserError
 from senseflow.io import atomic_write_text
-from senseflow.world.vocab import (  # noqa: F401  (BOS, UNK, build_tokenizer: re-exported)
-    BOS,
-    EOS,
-    PAD,
-    TOKENIZER_DIR,
-    UNK,
-    build_tokenizer,
-    load_tokenizer,
-    vocabulary,
-    world_part,
-)
+from senseflow.world.vocab import BOS, EOS, PAD, TOKENIZER_DIR, load_tokenizer, vocabulary, world_part
 
 
 def build_text_encoder(
